@@ -1,0 +1,38 @@
+# Cell instance segmentation stack: `make demo` runs the whole path on synthetic data, `make test` the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-slow bench lint format clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml tools/install.sh
+	VENV=$(VENV) bash tools/install.sh
+	@touch $(STAMP)
+
+demo: install
+	$(PY) tools/demo.py --work-dir work_dirs/demo
+
+test: install
+	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+
+bench: install
+	$(PY) benchmarks/bench_ensemble.py
+	$(PY) benchmarks/bench_models.py
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf work_dirs .pytest_cache .ruff_cache

@@ -1,0 +1,4 @@
+"""OpenMMLab extensions of the stack, registered in mmdet/mmseg/mmengine registries on import.
+
+Configs load them with ``custom_imports = dict(imports=['custom_modules'], allow_failed_imports=False)``.
+"""

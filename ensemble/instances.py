@@ -1,0 +1,296 @@
+"""Compact storage of the N binary instance masks of one image as box-aligned crops.
+
+A dense shsy5y image holds up to ~800 cells; as full frames (N, 520, 704) that is ~290 MB of bools, while the
+cells themselves cover a few percent of it. :class:`InstanceMasks` keeps each mask as the crop inside its
+integer window ``(x0, y0, x1, y1)`` (x1/y1 exclusive), which every stage of the ensemble (metric, voting,
+overlap removal, RLE writing) works on directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .rle import _runs_to_str, coco_rle_decode, coco_rle_encode, kaggle_rle_runs
+
+__all__ = ["InstanceMasks"]
+
+
+@dataclass
+class InstanceMasks:
+    """N binary masks of an (H, W) image stored as crops.
+
+    Attributes:
+        height: image height H.
+        width: image width W.
+        boxes: int32 array (N, 4) of crop windows ``(x0, y0, x1, y1)``, x1/y1 exclusive, inside the image.
+        crops: N bool arrays, crop i of shape ``(y1 - y0, x1 - x0)``.
+    """
+
+    height: int
+    width: int
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int32))
+    crops: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.height = int(self.height)
+        self.width = int(self.width)
+        self.boxes = np.asarray(self.boxes, dtype=np.int32).reshape(-1, 4)
+        self.crops = [np.asarray(c, dtype=bool) for c in self.crops]
+        if len(self.crops) != len(self.boxes):
+            raise ValueError(f"InstanceMasks: {len(self.boxes)} boxes but {len(self.crops)} crops")
+        if len(self.boxes):
+            b = self.boxes
+            if (
+                (b[:, 0] < 0).any()
+                or (b[:, 1] < 0).any()
+                or (b[:, 2] > self.width).any()
+                or (b[:, 3] > self.height).any()
+            ):
+                i = int(
+                    np.flatnonzero(
+                        (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > self.width) | (b[:, 3] > self.height)
+                    )[0]
+                )
+                raise ValueError(
+                    f"InstanceMasks: crop window {i} {b[i].tolist()} lies outside the "
+                    f"{self.height}x{self.width} image"
+                )
+            if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
+                i = int(np.flatnonzero((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))[0])
+                raise ValueError(f"InstanceMasks: crop window {i} {b[i].tolist()} has x1 < x0 or y1 < y0")
+            for i, (c, bb) in enumerate(zip(self.crops, b)):
+                if c.shape != (bb[3] - bb[1], bb[2] - bb[0]):
+                    raise ValueError(
+                        f"InstanceMasks: crop {i} has shape {c.shape}, window {bb.tolist()} needs "
+                        f"{(int(bb[3] - bb[1]), int(bb[2] - bb[0]))}"
+                    )
+
+    # ------------------------------------------------------------------ basics
+    def __len__(self) -> int:
+        return len(self.crops)
+
+    @classmethod
+    def empty(cls, height: int, width: int) -> InstanceMasks:
+        """No instances."""
+        return cls(height, width)
+
+    def areas(self) -> np.ndarray:
+        """Pixel counts, int64 (N,)."""
+        return np.array([int(c.sum()) for c in self.crops], dtype=np.int64)
+
+    def tight_boxes(self) -> np.ndarray:
+        """Tight integer boxes of the masks, int32 (N, 4) ``(x0, y0, x1, y1)`` exclusive; empty masks give 0s."""
+        out = np.zeros((len(self), 4), dtype=np.int32)
+        for i, (c, b) in enumerate(zip(self.crops, self.boxes)):
+            ys = np.flatnonzero(c.any(axis=1))
+            if ys.size == 0:
+                continue
+            xs = np.flatnonzero(c.any(axis=0))
+            out[i] = (b[0] + xs[0], b[1] + ys[0], b[0] + xs[-1] + 1, b[1] + ys[-1] + 1)
+        return out
+
+    def tighten(self) -> InstanceMasks:
+        """Same masks with every crop cut to its tight box (empty masks become 0x0 crops at the origin)."""
+        tb = self.tight_boxes()
+        crops = []
+        for c, b, t in zip(self.crops, self.boxes, tb):
+            crops.append(
+                c[t[1] - b[1] : t[3] - b[1], t[0] - b[0] : t[2] - b[0]] if t[2] > t[0] else c[:0, :0]
+            )
+        return InstanceMasks(self.height, self.width, tb, crops)
+
+    def subset(self, idx: Sequence[int] | np.ndarray) -> InstanceMasks:
+        """The instances at ``idx`` (indices or a bool mask), in that order."""
+        idx = np.asarray(idx)
+        if idx.dtype == bool:
+            idx = np.flatnonzero(idx)
+        return InstanceMasks(self.height, self.width, self.boxes[idx], [self.crops[int(i)] for i in idx])
+
+    def mask(self, i: int) -> np.ndarray:
+        """Full-frame bool mask (H, W) of instance i."""
+        out = np.zeros((self.height, self.width), dtype=bool)
+        x0, y0, x1, y1 = self.boxes[i]
+        out[y0:y1, x0:x1] = self.crops[i]
+        return out
+
+    def to_full(self) -> np.ndarray:
+        """All masks as a full-frame bool array (N, H, W) (memory heavy: for small N or tests)."""
+        out = np.zeros((len(self), self.height, self.width), dtype=bool)
+        for i, (c, (x0, y0, x1, y1)) in enumerate(zip(self.crops, self.boxes)):
+            out[i, y0:y1, x0:x1] = c
+        return out
+
+    def to_label_image(self, order: Sequence[int] | None = None) -> np.ndarray:
+        """Paints the instances into an int32 label image (H, W), instance i as label i + 1.
+
+        Later instances in ``order`` (default: index order) overwrite earlier ones where they overlap.
+        """
+        out = np.zeros((self.height, self.width), dtype=np.int32)
+        for i in range(len(self)) if order is None else order:
+            x0, y0, x1, y1 = self.boxes[i]
+            view = out[y0:y1, x0:x1]
+            view[self.crops[i]] = i + 1
+        return out
+
+    # ------------------------------------------------------------- constructors
+    @classmethod
+    def from_full(cls, masks: np.ndarray) -> InstanceMasks:
+        """From full-frame masks.
+
+        Args:
+            masks: bool array (N, H, W).
+        """
+        masks = np.asarray(masks)
+        if masks.ndim != 3:
+            raise ValueError(f"from_full: masks must be (N, H, W), got shape {masks.shape}")
+        n, h, w = masks.shape
+        boxes = np.zeros((n, 4), dtype=np.int32)
+        crops = []
+        rows = masks.any(axis=2)
+        cols = masks.any(axis=1)
+        for i in range(n):
+            ys = np.flatnonzero(rows[i])
+            if ys.size == 0:
+                crops.append(np.zeros((0, 0), dtype=bool))
+                continue
+            xs = np.flatnonzero(cols[i])
+            x0, y0, x1, y1 = xs[0], ys[0], xs[-1] + 1, ys[-1] + 1
+            boxes[i] = (x0, y0, x1, y1)
+            crops.append(masks[i, y0:y1, x0:x1].astype(bool))
+        return cls(h, w, boxes, crops)
+
+    @classmethod
+    def from_label_image(cls, labels: np.ndarray) -> tuple[InstanceMasks, np.ndarray]:
+        """From a label image (0 background).
+
+        Returns:
+            ``(instances, label_values)``: one instance per label > 0, in increasing label order.
+        """
+        labels = np.asarray(labels)
+        values = np.unique(labels)
+        values = values[values > 0]
+        h, w = labels.shape
+        boxes = np.zeros((len(values), 4), dtype=np.int32)
+        crops = []
+        try:
+            import cv2  # noqa: PLC0415
+
+            have_cv2 = True
+        except ImportError:  # pragma: no cover
+            have_cv2 = False
+        for i, v in enumerate(values):
+            m = labels == v
+            if have_cv2:
+                x, y, bw, bh = cv2.boundingRect(m.astype(np.uint8))
+                x0, y0, x1, y1 = x, y, x + bw, y + bh
+            else:  # pragma: no cover
+                ys, xs = np.nonzero(m)
+                x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+            boxes[i] = (x0, y0, x1, y1)
+            crops.append(m[y0:y1, x0:x1])
+        return cls(h, w, boxes, crops), values
+
+    @classmethod
+    def from_kaggle_rles(cls, rles: Sequence[str], height: int, width: int) -> InstanceMasks:
+        """From Kaggle RLE strings (validated), decoding each directly into its tight crop."""
+        boxes = np.zeros((len(rles), 4), dtype=np.int32)
+        crops = []
+        for i, rle in enumerate(rles):
+            try:
+                starts, lengths = kaggle_rle_runs(rle, height, width)
+            except ValueError as e:
+                raise ValueError(f"instance {i}: {e}") from None
+            box, crop = _runs_to_crop(starts, starts + lengths, width)
+            boxes[i] = box
+            crops.append(crop)
+        return cls(height, width, boxes, crops)
+
+    @classmethod
+    def from_coco_rles(cls, rles: Sequence[dict]) -> InstanceMasks:
+        """From COCO RLE dicts (compressed or uncompressed counts); all must share one size."""
+        if not rles:
+            raise ValueError("from_coco_rles needs at least one RLE to know the image size; use empty()")
+        h, w = (int(v) for v in rles[0]["size"])
+        masks_boxes = np.zeros((len(rles), 4), dtype=np.int32)
+        crops = []
+        for i, rle in enumerate(rles):
+            if [int(v) for v in rle["size"]] != [h, w]:
+                raise ValueError(f"COCO RLE {i} has size {rle['size']}, expected {[h, w]}")
+            m = coco_rle_decode(rle)
+            rows = np.flatnonzero(m.any(axis=1))
+            if rows.size == 0:
+                crops.append(np.zeros((0, 0), dtype=bool))
+                continue
+            cols = np.flatnonzero(m.any(axis=0))
+            x0, y0, x1, y1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+            masks_boxes[i] = (x0, y0, x1, y1)
+            crops.append(m[y0:y1, x0:x1])
+        return cls(h, w, masks_boxes, crops)
+
+    # --------------------------------------------------------------- encoders
+    def kaggle_runs(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row-major runs of instance i in image coordinates: ``(starts, ends)`` 0-based, ends exclusive."""
+        x0, y0, _, _ = self.boxes[i]
+        c = self.crops[i]
+        if c.size == 0:
+            z = np.zeros(0, dtype=np.int64)
+            return z, z
+        h, w = c.shape
+        padded = np.zeros((h, w + 2), dtype=np.int8)
+        padded[:, 1:-1] = c
+        d = np.diff(padded, axis=1)
+        r_s, c_s = np.nonzero(d == 1)
+        r_e, c_e = np.nonzero(d == -1)
+        base = (np.int64(y0) + r_s.astype(np.int64)) * self.width + x0
+        starts = base + c_s
+        ends = (np.int64(y0) + r_e.astype(np.int64)) * self.width + x0 + c_e
+        if starts.size > 1:  # merge runs that continue across a row end (only when a crop spans the width)
+            join = starts[1:] == ends[:-1]
+            if join.any():
+                keep_start = np.concatenate([[True], ~join])
+                keep_end = np.concatenate([~join, [True]])
+                starts, ends = starts[keep_start], ends[keep_end]
+        return starts, ends
+
+    def to_kaggle_rles(self) -> list[str]:
+        """Kaggle RLE string of every instance (see :mod:`ensemble.rle` for the format)."""
+        out = []
+        for i in range(len(self)):
+            s, e = self.kaggle_runs(i)
+            out.append(_runs_to_str(s + 1, e - s))
+        return out
+
+    def to_coco_rles(self) -> list[dict]:
+        """Compressed COCO RLE dict of every instance (JSON-ready)."""
+        return [coco_rle_encode(self.mask(i)) for i in range(len(self))]
+
+
+def _runs_to_crop(
+    starts: np.ndarray, ends: np.ndarray, width: int
+) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Rasterizes row-major runs (0-based, ends exclusive) into their tight crop.
+
+    Returns:
+        ``((x0, y0, x1, y1), crop)``; an empty run list gives a zero box and a 0x0 crop.
+    """
+    if starts.size == 0:
+        return (0, 0, 0, 0), np.zeros((0, 0), dtype=bool)
+    # split runs at row boundaries into per-row segments
+    y_first = starts // width
+    y_last = (ends - 1) // width
+    nseg = y_last - y_first + 1
+    run_idx = np.repeat(np.arange(starts.size), nseg)
+    offs = np.arange(run_idx.size) - np.repeat(np.cumsum(nseg) - nseg, nseg)
+    rows = y_first[run_idx] + offs
+    seg_x0 = np.where(offs == 0, starts[run_idx] - rows * width, 0)
+    seg_x1 = np.where(rows == y_last[run_idx], ends[run_idx] - rows * width, width)
+    y0, y1 = int(rows.min()), int(rows.max()) + 1
+    x0, x1 = int(seg_x0.min()), int(seg_x1.max())
+    diff = np.zeros((y1 - y0, x1 - x0 + 1), dtype=np.int16)
+    np.add.at(diff, (rows - y0, seg_x0 - x0), 1)
+    np.add.at(diff, (rows - y0, seg_x1 - x0), -1)
+    crop = np.cumsum(diff, axis=1)[:, :-1] > 0
+    return (x0, y0, x1, y1), crop
