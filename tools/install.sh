@@ -48,7 +48,7 @@ log "torch $TORCH_VER"
 
 # 2. build prerequisites and mmengine (mmcv's setup.py imports torch and mmengine)
 "${PIP[@]}" -q "setuptools<81" wheel "packaging>=24.2" ninja psutil onedl-mmengine==0.10.12 \
-  "numpy>=2.0,<2.3" "opencv-python-headless>=4.8,<4.13" addict yapf Pillow pyyaml
+  "numpy>=2.0,<2.3" "opencv-python>=4.8,<4.13" addict yapf Pillow pyyaml
 
 # 3. onedl-mmcv with compiled ops, matched to this torch
 mmcv_ok() { "$PY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1; }
