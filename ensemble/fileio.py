@@ -1,0 +1,59 @@
+"""Atomic file writing: a temp file in the target's directory, then ``os.replace``, so readers never see a
+half-written file and a failed write leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_png", "encode_png"]
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (parent directories are created).
+
+    Args:
+        path: Destination file.
+        data: File content.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = None) -> None:
+    """Write ``obj`` as JSON to ``path`` atomically (compact unless ``indent`` is given)."""
+    separators = (",", ":") if indent is None else None
+    atomic_write_text(path, json.dumps(obj, indent=indent, separators=separators))
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode a uint8 (H, W) or (H, W, 3) BGR image as PNG bytes (lossless, deterministic)."""
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image))
+    if not ok:
+        raise ValueError(f"could not encode an image of shape {image.shape} and dtype {image.dtype} as PNG")
+    return buf.tobytes()
+
+
+def atomic_write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Write a uint8 image as PNG to ``path`` atomically."""
+    atomic_write_bytes(path, encode_png(image))
