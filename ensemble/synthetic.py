@@ -625,7 +625,8 @@ def generate_synthetic_dataset(
         density: Factor on the per-image cell counts (1.0 = real statistics), ignored for ``from_coco`` images.
         from_coco: Optional COCO instance json; its instance masks (polygons or RLE) give the geometry and its
             categories (``shsy5y``/``astro``/``cort``) the cell type, and the images are rendered from them.
-        images_per_sample: Inclusive range of images drawn per ``sample_id``.
+        images_per_sample: Inclusive range of images drawn per ``sample_id`` (capped at
+            ``n_images // 6`` so that small datasets still hold two or more samples of every cell type).
         show_progress: Show a tqdm progress bar.
 
     Returns:
@@ -675,7 +676,9 @@ def generate_synthetic_dataset(
         s = 0
         while len(plan) < n_images:
             cell_type = CLASSES[(offset + s) % len(CLASSES)]
-            k = min(int(meta_rng.integers(lo, hi + 1)), n_images - len(plan))
+            # small datasets: fewer images per sample so that every cell type gets >= 2 samples (grouped folds)
+            cap = max(1, n_images // (2 * len(CLASSES)))
+            k = min(int(meta_rng.integers(lo, hi + 1)), cap, n_images - len(plan))
             for meta in _sample_metadata(meta_rng, cell_type, k):
                 plan.append((_new_id(meta_rng, used), cell_type, meta, None))
             s += 1
