@@ -27,16 +27,16 @@ def _files(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("syn") / "a"
-    generate_synthetic_dataset(root, n_images=4, n_test=2, seed=0, density=0.2, show_progress=False)
+    generate_synthetic_dataset(root, n_images=12, n_test=2, seed=0, density=0.2, show_progress=False)
     return root
 
 
 def test_same_seed_same_bytes_other_seed_differs(small: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
-    generate_synthetic_dataset(again, n_images=4, n_test=2, seed=0, density=0.2, show_progress=False)
+    generate_synthetic_dataset(again, n_images=12, n_test=2, seed=0, density=0.2, show_progress=False)
     assert _files(small) == _files(again)
     other = tmp_path / "other"
-    generate_synthetic_dataset(other, n_images=4, n_test=2, seed=1, density=0.2, show_progress=False)
+    generate_synthetic_dataset(other, n_images=12, n_test=2, seed=1, density=0.2, show_progress=False)
     a, b = _files(small), _files(other)
     assert a["train.csv"] != b["train.csv"]
     assert set(k for k in a if k.startswith("train/")) != set(k for k in b if k.startswith("train/"))
@@ -49,7 +49,7 @@ def test_kaggle_layout_rows_and_images(small: Path) -> None:
     data = rows[1:]
     assert data and all(len(r) == 9 for r in data)
     ids = {r[0] for r in data}
-    assert len(ids) == 4
+    assert len(ids) == 12
     assert all(re.fullmatch(r"[0-9a-f]{12}", i) for i in ids)
     for r in data:
         w, h = int(r[2]), int(r[3])
@@ -64,6 +64,7 @@ def test_kaggle_layout_rows_and_images(small: Path) -> None:
         types.setdefault(r[0], set()).add(r[4])
         samples.setdefault(r[7], set()).add(r[0])
     assert all(len(t) == 1 for t in types.values())
+    assert set().union(*types.values()) == set(CLASSES)
     assert max(len(s) for s in samples.values()) >= 2
     for i in ids:
         img = cv2.imread(str(small / "train" / f"{i}.png"), cv2.IMREAD_UNCHANGED)
