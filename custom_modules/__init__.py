@@ -2,4 +2,5 @@
 
 Configs load them with ``custom_imports = dict(imports=['custom_modules'], allow_failed_imports=False)``.
 """
+
 from . import seg  # noqa: F401  (mmseg: datasets, SE-U-Net + FRE, hooks, metrics)
