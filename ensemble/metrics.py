@@ -1,0 +1,622 @@
+"""Competition metric of the Sartorius Cell Instance Segmentation challenge, plus COCO mAP via pycocotools.
+
+Metric (per image):
+
+* IoU between every true object and every predicted object, computed per instance from the cropped masks of
+  :class:`~ensemble.instances.InstanceMasks` (truth masks may overlap; they are never flattened to a label map).
+* For each threshold ``t`` in ``0.50, 0.55, ..., 0.95`` a (truth, prediction) pair is a hit when ``IoU > t``
+  (strict). Hits are matched one-to-one (maximum bipartite matching; with non-overlapping masks and ``t >= 0.5``
+  every object has at most one hit anyway). ``TP(t)`` = matched pairs, ``FP(t)`` = unmatched predictions,
+  ``FN(t)`` = unmatched truths, and ``precision(t) = TP / (TP + FP + FN)``.
+* Image score = mean of ``precision(t)`` over the 10 thresholds.
+
+Empty cases (documented convention, applied at every threshold):
+
+* no truth and no prediction -> precision 1.0 (image score 1.0);
+* truth but no prediction -> 0.0 (all false negatives);
+* prediction but no truth -> 0.0 (all false positives).
+
+Dataset score = mean of the image scores (macro over images, not a micro average of TP/FP/FN counts).
+Per-class score = mean of the image scores of the images of one cell type; per-threshold score = mean over images
+of ``precision(t)``.
+
+Speed: masks are packed once into one flat ``uint8`` buffer per image (:class:`PackedMasks`); candidate pairs are
+pre-filtered by bounding-box overlap, and intersections are counted only over the overlap window of the two boxes
+(numba kernel; a numpy fallback is used when numba is unavailable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ensemble import CLASSES
+from ensemble.instances import InstanceMasks
+
+try:  # numba is a declared dependency; the fallback keeps the metric usable without it.
+    import numba
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover - exercised only without numba
+    numba = None
+    _HAVE_NUMBA = False
+
+THRESHOLDS: np.ndarray = np.round(np.arange(0.5, 1.0, 0.05), 2)
+"""float64[10]: IoU thresholds 0.50, 0.55, ..., 0.95 of the competition metric."""
+
+THRESHOLD_KEYS: tuple[str, ...] = tuple(f"{t:.2f}" for t in THRESHOLDS)
+"""Keys of :attr:`ScoreReport.per_threshold`: ``"0.50"`` ... ``"0.95"``."""
+
+__all__ = [
+    "THRESHOLDS",
+    "THRESHOLD_KEYS",
+    "PackedMasks",
+    "ScoreReport",
+    "pack_masks",
+    "iou_matrix",
+    "precisions_from_iou",
+    "image_precisions",
+    "image_score",
+    "evaluate",
+    "coco_map",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Packing and IoU
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PackedMasks:
+    """Instance masks of one image packed for fast pairwise intersection counting.
+
+    Attributes:
+        height: Image height H.
+        width: Image width W.
+        boxes: int64[N, 4] crop boxes (x0, y0, x1, y1), x1/y1 exclusive.
+        flat: uint8[sum of crop sizes] all crops raveled row-major and concatenated.
+        offsets: int64[N] start of crop ``i`` in ``flat``.
+        areas: int64[N] foreground pixels per instance.
+    """
+
+    height: int
+    width: int
+    boxes: np.ndarray
+    flat: np.ndarray
+    offsets: np.ndarray
+    areas: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
+    """Pack the crops of ``masks`` into one flat buffer (no-op for an already packed object).
+
+    Args:
+        masks: N instance masks of one HxW image.
+
+    Returns:
+        The packed masks; reuse it when the same masks are scored many times (e.g. the truth during tuning).
+
+    Raises:
+        ValueError: If a crop's shape does not match its box.
+    """
+    if isinstance(masks, PackedMasks):
+        return masks
+    n = len(masks)
+    boxes = np.asarray(masks.boxes, dtype=np.int64).reshape(n, 4)
+    parts: list[np.ndarray] = []
+    offsets = np.zeros(n, dtype=np.int64)
+    areas = np.zeros(n, dtype=np.int64)
+    pos = 0
+    for i, crop in enumerate(masks.crops):
+        x0, y0, x1, y1 = (int(v) for v in boxes[i])
+        crop = np.asarray(crop)
+        if crop.shape != (y1 - y0, x1 - x0):
+            raise ValueError(f"instance {i}: crop shape {crop.shape} does not match box {boxes[i].tolist()}")
+        flat = np.ascontiguousarray(crop, dtype=bool).view(np.uint8).ravel()
+        parts.append(flat)
+        offsets[i] = pos
+        areas[i] = int(np.count_nonzero(flat))
+        pos += flat.size
+    flat_all = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    return PackedMasks(int(masks.height), int(masks.width), boxes, flat_all, offsets, areas)
+
+
+def _candidate_pairs(boxes_t: np.ndarray, boxes_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j) whose boxes overlap by at least one pixel.
+
+    Args:
+        boxes_t: int64[Nt, 4] xyxy (exclusive) boxes.
+        boxes_p: int64[Np, 4] xyxy (exclusive) boxes.
+
+    Returns:
+        Two int64[K] arrays of truth and prediction indices.
+    """
+    if len(boxes_t) == 0 or len(boxes_p) == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    # Sweep along x: sort predictions by x0 so each truth only looks at predictions starting before its x1.
+    order = np.argsort(boxes_p[:, 0], kind="stable")
+    px0_sorted = boxes_p[order, 0]
+    ii: list[np.ndarray] = []
+    jj: list[np.ndarray] = []
+    stop = np.searchsorted(px0_sorted, boxes_t[:, 2], side="left")
+    for i in range(len(boxes_t)):
+        cand = order[: stop[i]]
+        if cand.size == 0:
+            continue
+        bp = boxes_p[cand]
+        bt = boxes_t[i]
+        ok = (bp[:, 2] > bt[0]) & (bp[:, 1] < bt[3]) & (bp[:, 3] > bt[1])
+        if ok.any():
+            sel = cand[ok]
+            jj.append(sel)
+            ii.append(np.full(sel.size, i, dtype=np.int64))
+    if not ii:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty
+    return np.concatenate(ii), np.concatenate(jj).astype(np.int64)
+
+
+def _pair_intersections_py(
+    flat_t: np.ndarray,
+    off_t: np.ndarray,
+    boxes_t: np.ndarray,
+    flat_p: np.ndarray,
+    off_p: np.ndarray,
+    boxes_p: np.ndarray,
+    pi: np.ndarray,
+    pj: np.ndarray,
+) -> np.ndarray:
+    """Numpy reference of :func:`_pair_intersections` (used when numba is missing).
+
+    Returns:
+        int64[K] intersection pixel counts of the pairs ``(pi[k], pj[k])``.
+    """
+    out = np.zeros(pi.size, dtype=np.int64)
+    for k in range(pi.size):
+        i, j = int(pi[k]), int(pj[k])
+        tx0, ty0, tx1, ty1 = (int(v) for v in boxes_t[i])
+        px0, py0, px1, py1 = (int(v) for v in boxes_p[j])
+        x0, y0, x1, y1 = max(tx0, px0), max(ty0, py0), min(tx1, px1), min(ty1, py1)
+        if x1 <= x0 or y1 <= y0:
+            continue
+        ct = flat_t[off_t[i] : off_t[i] + (ty1 - ty0) * (tx1 - tx0)].reshape(ty1 - ty0, tx1 - tx0)
+        cp = flat_p[off_p[j] : off_p[j] + (py1 - py0) * (px1 - px0)].reshape(py1 - py0, px1 - px0)
+        wt = ct[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
+        wp = cp[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
+        out[k] = int(np.count_nonzero(wt & wp))
+    return out
+
+
+if _HAVE_NUMBA:
+
+    @numba.njit(cache=True, nogil=True)
+    def _pair_intersections(flat_t, off_t, boxes_t, flat_p, off_p, boxes_p, pi, pj):  # pragma: no cover - jit
+        out = np.zeros(pi.size, dtype=np.int64)
+        for k in range(pi.size):
+            i = pi[k]
+            j = pj[k]
+            tx0 = boxes_t[i, 0]
+            ty0 = boxes_t[i, 1]
+            tx1 = boxes_t[i, 2]
+            ty1 = boxes_t[i, 3]
+            px0 = boxes_p[j, 0]
+            py0 = boxes_p[j, 1]
+            px1 = boxes_p[j, 2]
+            py1 = boxes_p[j, 3]
+            x0 = max(tx0, px0)
+            y0 = max(ty0, py0)
+            x1 = min(tx1, px1)
+            y1 = min(ty1, py1)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            wt = tx1 - tx0
+            wp = px1 - px0
+            s = 0
+            for y in range(y0, y1):
+                rt = off_t[i] + (y - ty0) * wt - tx0
+                rp = off_p[j] + (y - py0) * wp - px0
+                for x in range(x0, x1):
+                    s += flat_t[rt + x] & flat_p[rp + x]
+            out[k] = s
+        return out
+
+else:  # pragma: no cover
+    _pair_intersections = _pair_intersections_py
+
+
+def iou_matrix(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedMasks) -> np.ndarray:
+    """IoU between every true and every predicted instance of one image.
+
+    Args:
+        truth: Nt true instance masks (may overlap each other).
+        pred: Np predicted instance masks of the same HxW image.
+
+    Returns:
+        float64[Nt, Np] IoU matrix (0 where boxes do not overlap; 0 for two empty masks).
+
+    Raises:
+        ValueError: If the two images' sizes differ.
+    """
+    t = pack_masks(truth)
+    p = pack_masks(pred)
+    if (t.height, t.width) != (p.height, p.width):
+        raise ValueError(f"image size mismatch: truth {t.height}x{t.width}, prediction {p.height}x{p.width}")
+    out = np.zeros((len(t), len(p)), dtype=np.float64)
+    pi, pj = _candidate_pairs(t.boxes, p.boxes)
+    if pi.size == 0:
+        return out
+    inter = _pair_intersections(t.flat, t.offsets, t.boxes, p.flat, p.offsets, p.boxes, pi, pj)
+    union = t.areas[pi] + p.areas[pj] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    out[pi, pj] = iou
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Matching and scores
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _max_matching(hits: np.ndarray) -> int:
+    """Size of a maximum one-to-one matching in a boolean (truth x prediction) hit matrix."""
+    rows = np.flatnonzero(hits.any(axis=1))
+    cols = np.flatnonzero(hits.any(axis=0))
+    if rows.size == 0:
+        return 0
+    sub = hits[np.ix_(rows, cols)]
+    # Fast path: no truth and no prediction has more than one hit -> every hit is its own match.
+    if (sub.sum(axis=1) <= 1).all() and (sub.sum(axis=0) <= 1).all():
+        return int(sub.sum())
+    from scipy.optimize import linear_sum_assignment
+
+    r, c = linear_sum_assignment(sub.astype(np.float64), maximize=True)
+    return int(sub[r, c].sum())
+
+
+def precisions_from_iou(iou: np.ndarray, thresholds: Sequence[float] | np.ndarray = THRESHOLDS) -> np.ndarray:
+    """Per-threshold precision ``TP / (TP + FP + FN)`` of one image from its IoU matrix.
+
+    Args:
+        iou: float64[Nt, Np] IoU matrix.
+        thresholds: IoU thresholds (a hit is ``IoU > t``).
+
+    Returns:
+        float64[T] precision per threshold, with the documented empty-case convention.
+    """
+    iou = np.asarray(iou, dtype=np.float64)
+    nt, np_ = iou.shape
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if nt == 0 and np_ == 0:
+        return np.ones(thr.size, dtype=np.float64)
+    if nt == 0 or np_ == 0:
+        return np.zeros(thr.size, dtype=np.float64)
+    out = np.zeros(thr.size, dtype=np.float64)
+    lo = float(thr.min())
+    cand = iou > lo
+    if not cand.any():
+        return out
+    rows = np.flatnonzero(cand.any(axis=1))
+    cols = np.flatnonzero(cand.any(axis=0))
+    sub = iou[np.ix_(rows, cols)]
+    for k, t in enumerate(thr):
+        tp = _max_matching(sub > t)
+        out[k] = tp / (nt + np_ - tp)
+    return out
+
+
+def image_precisions(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedMasks) -> np.ndarray:
+    """Per-threshold precision of one image.
+
+    Args:
+        truth: True instance masks.
+        pred: Predicted instance masks.
+
+    Returns:
+        float64[10] precision at IoU thresholds 0.50..0.95.
+    """
+    return precisions_from_iou(iou_matrix(truth, pred))
+
+
+def image_score(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedMasks) -> float:
+    """Competition score of one image: mean over thresholds 0.50..0.95 of ``TP / (TP + FP + FN)``.
+
+    Args:
+        truth: True instance masks.
+        pred: Predicted instance masks.
+
+    Returns:
+        Score in [0, 1] (1.0 when both are empty).
+    """
+    return float(image_precisions(truth, pred).mean())
+
+
+@dataclass
+class ScoreReport:
+    """Competition score of a data set with per-class, per-threshold and per-image breakdowns.
+
+    Attributes:
+        score: Mean image score over all images.
+        per_class: Cell type -> mean image score of its images (empty when cell types are unknown).
+        per_threshold: ``"0.50"``..``"0.95"`` -> mean over images of ``precision(t)``.
+        per_image: Image id -> image score.
+        per_class_n_images: Cell type -> number of images.
+        n_images: Number of scored images.
+        n_true: Total true instances.
+        n_pred: Total predicted instances.
+    """
+
+    score: float
+    per_class: dict[str, float]
+    per_threshold: dict[str, float]
+    per_image: dict[str, float]
+    per_class_n_images: dict[str, int] = field(default_factory=dict)
+    n_images: int = 0
+    n_true: int = 0
+    n_pred: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict of all fields."""
+        return {
+            "score": self.score,
+            "n_images": self.n_images,
+            "n_true": self.n_true,
+            "n_pred": self.n_pred,
+            "per_class": dict(self.per_class),
+            "per_class_n_images": dict(self.per_class_n_images),
+            "per_threshold": dict(self.per_threshold),
+            "per_image": dict(self.per_image),
+        }
+
+    def format_table(self) -> str:
+        """Short human-readable table: overall, per class, per threshold."""
+        lines = [
+            f"score  {self.score:.4f}  ({self.n_images} images, {self.n_true} true, {self.n_pred} predicted)"
+        ]
+        if self.per_class:
+            lines.append("per class:")
+            for name, value in self.per_class.items():
+                lines.append(f"  {name:<8} {value:.4f}  ({self.per_class_n_images.get(name, 0)} images)")
+        lines.append("per IoU threshold:")
+        lines.append("  " + "  ".join(f"{k}" for k in self.per_threshold))
+        lines.append("  " + "  ".join(f"{v:.3f}" for v in self.per_threshold.values()))
+        return "\n".join(lines)
+
+
+def _ordered_classes(names: Iterable[str]) -> list[str]:
+    """Known classes in CLASSES order first, then any other names sorted."""
+    names = set(names)
+    return [c for c in CLASSES if c in names] + sorted(names - set(CLASSES))
+
+
+def evaluate(
+    truth: Mapping[str, InstanceMasks | PackedMasks],
+    pred: Mapping[str, InstanceMasks | PackedMasks],
+    cell_types: Mapping[str, str] | None = None,
+    progress: bool = False,
+) -> ScoreReport:
+    """Competition score of a data set.
+
+    Every image of ``truth`` is scored; an image missing from ``pred`` counts as "no prediction".
+
+    Args:
+        truth: Image id -> true instance masks.
+        pred: Image id -> predicted instance masks.
+        cell_types: Optional image id -> cell type, for the per-class breakdown.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        The score report.
+
+    Raises:
+        ValueError: If ``pred`` holds image ids absent from ``truth`` (named in the message), or no truth images.
+    """
+    unknown = sorted(set(pred) - set(truth))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise ValueError(f"{len(unknown)} predicted image id(s) not in the ground truth: {shown}")
+    if not truth:
+        raise ValueError("no ground-truth images to evaluate")
+    ids = list(truth)
+    it: Iterable[str] = ids
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(ids, desc="scoring", unit="img")
+    precisions = np.zeros((len(ids), THRESHOLDS.size), dtype=np.float64)
+    n_true = n_pred = 0
+    for k, image_id in enumerate(it):
+        t = truth[image_id]
+        p = pred.get(image_id)
+        n_true += len(t)
+        if p is None:
+            precisions[k] = 1.0 if len(t) == 0 else 0.0
+            continue
+        n_pred += len(p)
+        precisions[k] = image_precisions(t, p)
+    scores = precisions.mean(axis=1)
+    per_image = {image_id: float(s) for image_id, s in zip(ids, scores)}
+    per_threshold = {key: float(v) for key, v in zip(THRESHOLD_KEYS, precisions.mean(axis=0))}
+    per_class: dict[str, float] = {}
+    per_class_n: dict[str, int] = {}
+    if cell_types:
+        groups: dict[str, list[float]] = {}
+        for image_id, s in per_image.items():
+            ct = cell_types.get(image_id)
+            if ct is not None:
+                groups.setdefault(ct, []).append(s)
+        for name in _ordered_classes(groups):
+            per_class[name] = float(np.mean(groups[name]))
+            per_class_n[name] = len(groups[name])
+    return ScoreReport(
+        score=float(scores.mean()),
+        per_class=per_class,
+        per_threshold=per_threshold,
+        per_image=per_image,
+        per_class_n_images=per_class_n,
+        n_images=len(ids),
+        n_true=n_true,
+        n_pred=n_pred,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# COCO mAP (pycocotools)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _tight_boxes_xywh(masks: InstanceMasks) -> np.ndarray:
+    """float64[N, 4] tight xywh boxes of the foreground of each instance (zeros for empty masks)."""
+    out = np.zeros((len(masks), 4), dtype=np.float64)
+    for i, crop in enumerate(masks.crops):
+        crop = np.asarray(crop, dtype=bool)
+        ys = np.flatnonzero(crop.any(axis=1))
+        xs = np.flatnonzero(crop.any(axis=0))
+        if ys.size == 0:
+            continue
+        x0, y0 = int(masks.boxes[i][0]), int(masks.boxes[i][1])
+        out[i] = (x0 + xs[0], y0 + ys[0], xs[-1] - xs[0] + 1, ys[-1] - ys[0] + 1)
+    return out
+
+
+def coco_map(
+    truth: Mapping[str, InstanceMasks],
+    pred: Mapping[str, InstanceMasks],
+    scores: Mapping[str, np.ndarray],
+    truth_labels: Mapping[str, np.ndarray] | None = None,
+    pred_labels: Mapping[str, np.ndarray] | None = None,
+    pred_boxes: Mapping[str, np.ndarray] | None = None,
+    iou_types: Sequence[str] = ("bbox", "segm"),
+    max_dets: int = 1000,
+) -> dict[str, float]:
+    """COCO mAP (bbox and/or segm) through pycocotools' ``COCOeval`` (not re-implemented).
+
+    Class-agnostic (a single "cell" category) unless both ``truth_labels`` and ``pred_labels`` are given.
+
+    Args:
+        truth: Image id -> true instance masks.
+        pred: Image id -> predicted instance masks (ids must be in ``truth``; missing ids = no detections).
+        scores: Image id -> float[Np] confidence of each prediction.
+        truth_labels: Optional image id -> int[Nt] 0-based labels into CLASSES.
+        pred_labels: Optional image id -> int[Np] 0-based labels.
+        pred_boxes: Optional image id -> float[Np, 4] xyxy pixel boxes for the bbox mAP (default: tight boxes
+            of the predicted masks).
+        iou_types: Subset of ``("bbox", "segm")``.
+        max_dets: Maximum detections per image (cell images hold hundreds of objects; COCO's default 100 is
+            too small).
+
+    Returns:
+        ``{"<type>_mAP", "<type>_mAP_50", "<type>_mAP_75"}`` for each requested type (-1.0 where undefined).
+
+    Note:
+        pycocotools matches detections in a Python loop (thresholds x detections x truths per image): expect
+        about a second per dense image (~700 cells). Use :func:`evaluate` for the competition metric.
+
+    Raises:
+        ValueError: On unknown image ids, length mismatches or an unknown iou type.
+    """
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    for it in iou_types:
+        if it not in ("bbox", "segm"):
+            raise ValueError(f"unknown iou type {it!r}; expected 'bbox' or 'segm'")
+    unknown = sorted(set(pred) - set(truth))
+    if unknown:
+        raise ValueError(f"predicted image id(s) not in the ground truth: {', '.join(unknown[:5])}")
+    per_class = truth_labels is not None and pred_labels is not None
+    categories = (
+        [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)]
+        if per_class
+        else [{"id": 1, "name": "cell"}]
+    )
+    images, anns, dets = [], [], []
+    ann_id = 1
+    for num, (image_id, t) in enumerate(truth.items(), start=1):
+        images.append({"id": num, "height": int(t.height), "width": int(t.width), "file_name": image_id})
+        rles = t.to_coco_rles()
+        boxes = _tight_boxes_xywh(t)
+        areas = t.areas()
+        labels = np.asarray(truth_labels[image_id]) if per_class else np.zeros(len(t), dtype=np.int64)
+        if len(labels) != len(t):
+            raise ValueError(f"image {image_id}: {len(labels)} truth labels for {len(t)} instances")
+        for i in range(len(t)):
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": num,
+                    "category_id": int(labels[i]) + 1,
+                    "segmentation": rles[i],
+                    "area": float(areas[i]),
+                    "bbox": boxes[i].tolist(),
+                    "iscrowd": 0,
+                }
+            )
+            ann_id += 1
+        p = pred.get(image_id)
+        if p is None or len(p) == 0:
+            continue
+        s = np.asarray(scores[image_id], dtype=np.float64)
+        if s.shape != (len(p),):
+            raise ValueError(f"image {image_id}: {s.shape} scores for {len(p)} predicted instances")
+        plabels = np.asarray(pred_labels[image_id]) if per_class else np.zeros(len(p), dtype=np.int64)
+        if len(plabels) != len(p):
+            raise ValueError(f"image {image_id}: {len(plabels)} predicted labels for {len(p)} instances")
+        if pred_boxes is not None and image_id in pred_boxes:
+            b = np.asarray(pred_boxes[image_id], dtype=np.float64).reshape(-1, 4)
+            if len(b) != len(p):
+                raise ValueError(f"image {image_id}: {len(b)} boxes for {len(p)} predicted instances")
+            pboxes = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+        else:
+            pboxes = _tight_boxes_xywh(p)
+        prles = p.to_coco_rles()
+        for i in range(len(p)):
+            dets.append(
+                {
+                    "image_id": num,
+                    "category_id": int(plabels[i]) + 1,
+                    "segmentation": prles[i],
+                    "bbox": pboxes[i].tolist(),
+                    "score": float(s[i]),
+                }
+            )
+    out: dict[str, float] = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO()
+        gt.dataset = {"images": images, "annotations": anns, "categories": categories}
+        gt.createIndex()
+        for iou_type in iou_types:
+            if not dets:
+                out.update({f"{iou_type}_mAP": 0.0, f"{iou_type}_mAP_50": 0.0, f"{iou_type}_mAP_75": 0.0})
+                continue
+            drop = "segmentation" if iou_type == "bbox" else "bbox"
+            dt = gt.loadRes([{k: v for k, v in d.items() if k != drop} for d in dets])
+            ev = COCOeval(gt, dt, iou_type)
+            ev.params.maxDets = [1, 10, int(max_dets)]
+            # Only the "all" area range is reported; dropping small/medium/large makes COCOeval's Python
+            # matching loop 4x cheaper (it is O(thresholds x detections x truths) per image).
+            ev.params.areaRng = [[0.0, 1e10]]
+            ev.params.areaRngLbl = ["all"]
+            ev.evaluate()
+            ev.accumulate()
+            prec = ev.eval["precision"]  # [T, R, K, A, M]; area index 0 = all, maxDets index -1
+            out[f"{iou_type}_mAP"] = _valid_mean(prec[:, :, :, 0, -1])
+            out[f"{iou_type}_mAP_50"] = _valid_mean(prec[0, :, :, 0, -1])
+            out[f"{iou_type}_mAP_75"] = _valid_mean(prec[5, :, :, 0, -1])
+    return out
+
+
+def _valid_mean(p: np.ndarray) -> float:
+    """Mean of the entries > -1 of a COCOeval precision array (-1.0 when none)."""
+    p = p[p > -1]
+    return float(p.mean()) if p.size else -1.0
