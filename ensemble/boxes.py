@@ -549,3 +549,93 @@ def weighted_boxes_fusion(
     final = key[:, 1].argsort()[::-1]
     clusters = [all_clusters[i] for i in final]
     return boxes[final], scores[final], labels[final], clusters
+
+
+def weighted_boxes_fusion_reference(
+    boxes_list: Sequence[np.ndarray],
+    scores_list: Sequence[np.ndarray],
+    labels_list: Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray | None = None,
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+    conf_type: str = "avg",
+    allows_overflow: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Straightforward pure-Python WBF with cluster tracking (slow; the reference for tests and benchmarks).
+
+    The textbook loop of ensemble-boxes (per label: sort, compare each box with every fused box, recompute the
+    fused box from its whole member list) with each member's ``(model, box index)`` carried along. Same
+    arguments, returns and errors as `weighted_boxes_fusion` (which must agree with it exactly).
+    """
+    n_models = len(boxes_list)
+    if len(scores_list) != n_models or len(labels_list) != n_models:
+        raise ValueError("boxes_list, scores_list and labels_list must have one entry per model")
+    if conf_type not in _CONF_CODE:
+        raise ValueError(f"unknown conf_type {conf_type!r}; expected one of {CONF_TYPES}")
+    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != n_models or (w <= 0).any():
+        raise ValueError("weights must have one positive entry per model")
+    rows: dict[int, list[list[float]]] = {}
+    for t in range(n_models):
+        b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])
+        raw = scores_list[t]
+        for j in range(len(b)):
+            score = raw[j] if isinstance(raw, np.ndarray) else s[j]
+            if score < skip_box_thr:
+                continue
+            x1, y1, x2, y2 = (min(max(float(v), 0.0), 1.0) for v in b[j])
+            if (x2 - x1) * (y2 - y1) == 0.0:
+                continue
+            # [label, score * weight, weight, model, x1, y1, x2, y2, box index]
+            rows.setdefault(int(lab[j]), []).append(
+                [int(lab[j]), float(s[j]) * w[t], w[t], t, x1, y1, x2, y2, j]
+            )
+    if not rows:
+        return np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,)), []
+    fused_rows, clusters = [], []
+    for label_rows in rows.values():
+        arr = np.array(label_rows)
+        arr = arr[arr[:, 1].argsort()[::-1]]
+        members: list[list[np.ndarray]] = []
+        fused = np.empty((0, 8))
+        for row in arr:
+            best = -1
+            if len(fused):
+                ious = box_iou(fused[:, 4:8], row[None, 4:8])[:, 0]
+                k = int(np.argmax(ious))
+                if ious[k] > iou_thr:
+                    best = k
+            if best >= 0:
+                members[best].append(row)
+                box = np.zeros(8, dtype=np.float32)  # ensemble-boxes fuses in float32
+                conf = 0.0
+                for m in members[best]:
+                    box[4:] += m[1] * m[4:8]
+                    conf += m[1]
+                box[0] = members[best][0][0]
+                scores_m = [m[1] for m in members[best]]
+                box[1] = max(scores_m) if conf_type == "max" else conf / len(scores_m)
+                box[2] = sum(m[2] for m in members[best])
+                box[4:] /= conf
+                fused[best] = box
+            else:
+                members.append([row])
+                fused = np.vstack([fused, row[:8]])
+        for i, mem in enumerate(members):
+            mem_arr = np.array(mem)
+            n = len(mem_arr)
+            used = np.unique(mem_arr[:, 3]).astype(int)
+            if conf_type == "box_and_model_avg":
+                fused[i, 1] = fused[i, 1] * n / fused[i, 2] * w[used].sum() / w.sum()
+            elif conf_type == "absent_model_aware_avg":
+                absent = np.setdiff1d(np.arange(n_models), used)
+                fused[i, 1] = fused[i, 1] * n / (fused[i, 2] + w[absent].sum())
+            elif conf_type == "max":
+                fused[i, 1] = fused[i, 1] / w.max()
+            else:
+                fused[i, 1] = fused[i, 1] * (n if allows_overflow else min(n_models, n)) / w.sum()
+            clusters.append(mem_arr[:, [3, 8]].astype(np.int64))
+        fused_rows.append(fused)
+    out = np.concatenate(fused_rows)
+    order = out[:, 1].argsort()[::-1]
+    return out[order, 4:8], out[order, 1], out[order, 0], [clusters[i] for i in order]
