@@ -323,3 +323,25 @@ def test_cli_ok_and_bad_input(tmp_path: Path) -> None:
     )
     assert bad.returncode == 1
     assert "train.csv: row 3, field 'cell_type'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_real_geometry_round_trip(real_coco_path: Path, tmp_path: Path) -> None:
+    """Real masks -> Kaggle csv (via --from-coco) -> prepare: areas and boxes equal the real json's."""
+    from ensemble.synthetic import generate_synthetic_dataset
+
+    generate_synthetic_dataset(
+        tmp_path, n_images=8, n_test=0, seed=0, from_coco=real_coco_path, show_progress=False
+    )
+    prepare_sartorius(tmp_path, folds=2, seed=0, show_progress=False)
+    real = json.loads(real_coco_path.read_text())
+    mine = load(tmp_path, "train_all.json")
+    kaggle_of = {im["id"]: im["kaggle_id"] for im in mine["images"]}
+    assert len(kaggle_of) == 8
+    got: dict[str, list] = {}
+    for a in mine["annotations"]:
+        got.setdefault(kaggle_of[a["image_id"]], []).append((a["area"], tuple(a["bbox"])))
+    for image_id, items in got.items():
+        truth = sorted(
+            (a["area"], tuple(a["bbox"])) for a in real["annotations"] if a["image_id"] == image_id
+        )
+        assert sorted(items) == truth
