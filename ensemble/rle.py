@@ -30,11 +30,16 @@ __all__ = [
     "coco_rle_encode",
     "coco_rle_decode",
     "coco_rle_area",
+    "coco_rle_counts",
+    "coco_rle_to_crop",
+    "runs_to_crop",
     "kaggle_rle_to_coco_rle",
     "coco_rle_to_kaggle_rle",
 ]
 
-_TOKEN_RE = re.compile(r"^\d+$")
+_TOKEN_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_INTS_RE = re.compile(r"[+-]?[0-9]+(?:\s+[+-]?[0-9]+)*", re.ASCII)
+_MAX_INT = 2**62
 
 
 def _runs_to_str(starts: np.ndarray, lengths: np.ndarray) -> str:
@@ -96,11 +101,16 @@ def kaggle_rle_runs(rle: str, height: int, width: int) -> tuple[np.ndarray, np.n
         return empty, empty
     if len(tokens) % 2:
         raise ValueError(f"RLE has an odd number of tokens ({len(tokens)}): expected 'start length' pairs")
-    try:
-        values = np.array([int(t) for t in tokens], dtype=np.int64)
-    except ValueError:
-        bad = next(t for t in tokens if not re.fullmatch(r"[+-]?\d+", t))
-        raise ValueError(f"RLE token {bad!r} is not an integer") from None
+    if not _INTS_RE.fullmatch(rle.strip()):
+        bad = next((t for t in tokens if not _TOKEN_RE.fullmatch(t)), None)
+        if bad is None:
+            raise ValueError("RLE tokens are separated by non-ASCII whitespace")
+        raise ValueError(f"RLE token {bad!r} is not an integer")
+    ints = [int(t) for t in tokens]
+    if max(ints) > _MAX_INT or min(ints) < -_MAX_INT:
+        bad = next(t for t, v in zip(tokens, ints) if abs(v) > _MAX_INT)
+        raise ValueError(f"RLE token {bad!r} is out of range")
+    values = np.array(ints, dtype=np.int64)
     starts = values[0::2]
     lengths = values[1::2]
     n_pixels = int(height) * int(width)
@@ -142,12 +152,12 @@ def kaggle_rle_decode(rle: str, height: int, width: int) -> np.ndarray:
         bool array of shape (H, W).
     """
     starts, lengths = kaggle_rle_runs(rle, height, width)
-    n = int(height) * int(width)
-    # difference array: +1 at run start, -1 at run end, cumulative sum marks the runs
-    diff = np.zeros(n + 1, dtype=np.int8)
-    np.add.at(diff, starts, 1)
-    np.add.at(diff, starts + lengths, -1)
-    return (np.cumsum(diff[:-1], dtype=np.int8) > 0).reshape(height, width)
+    out = np.zeros((int(height), int(width)), dtype=bool)
+    if starts.size:
+        # rasterize only the runs' bounding window (cost ~ the object's box, not the whole image)
+        (x0, y0, x1, y1), crop = runs_to_crop(starts, starts + lengths, int(width))
+        out[y0:y1, x0:x1] = crop
+    return out
 
 
 def kaggle_rle_encode_label_image(labels: np.ndarray) -> dict[int, str]:
@@ -158,10 +168,23 @@ def kaggle_rle_encode_label_image(labels: np.ndarray) -> dict[int, str]:
 
     Returns:
         ``{label: kaggle_rle}`` for every label > 0 present in the image, in increasing label order.
+
+    Raises:
+        ValueError: If ``labels`` is not 2-D, not integer-typed or holds negative values.
+
+    One pass over the image: the value changes of the raveled label image give all runs of all labels at once;
+    a stable sort by label groups them (keeping image order within a label), so the cost is
+    O(H*W + R log R) for R runs instead of one full-image scan per label.
     """
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"label image must be 2-D (H, W), got shape {labels.shape}")
+    if labels.dtype.kind not in "iub":
+        raise ValueError(f"label image must have an integer dtype, got {labels.dtype}")
+    if labels.size == 0:
+        return {}
+    if labels.dtype.kind == "i" and labels.min() < 0:
+        raise ValueError(f"label image has negative label {int(labels.min())}; labels must be >= 0")
     flat = labels.ravel(order="C")
     # run boundaries of the label sequence (any change of value starts a new run)
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
@@ -197,19 +220,161 @@ def coco_rle_encode(mask: np.ndarray) -> dict:
     return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": rle["counts"].decode("ascii")}
 
 
-def _coco_rle_compressed(rle: dict) -> dict:
-    """Returns a pycocotools-ready compressed RLE (bytes counts) from compressed or uncompressed input."""
+def _coco_size(rle: dict) -> tuple[int, int]:
+    """Validated ``(H, W)`` of a COCO RLE dict."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError("COCO RLE must be a dict with 'size' and 'counts'")
-    h, w = (int(v) for v in rle["size"])
+    size = rle["size"]
+    try:
+        h, w = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"COCO RLE 'size' must be [height, width], got {size!r}") from None
+    if h < 0 or w < 0:
+        raise ValueError(f"COCO RLE 'size' must be non-negative, got {size!r}")
+    return h, w
+
+
+def _counts_from_string(counts: bytes) -> np.ndarray:
+    """Decodes pycocotools' compressed counts string (the algorithm of ``rleFrString`` in maskApi.c).
+
+    Each count is written in 5-bit groups, least significant first, as characters ``48 + group`` with bit 0x20
+    meaning "more groups follow" and bit 0x10 of the last group the sign; from the third count on, the value is
+    stored as the difference to the count two places earlier.
+
+    Raises:
+        ValueError: On a character outside the alphabet or a string that ends inside a count.
+    """
+    out: list[int] = []
+    p, n = 0, len(counts)
+    while p < n:
+        x = 0
+        k = 0
+        more = True
+        while more:
+            if p >= n:
+                raise ValueError("compressed COCO RLE counts string ends inside a count")
+            c = counts[p] - 48
+            if c < 0 or c > 63:
+                raise ValueError(
+                    f"compressed COCO RLE counts string has invalid character {chr(counts[p])!r}"
+                )
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return np.asarray(out, dtype=np.int64)
+
+
+def coco_rle_counts(rle: dict) -> np.ndarray:
+    """Validated run lengths of a COCO RLE (compressed or uncompressed).
+
+    Args:
+        rle: ``{"size": [H, W], "counts": str | bytes | list[int]}``.
+
+    Returns:
+        int64 array (K,) of alternating background/foreground run lengths in column-major order, starting with
+        background (the first may be 0).
+
+    Raises:
+        ValueError: If a count is negative or not an integer, or the counts do not sum to ``H * W``.
+    """
+    h, w = _coco_size(rle)
     counts = rle["counts"]
-    if isinstance(counts, list):
-        if sum(counts) != h * w:
-            raise ValueError(f"uncompressed COCO RLE counts sum to {sum(counts)}, expected {h}x{w} = {h * w}")
-        return mask_utils.frPyObjects({"size": [h, w], "counts": counts}, h, w)
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return {"size": [h, w], "counts": counts}
+    if isinstance(counts, list | tuple | np.ndarray):
+        arr = np.asarray(counts)
+        if arr.size and arr.dtype.kind not in "iu":
+            raise ValueError(f"uncompressed COCO RLE counts must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64).ravel()
+    elif isinstance(counts, str | bytes):
+        raw = counts.encode("ascii", errors="replace") if isinstance(counts, str) else counts
+        arr = _counts_from_string(raw)
+    else:
+        raise ValueError(f"COCO RLE 'counts' must be a list or a string, got {type(counts).__name__}")
+    if (arr < 0).any():
+        i = int(np.flatnonzero(arr < 0)[0])
+        raise ValueError(f"COCO RLE count {i} is negative ({int(arr[i])})")
+    total = int(arr.sum())
+    if total != h * w:
+        raise ValueError(f"COCO RLE counts sum to {total}, expected {h}x{w} = {h * w}")
+    return arr
+
+
+def _coco_rle_compressed(rle: dict) -> dict:
+    """Returns a pycocotools-ready compressed RLE (bytes counts) from compressed or uncompressed input.
+
+    The counts are validated first: pycocotools does not bound-check them and would write past its buffer.
+    """
+    h, w = _coco_size(rle)
+    counts = coco_rle_counts(rle)
+    if isinstance(rle["counts"], str | bytes):
+        c = rle["counts"]
+        return {"size": [h, w], "counts": c.encode("ascii") if isinstance(c, str) else c}
+    return mask_utils.frPyObjects({"size": [h, w], "counts": counts.tolist()}, h, w)
+
+
+def runs_to_crop(
+    starts: np.ndarray, ends: np.ndarray, width: int
+) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Rasterizes row-major runs directly into their tight crop (no full-frame mask).
+
+    Args:
+        starts: int64 (R,) 0-based run starts over the raveled (H, W) image.
+        ends: int64 (R,) exclusive run ends (runs may wrap over row ends).
+        width: image width W.
+
+    Returns:
+        ``((x0, y0, x1, y1), crop)`` with crop a bool array (y1 - y0, x1 - x0); no runs give a zero box and a
+        0x0 crop.
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    ends = np.asarray(ends, dtype=np.int64)
+    keep = ends > starts
+    starts, ends = starts[keep], ends[keep]
+    if starts.size == 0:
+        return (0, 0, 0, 0), np.zeros((0, 0), dtype=bool)
+    y_first = starts // width
+    y_last = (ends - 1) // width
+    nseg = y_last - y_first + 1
+    run_idx = np.repeat(np.arange(starts.size), nseg)
+    offs = np.arange(run_idx.size) - np.repeat(np.cumsum(nseg) - nseg, nseg)
+    rows = y_first[run_idx] + offs
+    seg_x0 = np.where(offs == 0, starts[run_idx] - rows * width, 0)
+    seg_x1 = np.where(rows == y_last[run_idx], ends[run_idx] - rows * width, width)
+    y0, y1 = int(rows.min()), int(rows.max()) + 1
+    x0, x1 = int(seg_x0.min()), int(seg_x1.max())
+    diff = np.zeros((y1 - y0, x1 - x0 + 1), dtype=np.int32)
+    np.add.at(diff, (rows - y0, seg_x0 - x0), 1)
+    np.add.at(diff, (rows - y0, seg_x1 - x0), -1)
+    crop = np.cumsum(diff, axis=1)[:, :-1] > 0
+    return (x0, y0, x1, y1), crop
+
+
+def coco_rle_to_crop(rle: dict) -> tuple[tuple[int, int, int, int], np.ndarray]:
+    """Decodes a COCO RLE straight into the tight crop of its mask (validated, no full-frame decode).
+
+    Column-major runs of an (H, W) image are the row-major runs of its (W, H) transpose, so they are rasterized
+    with :func:`runs_to_crop` on the transpose and the crop is transposed back.
+
+    Args:
+        rle: ``{"size": [H, W], "counts": str | bytes | list[int]}``.
+
+    Returns:
+        ``((x0, y0, x1, y1), crop)``, x1/y1 exclusive, crop bool (y1 - y0, x1 - x0); an empty mask gives a zero
+        box and a 0x0 crop.
+    """
+    h, _ = _coco_size(rle)
+    counts = coco_rle_counts(rle)
+    bounds = np.cumsum(counts)
+    fg_starts = bounds[0::2][: counts.size // 2]
+    fg_ends = bounds[1::2]
+    (ty0, tx0, ty1, tx1), crop_t = runs_to_crop(fg_starts, fg_ends, h)
+    # in the transpose, "x" is the original y and "y" the original x
+    return (tx0, ty0, tx1, ty1), np.ascontiguousarray(crop_t.T)
 
 
 def coco_rle_decode(rle: dict) -> np.ndarray:

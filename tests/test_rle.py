@@ -1,0 +1,228 @@
+"""Kaggle and COCO RLE: round trips (random and real masks), the one-pass label-image encoder, malformed input."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from ensemble.instances import InstanceMasks
+from ensemble.rle import (
+    coco_rle_area,
+    coco_rle_counts,
+    coco_rle_decode,
+    coco_rle_encode,
+    coco_rle_to_crop,
+    coco_rle_to_kaggle_rle,
+    kaggle_rle_decode,
+    kaggle_rle_encode,
+    kaggle_rle_encode_label_image,
+    kaggle_rle_runs,
+    kaggle_rle_to_coco_rle,
+    runs_to_crop,
+)
+
+
+def _random_mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    kind = rng.integers(0, 4)
+    if kind == 0:
+        return rng.random((h, w)) < rng.uniform(0.05, 0.95)
+    if kind == 1:  # a blob
+        yy, xx = np.mgrid[:h, :w]
+        return ((yy - rng.uniform(0, h)) / rng.uniform(1, h)) ** 2 + (
+            (xx - rng.uniform(0, w)) / rng.uniform(1, w)
+        ) ** 2 <= 1
+    if kind == 2:  # touches image corners / wraps rows
+        m = np.zeros((h, w), dtype=bool)
+        m[:, -1] = True
+        m[:, 0] = True
+        m[0, :] = rng.random(w) < 0.5
+        return m
+    return np.zeros((h, w), dtype=bool) if rng.random() < 0.5 else np.ones((h, w), dtype=bool)
+
+
+def test_kaggle_round_trip_random_masks() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(1, 40, size=2))
+        m = _random_mask(rng, h, w)
+        rle = kaggle_rle_encode(m)
+        np.testing.assert_array_equal(kaggle_rle_decode(rle, h, w), m)
+        # row-major, 1-based: pixel (y, x) is number y * w + x + 1
+        if m.any():
+            y, x = np.argwhere(m)[0]
+            assert int(rle.split()[0]) == y * w + x + 1
+        else:
+            assert rle == ""
+
+
+def test_kaggle_format_is_row_major_and_1_based() -> None:
+    m = np.zeros((3, 4), dtype=bool)
+    m[0, 3] = m[1, 0] = m[1, 1] = True  # a run that wraps from row 0 into row 1
+    m[2, 2] = True
+    assert kaggle_rle_encode(m) == "4 3 11 1"
+    np.testing.assert_array_equal(kaggle_rle_decode("4 3 11 1", 3, 4), m)
+
+
+def test_label_image_encoder_matches_per_label_encoding() -> None:
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        h, w = (int(v) for v in rng.integers(1, 50, size=2))
+        labels = rng.integers(0, 12, size=(h, w)) * (rng.random((h, w)) < 0.7)
+        labels = labels.astype(rng.choice([np.int32, np.uint16, np.int64]))
+        got = kaggle_rle_encode_label_image(labels)
+        present = [int(v) for v in np.unique(labels) if v > 0]
+        assert list(got) == present
+        for v in present:
+            assert got[v] == kaggle_rle_encode(labels == v)
+
+
+def test_label_image_encoder_validates() -> None:
+    with pytest.raises(ValueError, match="2-D"):
+        kaggle_rle_encode_label_image(np.zeros((2, 2, 2), dtype=np.int32))
+    with pytest.raises(ValueError, match="integer dtype"):
+        kaggle_rle_encode_label_image(np.zeros((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="negative label -1"):
+        kaggle_rle_encode_label_image(np.array([[0, -1]], dtype=np.int32))
+    assert kaggle_rle_encode_label_image(np.zeros((3, 3), dtype=np.int32)) == {}
+
+
+def test_label_image_encoder_is_one_pass_fast() -> None:
+    # 800 labels on a 520 x 704 image: a per-label scan would need 800 full-image passes
+    rng = np.random.default_rng(2)
+    labels = np.zeros((520, 704), dtype=np.int32)
+    ys, xs = rng.integers(0, 500, 800), rng.integers(0, 690, 800)
+    for i, (y, x) in enumerate(zip(ys, xs), start=1):
+        labels[y : y + 18, x : x + 14] = i
+    t0 = time.perf_counter()
+    out = kaggle_rle_encode_label_image(labels)
+    elapsed = time.perf_counter() - t0
+    assert len(out) == len(np.unique(labels)) - 1
+    assert elapsed < 1.0, f"label-image encoding took {elapsed:.2f}s"
+
+
+def test_coco_round_trip_and_conversions() -> None:
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        h, w = (int(v) for v in rng.integers(1, 40, size=2))
+        m = _random_mask(rng, h, w)
+        c = coco_rle_encode(m)
+        assert isinstance(c["counts"], str) and c["size"] == [h, w]
+        json.dumps(c)
+        np.testing.assert_array_equal(coco_rle_decode(c), m)
+        assert coco_rle_area(c) == m.sum()
+        # uncompressed counts (column-major) read the same
+        counts = coco_rle_counts(c)
+        flat = m.ravel(order="F")
+        assert counts.sum() == h * w and (counts[0] == 0) == bool(flat[0])
+        np.testing.assert_array_equal(coco_rle_decode({"size": [h, w], "counts": counts.tolist()}), m)
+        # Kaggle <-> COCO
+        k = kaggle_rle_encode(m)
+        np.testing.assert_array_equal(coco_rle_decode(kaggle_rle_to_coco_rle(k, h, w)), m)
+        assert coco_rle_to_kaggle_rle(c) == k
+        # straight into a tight crop
+        box, crop = coco_rle_to_crop(c)
+        full = np.zeros((h, w), dtype=bool)
+        full[box[1] : box[3], box[0] : box[2]] = crop
+        np.testing.assert_array_equal(full, m)
+        if m.any():
+            ys, xs = np.nonzero(m)
+            assert box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_runs_to_crop_with_wrapping_runs() -> None:
+    starts, lengths = kaggle_rle_runs("4 3 11 1", 3, 4)
+    box, crop = runs_to_crop(starts, starts + lengths, 4)
+    assert box == (0, 0, 4, 3)
+    np.testing.assert_array_equal(crop, kaggle_rle_decode("4 3 11 1", 3, 4))
+
+
+def test_real_rows_coco_to_kaggle_and_back(real_coco_path: Path) -> None:
+    data = json.loads(real_coco_path.read_text())
+    anns = data["annotations"][::14]  # ~520 real instances across all 56 images
+    assert isinstance(anns[0]["segmentation"]["counts"], list)  # uncompressed column-major
+    for a in anns:
+        seg = a["segmentation"]
+        h, w = seg["size"]
+        ref = mask_utils.decode(mask_utils.frPyObjects(seg, h, w)).astype(bool)
+        k = coco_rle_to_kaggle_rle(seg)
+        np.testing.assert_array_equal(kaggle_rle_decode(k, h, w), ref)
+        back = kaggle_rle_to_coco_rle(k, h, w)
+        np.testing.assert_array_equal(coco_rle_decode(back), ref)
+        assert coco_rle_counts(back).tolist() == list(seg["counts"])  # identical runs after the round trip
+        assert coco_rle_area(back) == a["area"]
+        x, y, bw, bh = a["bbox"]
+        box, crop = coco_rle_to_crop(seg)
+        assert box == (x, y, x + bw, y + bh)
+        assert crop.sum() == a["area"]
+        # InstanceMasks from the Kaggle string gives the same Kaggle string back
+        assert InstanceMasks.from_kaggle_rles([k], h, w).to_kaggle_rles() == [k]
+
+
+@pytest.mark.parametrize(
+    ("rle", "message"),
+    [
+        ("1 2 3", "odd number of tokens"),
+        ("1 2.5", "'2.5' is not an integer"),
+        ("a 3", "'a' is not an integer"),
+        ("1_0 3", "'1_0' is not an integer"),
+        ("1\u00a03", "non-ASCII whitespace"),
+        ("1 0", "non-positive length 0"),
+        ("1 -3", "non-positive length -3"),
+        ("0 3", "start 0 < 1"),
+        ("-2 3", "start -2 < 1"),
+        ("11 3", "runs past the image end"),
+        ("13 1", "runs past the image end"),
+        ("99999999999999999999999 1", "out of range"),
+        ("5 2 1 2", "unsorted"),
+        ("1 3 3 2", "overlapping"),
+    ],
+)
+def test_malformed_kaggle_rle(rle: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kaggle_rle_decode(rle, 3, 4)
+
+
+def test_kaggle_rle_edge_inputs() -> None:
+    assert not kaggle_rle_decode("", 3, 4).any()
+    assert not kaggle_rle_decode("   ", 3, 4).any()
+    assert kaggle_rle_decode("12 1", 3, 4)[2, 3]  # last pixel
+    assert kaggle_rle_decode(" 1  2 \t5 1\n", 3, 4).sum() == 3  # any ASCII whitespace separates tokens
+    assert kaggle_rle_decode("1 2 3 1", 3, 4).sum() == 3  # adjacent runs are allowed
+    with pytest.raises(ValueError, match="must be a string"):
+        kaggle_rle_decode(5, 3, 4)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="2-D"):
+        kaggle_rle_encode(np.zeros(4, dtype=bool))
+
+
+@pytest.mark.parametrize(
+    ("rle", "message"),
+    [
+        ({"size": [2, 2], "counts": [1, 2]}, "sum to 3, expected 2x2 = 4"),
+        ({"size": [2, 2], "counts": [5, -1]}, "count 1 is negative"),
+        ({"size": [2, 2], "counts": [1.5, 2.5]}, "must be integers"),
+        ({"size": [2, 2], "counts": "0~"}, "invalid character"),
+        ({"size": [2, 2], "counts": "0`"}, "ends inside a count"),
+        ({"size": [2], "counts": [4]}, "'size' must be"),
+        ({"counts": [4]}, "dict with 'size' and 'counts'"),
+        ({"size": [2, 2], "counts": 4}, "must be a list or a string"),
+    ],
+)
+def test_malformed_coco_rle(rle: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        coco_rle_decode(rle)
+
+
+def test_compressed_counts_decoder_matches_pycocotools() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(50):
+        m = _random_mask(rng, 37, 23)
+        enc = mask_utils.encode(np.asfortranarray(m.astype(np.uint8)))
+        ref = mask_utils.frPyObjects(
+            {"size": [37, 23], "counts": coco_rle_counts(enc).tolist()}, 37, 23
+        )  # re-compressing our decoded counts must give pycocotools' exact string
+        assert ref["counts"] == enc["counts"]
