@@ -142,7 +142,7 @@ def read_train_csv(csv_path: str | os.PathLike, show_progress: bool = False) -> 
     if not csv_path.is_file():
         raise ValueError(f"{csv_path}: file not found")
     images: dict[str, KaggleImage] = {}
-    with open(csv_path, newline="") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # tolerate a byte-order mark
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
