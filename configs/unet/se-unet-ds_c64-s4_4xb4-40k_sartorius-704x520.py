@@ -15,6 +15,8 @@ model = dict(
         num_classes=4,
         norm_cfg=_base_.norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=ds_lambda),
+        loss_decode=dict(
+            type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=ds_lambda
+        ),
     ),
 )

@@ -23,7 +23,7 @@ train_pipeline = [
         brightness_delta=16,
         contrast_range=(0.8, 1.2),
         saturation_range=(1.0, 1.0),
-        hue_delta=0,
+        hue_delta=1,  # no-op on gray pixels (saturation 0); 0 is rejected by numpy's randint
     ),
     dict(type='PackSegInputs'),
 ]

@@ -36,7 +36,7 @@ model = dict(
         num_classes=4,
         norm_cfg=norm_cfg,
         align_corners=False,
-        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
+        loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=1.0),
     ),
     train_cfg=dict(),
     test_cfg=dict(mode='whole'),

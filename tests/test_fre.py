@@ -1,0 +1,206 @@
+"""Feature Random Enhancement module, its redraw hook on a real mmengine Runner, SE block and SE-U-Net."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("mmseg")
+
+from mmengine.model import BaseModel  # noqa: E402
+from mmengine.runner import Runner  # noqa: E402
+from mmseg.registry import HOOKS, MODELS  # noqa: E402
+
+from custom_modules.seg import FeatureRandomEnhancement, FRERedrawHook, SEBlock, SEUNet  # noqa: E402
+
+
+def test_fre_train_scales_exactly_b_channels() -> None:
+    fre = FeatureRandomEnhancement(num_channels=64, num_enhanced=20, factor=632.0, seed=1).train()
+    x = torch.rand(2, 64, 5, 7) + 0.1
+    y = fre(x)
+    ratio = (y / x).amax(dim=(0, 2, 3))
+    assert torch.allclose((y / x).amin(dim=(0, 2, 3)), ratio)  # whole feature maps are scaled
+    enhanced = torch.nonzero(ratio > 1.5).flatten()
+    assert len(enhanced) == 20
+    assert torch.equal(enhanced, fre.enhanced_channels)
+    assert torch.allclose(ratio[enhanced], torch.full((20,), 632.0))
+    keep = torch.ones(64, dtype=torch.bool)
+    keep[enhanced] = False
+    assert torch.equal(y[:, keep], x[:, keep])
+
+
+def test_fre_eval_is_identity_and_gradients_flow() -> None:
+    fre = FeatureRandomEnhancement(num_channels=8, num_enhanced=3, factor=250.0)
+    x = torch.randn(1, 8, 4, 4, requires_grad=True)
+    assert fre.eval()(x) is x
+    fre.train()(x).sum().backward()
+    grad = x.grad[0, :, 0, 0]
+    assert sorted(grad.unique().tolist()) == [1.0, 250.0]
+    assert int((grad == 250.0).sum()) == 3
+
+
+def test_fre_redraw_changes_selection_and_seed_reproduces() -> None:
+    a = FeatureRandomEnhancement(num_channels=512, num_enhanced=162, factor=632.0, seed=7)
+    b = FeatureRandomEnhancement(num_channels=512, num_enhanced=162, factor=632.0, seed=7)
+    draws_a = [a.enhanced_channels.tolist()] + [a.redraw().tolist() for _ in range(3)]
+    draws_b = [b.enhanced_channels.tolist()] + [b.redraw().tolist() for _ in range(3)]
+    assert draws_a == draws_b
+    assert all(len(d) == 162 == len(set(d)) for d in draws_a)
+    assert len({tuple(d) for d in draws_a}) == 4
+    assert a.num_draws == 4
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_channels=8, num_enhanced=9, factor=2.0),
+        dict(num_channels=8, num_enhanced=-1, factor=2.0),
+        dict(num_channels=0, num_enhanced=0, factor=2.0),
+        dict(num_channels=8, num_enhanced=2, factor=float("nan")),
+    ],
+)
+def test_fre_rejects_bad_parameters(kwargs: dict) -> None:
+    with pytest.raises(ValueError, match="FeatureRandomEnhancement"):
+        FeatureRandomEnhancement(**kwargs)
+
+
+def test_fre_rejects_wrong_channel_count() -> None:
+    with pytest.raises(ValueError, match="expected input"):
+        FeatureRandomEnhancement(num_channels=8, num_enhanced=2, factor=2.0)(torch.zeros(1, 4, 2, 2))
+
+
+def test_se_block_shapes_and_channelwise_scaling() -> None:
+    se = SEBlock(32, ratio=8).eval()
+    assert se.fc1.out_channels == 4
+    x = torch.randn(3, 32, 9, 11)
+    y = se(x)
+    assert y.shape == x.shape
+    w = se.channel_weights(x)
+    assert w.shape == (3, 32, 1, 1) and bool(((w > 0) & (w < 1)).all())
+    torch.testing.assert_close(y, x * w)
+    assert SEBlock(4, ratio=16).fc1.out_channels == 1
+    with pytest.raises(ValueError, match="SEBlock"):
+        se(torch.randn(1, 16, 2, 2))
+
+
+def test_se_unet_output_shapes_and_odd_sizes() -> None:
+    net = SEUNet(in_channels=3, base_channels=4, num_stages=4).eval()
+    outs = net(torch.randn(1, 3, 65, 90))
+    assert [tuple(o.shape) for o in outs] == [(1, 32, 8, 11), (1, 16, 16, 22), (1, 8, 32, 45), (1, 4, 65, 90)]
+    assert tuple(net.out_channels) == (32, 16, 8, 4)
+    with pytest.raises(ValueError, match="num_channels"):
+        SEUNet(base_channels=4, num_stages=3, fre_cfg=dict(num_channels=99, num_enhanced=1, factor=2.0))
+
+
+def test_se_unet_fre_eval_equals_model_without_fre() -> None:
+    torch.manual_seed(0)
+    with_fre = SEUNet(base_channels=4, num_stages=3, fre_cfg=dict(num_enhanced=5, factor=632.0))
+    plain = SEUNet(base_channels=4, num_stages=3)
+    plain.load_state_dict(with_fre.state_dict(), strict=True)  # FRE has no state
+    x = torch.randn(2, 3, 32, 48)
+    with_fre.eval()
+    plain.eval()
+    with torch.no_grad():
+        for a, b in zip(with_fre(x), plain(x), strict=True):
+            assert torch.equal(a, b)
+    # In training mode the FRE model differs (BN in train mode on both, same batch).
+    with_fre.train()
+    plain.train()
+    with torch.no_grad():
+        assert not torch.allclose(with_fre(x)[-1], plain(x)[-1])
+
+
+def test_dropout_variant_rate() -> None:
+    net = SEUNet(base_channels=8, num_stages=4, bottleneck_dropout=20 / 64)
+    assert isinstance(net.dropout, nn.Dropout2d) and net.dropout.p == pytest.approx(20 / 64)
+    with pytest.raises(ValueError, match="bottleneck_dropout"):
+        SEUNet(bottleneck_dropout=1.0)
+
+
+def test_registered() -> None:
+    assert MODELS.get("SEUNet") is SEUNet
+    assert MODELS.get("FeatureRandomEnhancement") is FeatureRandomEnhancement
+    assert MODELS.get("SEBlock") is SEBlock
+    hook = HOOKS.build(dict(type="FRERedrawHook", interval=3))
+    assert isinstance(hook, FRERedrawHook) and hook.interval == 3
+    with pytest.raises(ValueError, match="interval"):
+        FRERedrawHook(interval=0)
+
+
+class _ToyFREModel(BaseModel):
+    """Conv + FRE model that records the enhanced channels seen at every training step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 16, 1)
+        self.fre = FeatureRandomEnhancement(num_channels=16, num_enhanced=4, factor=10.0)
+        self.seen: list[tuple[int, ...]] = []
+
+    def forward(self, inputs: torch.Tensor, labels=None, mode: str = "tensor"):
+        if self.training:
+            self.seen.append(tuple(self.fre.enhanced_channels.tolist()))
+        y = self.fre(self.conv(inputs))
+        if mode == "loss":
+            return dict(loss=y.mean())
+        return y
+
+
+class _ToyDataset(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict:
+        return dict(inputs=torch.randn(1, 4, 4))
+
+
+def _run(tmp_path, train_cfg: dict, hook: FRERedrawHook, sampler: str) -> _ToyFREModel:
+    torch.manual_seed(0)
+    model = _ToyFREModel()
+    runner = Runner(
+        model=model,
+        work_dir=str(tmp_path),
+        train_dataloader=dict(
+            dataset=_ToyDataset(),
+            sampler=dict(type=sampler, shuffle=False),
+            batch_size=2,
+            num_workers=0,
+            collate_fn=dict(type="default_collate"),
+        ),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.01)),
+        train_cfg=train_cfg,
+        custom_hooks=[hook],
+        default_hooks=dict(checkpoint=None, logger=None),
+        log_level="WARNING",
+        default_scope="mmseg",
+        experiment_name=f"fre_hook_{uuid.uuid4().hex[:8]}",
+    )
+    runner.train()
+    return model
+
+
+def test_hook_redraws_every_epoch_on_epoch_runner(tmp_path) -> None:
+    model = _run(tmp_path, dict(by_epoch=True, max_epochs=4), FRERedrawHook(), "DefaultSampler")
+    assert len(model.seen) == 8  # 4 epochs x 2 iterations
+    per_epoch = [model.seen[i : i + 2] for i in range(0, 8, 2)]
+    assert all(a == b for a, b in per_epoch)  # constant within an epoch
+    firsts = [e[0] for e in per_epoch]
+    assert len(set(firsts)) == 4  # re-drawn at every epoch (C(16,4) = 1820 choices)
+    assert model.fre.num_draws == 1 + 4  # construction + one per epoch
+
+
+def test_hook_redraws_every_n_iters_and_per_dataloader_length(tmp_path) -> None:
+    model = _run(
+        tmp_path / "a", dict(by_epoch=False, max_iters=6), FRERedrawHook(interval=3), "InfiniteSampler"
+    )
+    assert model.fre.num_draws == 1 + 2  # iterations 0 and 3
+    assert model.seen[0] == model.seen[2] != model.seen[3] == model.seen[5]
+    model = _run(tmp_path / "b", dict(by_epoch=False, max_iters=6), FRERedrawHook(), "InfiniteSampler")
+    # 'epoch' with an iteration loop: every len(train_dataloader) = 2 iterations (at 0, 2, 4)
+    assert model.fre.num_draws == 1 + 3
+    assert (
+        model.seen[0] == model.seen[1] and model.seen[2] == model.seen[3] and model.seen[4] == model.seen[5]
+    )
+    assert len({model.seen[0], model.seen[2], model.seen[4]}) == 3
