@@ -1,0 +1,97 @@
+"""Score a Kaggle submission CSV against ground truth with the competition metric.
+
+Usage::
+
+    python -m ensemble.score --truth data/sartorius/train.csv --submission submissions/ens.csv
+    python -m ensemble.score --truth annotations/fold0_val.json --submission sub.csv --json
+
+``--truth`` is a ``train.csv``-format file (``id,annotation,width,height[,cell_type,...]``) or a COCO json.
+The submission is validated like Kaggle does (header, ids, RLEs, overlapping masks); the first problem is
+reported as one line naming the row and id, with exit code 2. Truth images without any submission row are scored
+as "no prediction" (a warning says how many).
+
+Output: the overall score and per-class / per-threshold tables, or with ``--json`` one JSON object with keys
+``score``, ``n_images``, ``n_true``, ``n_pred``, ``n_missing``, ``per_class``, ``per_class_n_images``,
+``per_threshold`` (and ``per_image`` with ``--per-image``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ensemble.fileio import atomic_write_json
+from ensemble.metrics import ScoreReport, evaluate
+from ensemble.submission import load_truth, read_submission
+
+__all__ = ["score_submission", "build_parser", "main"]
+
+
+def score_submission(
+    truth_path: str | Path, submission_path: str | Path, progress: bool = False
+) -> tuple[ScoreReport, list[str]]:
+    """Validate a submission and score it.
+
+    Args:
+        truth_path: ``train.csv``-format file or COCO json.
+        submission_path: Submission CSV.
+        progress: Show a progress bar while scoring.
+
+    Returns:
+        ``(report, missing_ids)``: the score report and the truth ids absent from the submission.
+
+    Raises:
+        ValueError: Malformed truth or submission (one message naming the file, row and id).
+    """
+    truth, cell_types = load_truth(truth_path)
+    sizes = {k: (m.height, m.width) for k, m in truth.items()}
+    pred = read_submission(submission_path, expected_ids=truth.keys(), heights_widths=sizes)
+    missing = [k for k in truth if k not in pred]
+    return evaluate(truth, pred, cell_types=cell_types, progress=progress), missing
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line parser of ``python -m ensemble.score``."""
+    p = argparse.ArgumentParser(prog="python -m ensemble.score", description=__doc__.split("\n\n")[0])
+    p.add_argument("--truth", required=True, help="ground truth: train.csv-format .csv or COCO .json")
+    p.add_argument("--submission", required=True, help="submission CSV (id,predicted)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--per-image", action="store_true", help="include per-image scores in the JSON output")
+    p.add_argument("--report", type=Path, default=None, help="also write the full JSON report to this file")
+    p.add_argument("--progress", action="store_true", help="show a progress bar while scoring")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the process exit code (0 ok, 2 invalid input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        report, missing = score_submission(args.truth, args.submission, progress=args.progress)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        print(
+            f"warning: {len(missing)} ground-truth image(s) have no row in the submission and score as "
+            f"'no prediction': {shown}",
+            file=sys.stderr,
+        )
+    full: dict[str, Any] = report.to_dict()
+    full["n_missing"] = len(missing)
+    if args.report is not None:
+        atomic_write_json(args.report, full, indent=2)
+    if args.json:
+        out = {k: v for k, v in full.items() if k != "per_image" or args.per_image}
+        print(json.dumps(out))
+    else:
+        print(report.format_table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
