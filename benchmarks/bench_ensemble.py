@@ -1,0 +1,446 @@
+"""Benchmark of the per-image ensemble path: our crop-based path vs the straightforward full-frame path.
+
+For N = 100, 300, 700 instances per model x 3 models on a 520x704 image, both paths run in the same process on
+the same input and produce the same thing:
+
+=========  ==================================================  =================================================
+stage      ours                                                straightforward
+=========  ==================================================  =================================================
+wbf        ``ensemble.boxes.weighted_boxes_fusion`` (numba,    ensemble-boxes ``weighted_boxes_fusion`` (no
+           with clusters)                                      clusters) and the pure-Python WBF with clusters;
+                                                               the faster of the two counts
+voting     crop-window weighted pixel voting, rerank, filters  full-frame voting per fused instance
+overlaps   crop-based overlap removal                          full-frame overlap removal
+metric     ``ensemble.metrics.image_score`` (packed crops)     pycocotools encode of full masks + ``iou``
+rle        ``InstanceMasks.to_kaggle_rles`` (crop runs)        textbook Kaggle RLE of every full mask
+=========  ==================================================  =================================================
+
+Inputs are realistic: ground truth = the instances of a real Sartorius image (``../shared/data/sartorius_real``)
+with at least N cells, subsampled to N; each model sees every cell with probability 0.93, its mask shifted by
+up to 2 px and randomly dilated/eroded, with noisy box, score and label, plus 5 % false positives; the third model
+also gives a semantic foreground map. Without the real data, random ellipses are used.
+
+Reported per N: seconds per stage (ours = median of repeats), ratio, whether fused boxes/scores/labels/masks,
+RLE strings and metric agree exactly, and the peak traced memory (tracemalloc) of our path. Results go to
+``work_dirs/bench/ensemble_bench.json`` and ``.md`` (plus a PNG bar chart).
+
+Run: ``python benchmarks/bench_ensemble.py [--quick] [--out-dir work_dirs/bench]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from ensemble import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
+from ensemble.boxes import normalize_boxes, weighted_boxes_fusion
+from ensemble.fileio import atomic_write_json, atomic_write_png, atomic_write_text
+from ensemble.instances import InstanceMasks
+from ensemble.masks import FusionParams, fuse_image, fuse_image_reference
+from ensemble.metrics import image_score, precisions_from_iou
+from ensemble.predictions import ImagePredictions
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_COCO = REPO.parent / "shared" / "data" / "sartorius_real" / "val_fold0_part1_coco.json"
+H, W = IMAGE_HEIGHT, IMAGE_WIDTH
+STAGES = ("wbf", "voting", "overlaps", "metric", "rle")
+MODEL_WEIGHTS = (1.0, 0.8, 1.2)
+PARAMS = FusionParams(
+    iou_thr=0.5,
+    skip_box_thr=0.05,
+    conf_type="avg",
+    vote_thr=0.5,
+    semantic_weight=0.5,
+    rerank=True,
+    score_thr={"shsy5y": 0.15, "astro": 0.15, "cort": 0.15},
+    min_area={"shsy5y": 15, "astro": 30, "cort": 30},
+    max_lost_frac=0.5,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input generation
+# ----------------------------------------------------------------------------------------------------------------
+def load_real_layouts(path: Path) -> list[tuple[str, InstanceMasks, np.ndarray]]:
+    """Real images as ``(image id, instances, 0-based labels)``, most crowded first."""
+    data = json.loads(path.read_text())
+    by_image: dict[str, list[dict]] = {}
+    for a in data["annotations"]:
+        by_image.setdefault(str(a["image_id"]), []).append(a)
+    out = []
+    for image_id, anns in sorted(by_image.items(), key=lambda kv: -len(kv[1])):
+        out.append((image_id, anns))
+    return out  # decoded lazily by pick_truth
+
+
+def _decode(anns: list[dict]) -> tuple[InstanceMasks, np.ndarray]:
+    masks = InstanceMasks.from_coco_rles([a["segmentation"] for a in anns])
+    labels = np.array([int(a["category_id"]) - 1 for a in anns], dtype=np.int64)
+    return masks, labels
+
+
+def _ellipse_truth(rng: np.random.Generator, n: int) -> tuple[InstanceMasks, np.ndarray]:
+    boxes, crops = [], []
+    for _ in range(n):
+        ax, ay = int(rng.integers(4, 14)), int(rng.integers(4, 14))
+        c = np.zeros((2 * ay + 3, 2 * ax + 3), dtype=np.uint8)
+        cv2.ellipse(c, (ax + 1, ay + 1), (ax, ay), float(rng.uniform(0, 180)), 0, 360, 1, -1)
+        x0, y0 = int(rng.integers(0, W - c.shape[1])), int(rng.integers(0, H - c.shape[0]))
+        boxes.append((x0, y0, x0 + c.shape[1], y0 + c.shape[0]))
+        crops.append(c.astype(bool))
+    return InstanceMasks(H, W, np.array(boxes, np.int32), crops).tighten(), rng.integers(0, 3, n)
+
+
+def pick_truth(
+    layouts: list[tuple[str, list[dict]]] | None, n: int, rng: np.random.Generator
+) -> tuple[str, InstanceMasks, np.ndarray]:
+    """Ground truth with exactly n instances: a real image with >= n cells subsampled, else ellipses."""
+    if layouts:
+        candidates = [(i, a) for i, a in layouts if len(a) >= n]
+        if candidates:
+            image_id, anns = min(candidates, key=lambda ia: len(ia[1]))
+            sel = np.sort(rng.choice(len(anns), n, replace=False))
+            masks, labels = _decode([anns[i] for i in sel])
+            keep = np.flatnonzero(masks.areas() > 0)
+            return f"real:{image_id}", masks.subset(keep), labels[keep]
+    masks, labels = _ellipse_truth(rng, n)
+    return "ellipses", masks, labels
+
+
+def _jitter_crop(
+    rng: np.random.Generator, box: np.ndarray, crop: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Shifted (+-2 px) and randomly dilated/eroded copy of one mask, clipped to the image; None if empty."""
+    pad = 3
+    c = np.pad(crop.astype(np.uint8), pad)
+    r = rng.random()
+    kernel = np.ones((3, 3), np.uint8)
+    if r < 0.3:
+        c = cv2.dilate(c, kernel)
+    elif r < 0.6:
+        e = cv2.erode(c, kernel)
+        c = e if e.any() else c
+    dx, dy = (int(v) for v in rng.integers(-2, 3, 2))
+    x0, y0 = int(box[0]) - pad + dx, int(box[1]) - pad + dy
+    x1, y1 = x0 + c.shape[1], y0 + c.shape[0]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
+    if cx1 <= cx0 or cy1 <= cy0:
+        return None
+    c = c[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0].astype(bool)
+    ys, xs = np.flatnonzero(c.any(1)), np.flatnonzero(c.any(0))
+    if ys.size == 0:
+        return None
+    tb = np.array([cx0 + xs[0], cy0 + ys[0], cx0 + xs[-1] + 1, cy0 + ys[-1] + 1], dtype=np.int32)
+    return tb, c[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+
+
+def make_models(
+    rng: np.random.Generator, truth: InstanceMasks, labels: np.ndarray, image_id: str = "bench"
+) -> list[ImagePredictions]:
+    """Three models' predictions of one image derived from its ground truth (see the module docstring)."""
+    preds = []
+    n = len(truth)
+    for m in range(3):
+        boxes, crops, scores, labs = [], [], [], []
+        items = [
+            (truth.boxes[i], truth.crops[i], int(labels[i]), True) for i in range(n) if rng.random() < 0.93
+        ]
+        for _ in range(int(0.05 * n)):  # false positives: real shapes at random places
+            j = int(rng.integers(0, n))
+            b = truth.boxes[j]
+            bw, bh = int(b[2] - b[0]), int(b[3] - b[1])
+            x0, y0 = int(rng.integers(0, W - bw + 1)), int(rng.integers(0, H - bh + 1))
+            items.append((np.array([x0, y0, x0 + bw, y0 + bh]), truth.crops[j], int(labels[j]), False))
+        for box, crop, lab, real in items:
+            jit = _jitter_crop(rng, box, crop)
+            if jit is None:
+                continue
+            tb, c = jit
+            boxes.append(tb)
+            crops.append(c)
+            scores.append(rng.uniform(0.35, 1.0) if real else rng.uniform(0.05, 0.5))
+            labs.append(lab if rng.random() > 0.03 else int(rng.integers(0, len(CLASSES))))
+        tb = np.array(boxes, dtype=np.int32).reshape(-1, 4)
+        fbox = np.clip(tb + rng.uniform(-1, 1, tb.shape), 0, [W, H, W, H]).astype(np.float32)
+        fbox[:, 2:] = np.maximum(fbox[:, 2:], fbox[:, :2] + 1)
+        fbox = np.minimum(fbox, np.array([W, H, W, H], np.float32))
+        semantic = None
+        if m == 2:
+            fg = truth.to_label_image() > 0
+            semantic = cv2.GaussianBlur(fg.astype(np.float32), (0, 0), 1.5)
+            semantic = np.clip(semantic + rng.normal(0, 0.05, semantic.shape), 0, 1).astype(np.float32)
+        preds.append(
+            ImagePredictions(
+                image_id,
+                H,
+                W,
+                fbox,
+                np.array(scores, np.float32),
+                np.array(labs, np.int64),
+                InstanceMasks(H, W, tb, crops),
+                semantic,
+            )
+        )
+    return preds
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the two paths
+# ----------------------------------------------------------------------------------------------------------------
+def textbook_kaggle_rle(mask: np.ndarray) -> str:
+    """The usual notebook RLE of a full-frame mask (row-major, 1-based starts)."""
+    pixels = np.concatenate([[0], mask.ravel().astype(np.uint8), [0]])
+    runs = np.flatnonzero(pixels[1:] != pixels[:-1]) + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def run_ours(preds: list[ImagePredictions], truth: InstanceMasks) -> tuple[dict[str, float], dict]:
+    """Our path once; returns (stage seconds, outputs)."""
+    t: dict[str, float] = {}
+    fused = fuse_image(preds, MODEL_WEIGHTS, PARAMS, timings=t)
+    t0 = time.perf_counter()
+    score = image_score(truth, fused.masks)
+    t1 = time.perf_counter()
+    rles = fused.masks.to_kaggle_rles()
+    t2 = time.perf_counter()
+    t["metric"] = t1 - t0
+    t["rle"] = t2 - t1
+    return t, {"fused": fused, "score": score, "rles": rles}
+
+
+def run_straightforward(preds: list[ImagePredictions], truth: InstanceMasks) -> tuple[dict[str, float], dict]:
+    """The straightforward path once; returns (stage seconds, outputs)."""
+    t: dict[str, float] = {}
+    fused = fuse_image_reference(preds, MODEL_WEIGHTS, PARAMS, timings=t)
+    t["wbf_python_with_clusters"] = t["wbf"]
+    # ensemble-boxes on the same (clipped, normalized) input, for the WBF stage and an identity check
+    from ensemble_boxes import weighted_boxes_fusion as eb_wbf
+
+    lim = np.array([W, H, W, H], np.float64)
+    boxes_n = [normalize_boxes(np.clip(p.boxes.astype(np.float64), 0, lim), H, W) for p in preds]
+    args = ([p.scores.astype(np.float64) for p in preds], [p.labels for p in preds])
+    kw = dict(
+        weights=list(MODEL_WEIGHTS),
+        iou_thr=PARAMS.iou_thr,
+        skip_box_thr=PARAMS.skip_box_thr,
+        conf_type=PARAMS.conf_type,
+        allows_overflow=PARAMS.allows_overflow,
+    )
+    t0 = time.perf_counter()
+    eb = eb_wbf(boxes_n, *args, **kw)
+    t["wbf_ensemble_boxes"] = time.perf_counter() - t0
+    t["wbf"] = min(t["wbf_ensemble_boxes"], t["wbf_python_with_clusters"])
+    ours_wbf = weighted_boxes_fusion(boxes_n, *args, **kw)
+    wbf_equal = all(
+        a.shape == b.shape and np.allclose(a, b, rtol=0, atol=1e-6) for a, b in zip(eb, ours_wbf[:3])
+    )
+    # metric: pycocotools encode of full masks + iou, then the competition precisions
+    t0 = time.perf_counter()
+    pred_full = [fused.masks.mask(i) for i in range(len(fused))]
+    pred_rles = [mask_utils.encode(np.asfortranarray(m.astype(np.uint8))) for m in pred_full]
+    gt_rles = [
+        mask_utils.encode(np.asfortranarray(truth.mask(i).astype(np.uint8))) for i in range(len(truth))
+    ]
+    ious = mask_utils.iou(pred_rles, gt_rles, [0] * len(gt_rles)) if pred_rles and gt_rles else None
+    iou = np.zeros((len(truth), len(fused))) if ious is None else np.asarray(ious).T.reshape(len(truth), -1)
+    score = float(precisions_from_iou(iou).mean())
+    t1 = time.perf_counter()
+    rles = [textbook_kaggle_rle(m) for m in pred_full]
+    t2 = time.perf_counter()
+    t["metric"] = t1 - t0
+    t["rle"] = t2 - t1
+    return t, {"fused": fused, "score": score, "rles": rles, "wbf_equal_ensemble_boxes": wbf_equal}
+
+
+def same_result(a: ImagePredictions, b: ImagePredictions) -> bool:
+    """Exact equality of two fused results (boxes, scores, labels, mask windows and crops)."""
+    if len(a) != len(b):
+        return False
+    if not (
+        np.array_equal(a.boxes, b.boxes)
+        and np.array_equal(a.scores, b.scores)
+        and np.array_equal(a.labels, b.labels)
+        and np.array_equal(a.masks.boxes, b.masks.boxes)
+    ):
+        return False
+    return all(np.array_equal(x, y) for x, y in zip(a.masks.crops, b.masks.crops))
+
+
+def peak_memory_ours(preds: list[ImagePredictions], truth: InstanceMasks) -> float:
+    """Peak traced memory (MB) allocated by one run of our path (inputs excluded)."""
+    tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    run_ours(preds, truth)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return (peak - base) / 2**20
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# driver
+# ----------------------------------------------------------------------------------------------------------------
+def bench_one(n: int, layouts, rng: np.random.Generator, repeats: int) -> dict:
+    source, truth, labels = pick_truth(layouts, n, rng)
+    preds = make_models(rng, truth, labels)
+    ours_runs = [run_ours(preds, truth) for _ in range(repeats)]
+    ours_t = {s: statistics.median(r[0][s] for r in ours_runs) for s in STAGES}
+    ours_out = ours_runs[-1][1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref_t, ref_out = run_straightforward(preds, truth)
+    ours_total = sum(ours_t[s] for s in STAGES)
+    ref_total = sum(ref_t[s] for s in STAGES)
+    return {
+        "n_per_model": n,
+        "truth_source": source,
+        "n_truth": len(truth),
+        "n_detections": [len(p) for p in preds],
+        "n_fused": len(ours_out["fused"]),
+        "image_score": ours_out["score"],
+        "seconds_ours": {**ours_t, "total": ours_total},
+        "seconds_straightforward": {**{s: ref_t[s] for s in STAGES}, "total": ref_total},
+        "seconds_wbf_detail": {
+            "ensemble_boxes_no_clusters": ref_t["wbf_ensemble_boxes"],
+            "python_with_clusters": ref_t["wbf_python_with_clusters"],
+        },
+        "speedup": {**{s: ref_t[s] / max(ours_t[s], 1e-9) for s in STAGES}, "total": ref_total / ours_total},
+        "identical": {
+            "fused_instances": same_result(ours_out["fused"], ref_out["fused"]),
+            "kaggle_rles": ours_out["rles"] == ref_out["rles"],
+            "metric": ours_out["score"] == ref_out["score"],
+            "wbf_vs_ensemble_boxes": ref_out["wbf_equal_ensemble_boxes"],
+        },
+        "peak_mb_ours": peak_memory_ours(preds, truth),
+    }
+
+
+def to_markdown(results: list[dict], meta: dict) -> str:
+    lines = [
+        "# Ensemble path benchmark (one 520x704 image, 3 models)",
+        "",
+        f"Machine: {meta['machine']}; repeats of our path: {meta['repeats']} (median); straightforward path: 1 run.",
+        "",
+        "| N/model | stage | ours (ms) | straightforward (ms) | speedup |",
+        "| ---: | --- | ---: | ---: | ---: |",
+    ]
+    for r in results:
+        for s in (*STAGES, "total"):
+            lines.append(
+                f"| {r['n_per_model']} | {s} | {1000 * r['seconds_ours'][s]:.1f} | "
+                f"{1000 * r['seconds_straightforward'][s]:.1f} | {r['speedup'][s]:.1f}x |"
+            )
+    lines += [
+        "",
+        "| N/model | truth | fused | image score | identical (masks, RLE, metric, WBF) | peak MB (ours) |",
+        "| ---: | --- | ---: | ---: | --- | ---: |",
+    ]
+    for r in results:
+        idt = r["identical"]
+        flags = ", ".join(
+            "yes" if idt[k] else "NO"
+            for k in ("fused_instances", "kaggle_rles", "metric", "wbf_vs_ensemble_boxes")
+        )
+        lines.append(
+            f"| {r['n_per_model']} | {r['truth_source']} ({r['n_truth']}) | {r['n_fused']} | "
+            f"{r['image_score']:.4f} | {flags} | {r['peak_mb_ours']:.1f} |"
+        )
+    lines += [
+        "",
+        "WBF straightforward = the faster of ensemble-boxes (no clusters) and the pure-Python WBF with clusters "
+        "(JSON `seconds_wbf_detail`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        x = np.arange(len(STAGES) + 1)
+        names = (*STAGES, "total")
+        ax.bar(x - 0.2, [1000 * r["seconds_straightforward"][s] for s in names], 0.4, label="straightforward")
+        ax.bar(x + 0.2, [1000 * r["seconds_ours"][s] for s in names], 0.4, label="ours")
+        ax.set_yscale("log")
+        ax.set_xticks(x, names, rotation=30)
+        ax.set_ylabel("ms")
+        ax.set_title(f"N={r['n_per_model']}/model: {r['speedup']['total']:.0f}x total")
+    axes[0][0].legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    img = cv2.imread(str(tmp))
+    tmp.unlink()
+    atomic_write_png(path, img)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="N = 100, 300 only and fewer repeats")
+    ap.add_argument(
+        "--sizes", type=int, nargs="+", default=None, help="instances per model (default 100 300 700)"
+    )
+    ap.add_argument("--repeats", type=int, default=None, help="runs of our path per size (median reported)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out-dir", type=Path, default=Path("work_dirs/bench"))
+    args = ap.parse_args(argv)
+    sizes = args.sizes or ([100, 300] if args.quick else [100, 300, 700])
+    repeats = args.repeats or (3 if args.quick else 5)
+    rng = np.random.default_rng(args.seed)
+    layouts = load_real_layouts(REAL_COCO) if REAL_COCO.is_file() else None
+    if layouts is None:
+        print(f"[bench] real data not found at {REAL_COCO}: using random ellipses", flush=True)
+    # warm-up (numba kernels are cached on disk; this loads them)
+    truth, labels = _ellipse_truth(np.random.default_rng(1), 20)
+    run_ours(make_models(np.random.default_rng(2), truth, labels), truth)
+    results = []
+    for n in sizes:
+        print(f"[bench] N={n} per model ...", flush=True)
+        r = bench_one(n, layouts, rng, repeats)
+        print(
+            f"[bench] N={n}: ours {1000 * r['seconds_ours']['total']:.1f} ms, straightforward "
+            f"{1000 * r['seconds_straightforward']['total']:.1f} ms, {r['speedup']['total']:.1f}x, "
+            f"identical={all(r['identical'].values())}, peak {r['peak_mb_ours']:.1f} MB",
+            flush=True,
+        )
+        results.append(r)
+    meta = {
+        "machine": f"{sys.platform}, python {sys.version.split()[0]}, numpy {np.__version__}",
+        "repeats": repeats,
+        "params": {k: v for k, v in vars(PARAMS).items()},
+        "model_weights": MODEL_WEIGHTS,
+        "max_rss_mb_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    out = {"meta": meta, "results": results}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.out_dir / "ensemble_bench.json", out, indent=2)
+    atomic_write_text(args.out_dir / "ensemble_bench.md", to_markdown(results, meta))
+    plot(results, args.out_dir / "ensemble_bench.png")
+    print(to_markdown(results, meta))
+    print(f"[bench] wrote {args.out_dir / 'ensemble_bench.json'}, .md and .png", flush=True)
+    ok = all(all(r["identical"].values()) for r in results)
+    if not ok:
+        print("[bench] ERROR: the two paths disagree", file=sys.stderr)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
