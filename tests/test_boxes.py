@@ -13,6 +13,7 @@ from ensemble.boxes import (
     denormalize_boxes,
     normalize_boxes,
     weighted_boxes_fusion,
+    weighted_boxes_fusion_reference,
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
@@ -135,6 +136,26 @@ def test_parity_float32_inputs_and_exact_ties() -> None:
     assert len(out[0]) == 2
     np.testing.assert_allclose(out[0], b, atol=1e-7)
     assert sorted(map(tuple, out[3][0].tolist())) == [(0, 0), (1, 0), (2, 0)]
+
+
+def test_pure_python_reference_agrees() -> None:
+    """The slow reference (used by the mask-fusion reference and the benchmark) gives the same boxes and
+    clusters as the numba implementation and ensemble-boxes."""
+    rng = np.random.default_rng(11)
+    for case in range(24):
+        boxes_list, scores_list, labels_list, weights = _random_case(rng, 60)
+        kw = dict(weights=weights, iou_thr=0.5, skip_box_thr=0.1, conf_type=CONF_TYPES[case % 4])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = ensemble_boxes.weighted_boxes_fusion(boxes_list, scores_list, labels_list, **kw)
+            slow = weighted_boxes_fusion_reference(boxes_list, scores_list, labels_list, **kw)
+            fast = weighted_boxes_fusion(boxes_list, scores_list, labels_list, **kw)
+        _check_same(ref, slow)
+        for a, b in zip(slow[:3], fast[:3]):
+            np.testing.assert_array_equal(a, b)
+        assert len(slow[3]) == len(fast[3])
+        for a, b in zip(slow[3], fast[3]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_hand_made_fusion() -> None:

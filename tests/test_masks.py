@@ -291,3 +291,17 @@ def test_bad_input() -> None:
     empty = ImagePredictions("img", H, W, np.zeros((0, 4)), [], [], InstanceMasks.empty(H, W))
     out = fuse_image([empty, empty], [1.0, 1.0])
     assert len(out) == 0 and out.image_id == "img" and len(out.masks) == 0
+
+
+def test_fused_result_round_trips_through_prediction_file(tmp_path) -> None:
+    from ensemble.predictions import load_predictions, save_predictions
+
+    rng = np.random.default_rng(5)
+    preds = _random_models(rng, 70, 90)
+    out = fuse_image(preds, [1.0] * len(preds), FusionParams(iou_thr=0.4))
+    save_predictions(tmp_path / "fused.npz", [out], {"fused": True})
+    back, meta = load_predictions(tmp_path / "fused.npz")
+    assert meta == {"fused": True}
+    q = back[out.image_id]
+    np.testing.assert_array_equal(q.scores, out.scores)
+    np.testing.assert_array_equal(q.masks.to_full(), out.masks.to_full())
