@@ -1,0 +1,251 @@
+"""Ensemble configuration: which model prediction files to fuse, with which weights and fusion parameters.
+
+YAML layout (see ``configs/ensemble/sartorius_ensemble.yaml`` for a documented example)::
+
+    name: sartorius_ensemble          # output names: submissions/<name>.csv, <name>_score.json
+    models:                           # one entry per model; a single model works too
+      - name: mask_rcnn               # optional label (default: file stem)
+        predictions: work_dirs/mask_rcnn/predictions_val.npz   # ensemble.predictions file
+        weight: 2.0                   # positive
+    fusion:                           # scalar fields of ensemble.masks.FusionParams (all optional)
+      iou_thr: 0.55
+      skip_box_thr: 0.05
+      conf_type: avg                  # avg | max | box_and_model_avg | absent_model_aware_avg
+      allows_overflow: false
+      vote_thr: 0.5
+      semantic_weight: 0.0
+      rerank: false
+      max_lost_frac: 0.5
+    class_thresholds:                 # per class name, both keys optional
+      shsy5y: {score: 0.3, min_area: 40}
+    truth: data/sartorius/annotations/fold0_val.json   # optional: train.csv-format .csv or COCO .json
+    images_dir: data/sartorius        # optional: where <id>.png (or train/<id>.png) live, for overlays
+    out_dir: submissions              # optional (default: submissions)
+
+Relative paths are relative to the current working directory (the repository root when the tools are run as
+documented). Unknown keys are errors, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ensemble import CLASSES
+from ensemble.fileio import atomic_write_text
+from ensemble.masks import FusionParams
+
+__all__ = ["ModelEntry", "EnsembleConfig", "load_config", "save_config", "FUSION_SCALARS"]
+
+FUSION_SCALARS: tuple[str, ...] = tuple(
+    f.name for f in dataclasses.fields(FusionParams) if f.name not in ("score_thr", "min_area")
+)
+"""Names of the scalar FusionParams fields accepted under ``fusion:``."""
+
+_TOP_KEYS = {"name", "models", "fusion", "class_thresholds", "truth", "images_dir", "out_dir"}
+_MODEL_KEYS = {"name", "predictions", "weight"}
+_CLASS_KEYS = {"score", "min_area"}
+
+
+@dataclass
+class ModelEntry:
+    """One model of the ensemble.
+
+    Attributes:
+        name: Label used in reports.
+        predictions: Path of its prediction file (:mod:`ensemble.predictions` format).
+        weight: Positive fusion weight.
+    """
+
+    name: str
+    predictions: str
+    weight: float = 1.0
+
+
+@dataclass
+class EnsembleConfig:
+    """A parsed ensemble configuration (see the module docstring for the YAML layout).
+
+    Attributes:
+        name: Ensemble name (output file stem).
+        models: The models to fuse.
+        fusion: Fusion parameters including per-class score thresholds and minimum areas.
+        truth: Optional ground-truth path (train.csv-format or COCO json).
+        images_dir: Optional directory of the images (for overlays).
+        out_dir: Directory of the outputs.
+    """
+
+    name: str
+    models: list[ModelEntry]
+    fusion: FusionParams = field(default_factory=FusionParams)
+    truth: str | None = None
+    images_dir: str | None = None
+    out_dir: str = "submissions"
+
+    @property
+    def weights(self) -> list[float]:
+        """Model weights in model order."""
+        return [m.weight for m in self.models]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict in the YAML layout (class thresholds only for classes that have one)."""
+        f = self.fusion
+        class_thr: dict[str, dict[str, float | int]] = {}
+        for c in CLASSES:
+            entry: dict[str, float | int] = {}
+            if c in f.score_thr:
+                entry["score"] = float(f.score_thr[c])
+            if c in f.min_area:
+                entry["min_area"] = int(f.min_area[c])
+            if entry:
+                class_thr[c] = entry
+        out: dict[str, Any] = {
+            "name": self.name,
+            "models": [
+                {"name": m.name, "predictions": m.predictions, "weight": float(m.weight)} for m in self.models
+            ],
+            "fusion": {k: _plain(getattr(f, k)) for k in FUSION_SCALARS},
+            "class_thresholds": class_thr,
+        }
+        for key in ("truth", "images_dir"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        out["out_dir"] = self.out_dir
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<config>") -> EnsembleConfig:
+        """Validate and parse a config dict.
+
+        Args:
+            data: The parsed YAML.
+            source: File name used in error messages.
+
+        Raises:
+            ValueError: Naming ``source`` and the offending key.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: the config must be a mapping, got {type(data).__name__}")
+        unknown = set(data) - _TOP_KEYS
+        if unknown:
+            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+        name = data.get("name")
+        if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\"):
+            raise ValueError(f"{source}: 'name' must be a non-empty string without slashes, got {name!r}")
+        models_raw = data.get("models")
+        if not isinstance(models_raw, list) or not models_raw:
+            raise ValueError(
+                f"{source}: 'models' must be a non-empty list of {{predictions, weight}} entries"
+            )
+        models = []
+        for i, m in enumerate(models_raw):
+            where = f"{source}: models[{i}]"
+            if not isinstance(m, dict):
+                raise ValueError(f"{where}: must be a mapping with 'predictions' and 'weight'")
+            bad = set(m) - _MODEL_KEYS
+            if bad:
+                raise ValueError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(_MODEL_KEYS)}")
+            pred = m.get("predictions")
+            if not isinstance(pred, str) or not pred:
+                raise ValueError(f"{where}.predictions: must be a path string, got {pred!r}")
+            weight = _number(m.get("weight", 1.0), f"{where}.weight")
+            if not weight > 0:
+                raise ValueError(f"{where}.weight: must be > 0, got {weight}")
+            models.append(ModelEntry(str(m.get("name") or Path(pred).stem), pred, weight))
+        fusion_raw = data.get("fusion") or {}
+        if not isinstance(fusion_raw, dict):
+            raise ValueError(f"{source}: 'fusion' must be a mapping")
+        bad = set(fusion_raw) - set(FUSION_SCALARS)
+        if bad:
+            raise ValueError(
+                f"{source}: fusion: unknown key(s) {sorted(bad)}; allowed: {list(FUSION_SCALARS)}"
+            )
+        cls_raw = data.get("class_thresholds") or {}
+        if not isinstance(cls_raw, dict):
+            raise ValueError(f"{source}: 'class_thresholds' must be a mapping keyed by class name")
+        score_thr: dict[str, float] = {}
+        min_area: dict[str, int] = {}
+        for c, entry in cls_raw.items():
+            if c not in CLASSES:
+                raise ValueError(
+                    f"{source}: class_thresholds: unknown class {c!r}; classes are {list(CLASSES)}"
+                )
+            if not isinstance(entry, dict) or set(entry) - _CLASS_KEYS:
+                raise ValueError(
+                    f"{source}: class_thresholds.{c}: must be a mapping with 'score' and/or 'min_area'"
+                )
+            if "score" in entry:
+                score_thr[c] = _number(entry["score"], f"{source}: class_thresholds.{c}.score")
+            if "min_area" in entry:
+                v = _number(entry["min_area"], f"{source}: class_thresholds.{c}.min_area")
+                if v != int(v) or v < 0:
+                    raise ValueError(
+                        f"{source}: class_thresholds.{c}.min_area: must be an integer >= 0, got {v}"
+                    )
+                min_area[c] = int(v)
+        try:
+            fusion = FusionParams(**fusion_raw, score_thr=score_thr, min_area=min_area)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: fusion: {e}") from None
+        out = {}
+        for key in ("truth", "images_dir", "out_dir"):
+            v = data.get(key)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ValueError(f"{source}: '{key}' must be a path string, got {v!r}")
+            out[key] = v
+        return cls(
+            name=name.strip(),
+            models=models,
+            fusion=fusion,
+            truth=out["truth"],
+            images_dir=out["images_dir"],
+            out_dir=out["out_dir"] or "submissions",
+        )
+
+
+def _number(v: Any, where: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise ValueError(f"{where}: must be a number, got {v!r}")
+    return float(v)
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python scalars for YAML."""
+    return v.item() if hasattr(v, "item") else v
+
+
+def load_config(path: str | os.PathLike) -> EnsembleConfig:
+    """Read and validate an ensemble YAML config.
+
+    Raises:
+        ValueError: Missing file, invalid YAML or invalid content (naming the file and key).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ValueError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path}: invalid YAML: {e}") from None
+    return EnsembleConfig.from_dict(data, source=str(path))
+
+
+def save_config(config: EnsembleConfig, path: str | os.PathLike, header: str | None = None) -> None:
+    """Write ``config`` as YAML atomically.
+
+    Args:
+        config: The configuration.
+        path: Output file.
+        header: Optional comment lines put on top (without ``#``).
+    """
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+    if header:
+        text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+    atomic_write_text(path, text)

@@ -1,0 +1,334 @@
+"""Fuse per-model prediction files into a Kaggle submission, and score it when ground truth is known.
+
+Usage::
+
+    python -m ensemble.run --config configs/ensemble/sartorius_ensemble.yaml
+    python -m ensemble.run --config cfg.yaml --truth data/sartorius/annotations/fold0_val.json --overlays 6
+    python -m ensemble.run --predictions a.npz b.npz --weights 1 2 --name quick      # no config
+
+For every image: WBF boxes -> weighted pixel voting masks -> rerank, per-class thresholds, overlap removal
+(:func:`ensemble.masks.fuse_image`). Outputs (nothing is written unless every step succeeded; each file atomically):
+
+* ``<out_dir>/<name>.csv`` (or ``--out``): the submission (``id,predicted``);
+* with ground truth: ``<out_dir>/<name>_score.json`` (competition score, per class, per IoU threshold, per image,
+  plus the configuration) and a short table on stdout;
+* with ground truth and ``--overlays N > 0``: ``<out_dir>/<name>_overlays/<rank>_<id>.png`` for N images spread
+  over the score range (worst to best): truth contours in green, predicted contours in red, on the image when it
+  can be found (``--images-dir``, ``images_dir:`` of the config, or next to a COCO truth file), else on black.
+
+Exit code 0 on success, 2 on invalid input (one ``error:`` line naming the file and the problem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from ensemble.config import EnsembleConfig, ModelEntry, load_config
+from ensemble.fileio import atomic_write_bytes, encode_png
+from ensemble.instances import InstanceMasks
+from ensemble.masks import FusionParams, fuse_image
+from ensemble.metrics import ScoreReport, evaluate
+from ensemble.predictions import ImagePredictions, load_predictions
+from ensemble.submission import load_truth, write_submission
+
+__all__ = [
+    "load_models",
+    "common_image_ids",
+    "fuse_predictions",
+    "find_image",
+    "draw_overlay",
+    "run_ensemble",
+    "build_parser",
+    "main",
+]
+
+TRUTH_COLOR = (0, 220, 0)  # BGR green
+PRED_COLOR = (40, 40, 255)  # BGR red
+
+
+def load_models(models: Sequence[ModelEntry]) -> list[dict[str, ImagePredictions]]:
+    """Load every model's prediction file.
+
+    Raises:
+        ValueError: A missing or invalid file (the message names it).
+    """
+    out = []
+    for m in models:
+        if not Path(m.predictions).is_file():
+            raise ValueError(f"{m.predictions}: prediction file of model '{m.name}' not found")
+        preds, _ = load_predictions(m.predictions)
+        out.append(preds)
+    return out
+
+
+def common_image_ids(models: Sequence[Mapping[str, ImagePredictions]], names: Sequence[str]) -> list[str]:
+    """The image ids every model predicts (the first model's order).
+
+    Raises:
+        ValueError: If the models' image sets differ (naming the model and some ids).
+    """
+    ids = list(models[0])
+    ref = set(ids)
+    for m, name in zip(models[1:], names[1:]):
+        if set(m) != ref:
+            missing = sorted(ref - set(m))
+            extra = sorted(set(m) - ref)
+            detail = f"missing {missing[:3]}" if missing else f"extra {extra[:3]}"
+            raise ValueError(
+                f"model '{name}' predicts a different image set than model '{names[0]}' ({detail}); every model "
+                "must cover the same images"
+            )
+    if not ids:
+        raise ValueError(f"model '{names[0]}' holds no images")
+    return ids
+
+
+def fuse_predictions(
+    models: Sequence[Mapping[str, ImagePredictions]],
+    weights: Sequence[float],
+    params: FusionParams,
+    image_ids: Sequence[str] | None = None,
+    progress: bool = False,
+) -> dict[str, ImagePredictions]:
+    """Fuse the models' predictions image by image.
+
+    Args:
+        models: Per model, image id -> predictions.
+        weights: Per model, positive weight.
+        params: Fusion parameters.
+        image_ids: Images to fuse (default: the first model's).
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        Image id -> fused, non-overlapping predictions.
+    """
+    ids = list(models[0]) if image_ids is None else list(image_ids)
+    out = {}
+    for image_id in tqdm(ids, desc="fusing", unit="img", disable=not progress):
+        out[image_id] = fuse_image([m[image_id] for m in models], weights, params)
+    return out
+
+
+def find_image(
+    image_id: str, images_dir: str | Path | None, truth_path: str | Path | None = None
+) -> Path | None:
+    """Locate ``<id>.png`` in ``images_dir`` (or its ``train/``/``test/``), else next to a COCO truth file.
+
+    Returns:
+        The path, or None when not found.
+    """
+    candidates: list[Path] = []
+    if images_dir is not None:
+        d = Path(images_dir)
+        candidates += [d / f"{image_id}.png", d / "train" / f"{image_id}.png", d / "test" / f"{image_id}.png"]
+    if truth_path is not None and Path(truth_path).suffix.lower() == ".json":
+        root = Path(truth_path).resolve().parent.parent  # <root>/annotations/<file>.json
+        candidates += [root / "train" / f"{image_id}.png", root / "test" / f"{image_id}.png"]
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _draw_contours(canvas: np.ndarray, masks: InstanceMasks, color: tuple[int, int, int]) -> None:
+    for crop, (x0, y0, _, _) in zip(masks.crops, masks.boxes):
+        if crop.size == 0:
+            continue
+        contours, _ = cv2.findContours(
+            crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE, offset=(int(x0), int(y0))
+        )
+        cv2.drawContours(canvas, contours, -1, color, 1)
+
+
+def draw_overlay(
+    image: np.ndarray | None, truth: InstanceMasks | None, pred: InstanceMasks, title: str = ""
+) -> np.ndarray:
+    """Truth (green) and predicted (red) contours on the image (or black).
+
+    Args:
+        image: uint8 (H, W) grayscale or (H, W, 3) BGR image, or None for a black background.
+        truth: True masks, or None.
+        pred: Predicted masks.
+        title: Text written in the top-left corner.
+
+    Returns:
+        uint8 (H, W, 3) BGR picture.
+    """
+    h, w = pred.height, pred.width
+    if image is None:
+        canvas = np.zeros((h, w, 3), dtype=np.uint8)
+    else:
+        canvas = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image.copy()
+        if canvas.shape[:2] != (h, w):
+            canvas = cv2.resize(canvas, (w, h), interpolation=cv2.INTER_LINEAR)
+    if truth is not None:
+        _draw_contours(canvas, truth, TRUTH_COLOR)
+    _draw_contours(canvas, pred, PRED_COLOR)
+    if title:
+        cv2.putText(canvas, title, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 3, cv2.LINE_AA)
+        cv2.putText(canvas, title, (5, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+    return canvas
+
+
+def _overlay_ids(report: ScoreReport, n: int) -> list[str]:
+    """n image ids spread over the score range, worst first."""
+    ranked = sorted(report.per_image, key=lambda k: (report.per_image[k], k))
+    if n <= 0 or not ranked:
+        return []
+    idx = np.unique(np.linspace(0, len(ranked) - 1, min(n, len(ranked))).round().astype(int))
+    return [ranked[i] for i in idx]
+
+
+def run_ensemble(
+    config: EnsembleConfig,
+    out_csv: str | Path | None = None,
+    truth_path: str | Path | None = None,
+    images_dir: str | Path | None = None,
+    overlays: int = 4,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Fuse, write the submission and (with ground truth) the score report and overlays.
+
+    Args:
+        config: The ensemble configuration.
+        out_csv: Submission path (default ``<config.out_dir>/<config.name>.csv``).
+        truth_path: Ground truth overriding ``config.truth``.
+        images_dir: Image directory overriding ``config.images_dir`` (for overlays).
+        overlays: Number of overlay PNGs (only with ground truth).
+        progress: Show progress bars.
+
+    Returns:
+        Summary dict: ``submission`` path, ``n_images``, ``n_instances``, and with truth ``score_json``,
+        ``overlays`` (paths) and ``report`` (:class:`ScoreReport`).
+
+    Raises:
+        ValueError: Invalid prediction files, truth or configuration; nothing is written then.
+    """
+    out_csv = Path(out_csv) if out_csv is not None else Path(config.out_dir) / f"{config.name}.csv"
+    out_dir = out_csv.parent
+    truth_path = truth_path if truth_path is not None else config.truth
+    images_dir = images_dir if images_dir is not None else config.images_dir
+    # load and validate everything before computing or writing anything
+    models = load_models(config.models)
+    ids = common_image_ids(models, [m.name for m in config.models])
+    truth: dict[str, InstanceMasks] | None = None
+    cell_types: dict[str, str] = {}
+    if truth_path is not None:
+        truth, cell_types = load_truth(truth_path)
+        unknown = [k for k in ids if k not in truth]
+        if unknown:
+            raise ValueError(
+                f"{truth_path}: {len(unknown)} predicted image(s) have no ground truth, e.g. {unknown[:3]}"
+            )
+        for k in ids:
+            p, t = models[0][k], truth[k]
+            if (p.height, p.width) != (t.height, t.width):
+                raise ValueError(
+                    f"image {k}: predictions are {p.height}x{p.width} but the ground truth is {t.height}x{t.width}"
+                )
+    fused = fuse_predictions(models, config.weights, config.fusion, ids, progress=progress)
+    instances = {
+        k: v.masks if v.masks is not None else InstanceMasks.empty(v.height, v.width)
+        for k, v in fused.items()
+    }
+    summary: dict[str, Any] = {
+        "submission": str(out_csv),
+        "n_images": len(ids),
+        "n_instances": int(sum(len(m) for m in instances.values())),
+    }
+    pending: list[tuple[Path, bytes]] = []
+    if truth is not None:
+        missing = [k for k in truth if k not in instances]
+        if missing:
+            print(
+                f"warning: {len(missing)} ground-truth image(s) have no predictions and score as 'no prediction'",
+                file=sys.stderr,
+            )
+        report = evaluate(truth, instances, cell_types=cell_types, progress=progress)
+        payload = report.to_dict()
+        payload["name"] = config.name
+        payload["submission"] = str(out_csv)
+        payload["truth"] = str(truth_path)
+        payload["config"] = config.to_dict()
+        score_json = out_dir / f"{config.name}_score.json"
+        pending.append((score_json, json.dumps(payload, indent=2).encode()))
+        summary.update(score_json=str(score_json), report=report, overlays=[])
+        for rank, image_id in enumerate(_overlay_ids(report, overlays)):
+            path = find_image(image_id, images_dir, truth_path)
+            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path is not None else None
+            title = f"{image_id} {cell_types.get(image_id, '')} score {report.per_image[image_id]:.3f}"
+            pic = draw_overlay(image, truth[image_id], instances[image_id], title)
+            png = out_dir / f"{config.name}_overlays" / f"{rank:02d}_{image_id}.png"
+            pending.append((png, encode_png(pic)))
+            summary["overlays"].append(str(png))
+    write_submission(out_csv, ids, instances)
+    for path, data in pending:
+        atomic_write_bytes(path, data)
+    return summary
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line parser of ``python -m ensemble.run``."""
+    p = argparse.ArgumentParser(prog="python -m ensemble.run", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--config", type=Path, help="ensemble YAML config")
+    src.add_argument("--predictions", nargs="+", help="prediction files to fuse with default parameters")
+    p.add_argument("--weights", nargs="+", type=float, help="weights for --predictions (default: all 1)")
+    p.add_argument("--name", default="ensemble", help="ensemble name for --predictions (default: ensemble)")
+    p.add_argument("--out", type=Path, help="submission CSV path (default: <out_dir>/<name>.csv)")
+    p.add_argument("--truth", type=Path, help="ground truth (train.csv-format .csv or COCO .json)")
+    p.add_argument("--images-dir", type=Path, help="directory with <id>.png images for the overlays")
+    p.add_argument(
+        "--overlays", type=int, default=4, help="number of overlay PNGs with ground truth (default 4)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 invalid input)."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.config is not None:
+            if args.weights:
+                raise ValueError("--weights is only used with --predictions (set weights in the config)")
+            config = load_config(args.config)
+        else:
+            weights = args.weights or [1.0] * len(args.predictions)
+            if len(weights) != len(args.predictions):
+                raise ValueError(f"{len(args.predictions)} prediction files but {len(weights)} weights")
+            if any(not w > 0 for w in weights):
+                raise ValueError(f"--weights must be positive, got {weights}")
+            config = EnsembleConfig(
+                name=args.name,
+                models=[ModelEntry(Path(p).stem, p, w) for p, w in zip(args.predictions, weights)],
+            )
+        summary = run_ensemble(
+            config,
+            out_csv=args.out,
+            truth_path=args.truth,
+            images_dir=args.images_dir,
+            overlays=args.overlays,
+            progress=not args.no_progress,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary['submission']} ({summary['n_images']} images, {summary['n_instances']} instances)")
+    if "report" in summary:
+        print(summary["report"].format_table())
+        print(
+            f"wrote {summary['score_json']}"
+            + (f" and {len(summary['overlays'])} overlays" if summary["overlays"] else "")
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
