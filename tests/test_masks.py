@@ -299,6 +299,7 @@ def test_fused_result_round_trips_through_prediction_file(tmp_path) -> None:
     rng = np.random.default_rng(5)
     preds = _random_models(rng, 70, 90)
     out = fuse_image(preds, [1.0] * len(preds), FusionParams(iou_thr=0.4))
+    assert len(out) > 0
     save_predictions(tmp_path / "fused.npz", [out], {"fused": True})
     back, meta = load_predictions(tmp_path / "fused.npz")
     assert meta == {"fused": True}
