@@ -233,7 +233,10 @@ def load_config(path: str | os.PathLike) -> EnsembleConfig:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{path}: invalid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{path}: invalid YAML{where}: {problem}") from None
     return EnsembleConfig.from_dict(data, source=str(path))
 
 
