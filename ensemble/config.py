@@ -248,7 +248,7 @@ def save_config(config: EnsembleConfig, path: str | os.PathLike, header: str | N
         path: Output file.
         header: Optional comment lines put on top (without ``#``).
     """
-    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False)
     if header:
         text = "".join(f"# {line}\n" for line in header.splitlines()) + text
     atomic_write_text(path, text)

@@ -1,0 +1,465 @@
+"""Adaptive weighting: tune model weights and fusion parameters on a validation set for the competition metric.
+
+Usage::
+
+    python -m ensemble.tune --config configs/ensemble/val.yaml --truth data/sartorius/annotations/fold0_val.json \
+        --out configs/ensemble/tuned.yaml                       # coordinate search (default)
+    python -m ensemble.tune --config val.yaml --method tpe --trials 100 --out tuned.yaml   # optuna TPE
+
+The config's models must be predictions of the validation images (ground truth from ``--truth`` or the config's
+``truth:``). Searched: each model's weight (only with several models), WBF ``iou_thr``, ``vote_thr``,
+``semantic_weight`` (only when a model has a semantic map) and per-class ``score`` / ``min_area`` thresholds.
+
+Coordinate search (``--method coord``): starting from the config, each structural parameter in turn is set to
+every value of its grid, keeping a change only when the exact score (full fusion of every image + competition
+metric) improves. The per-class thresholds are then searched on a cache: the current structure is fused once
+*without* thresholds, the IoU matrix of every image against its (packed, cached) truth is computed once, and a
+threshold candidate only drops columns of those matrices (no fusion, no IoU work), so thousands of candidates
+cost seconds. Thresholding after fusion is a close proxy of thresholding inside ``fuse_image`` (which happens
+before overlap removal), so the chosen thresholds are verified with an exact evaluation and kept only if the exact
+score improves. Rounds repeat until nothing improves (``--rounds`` at most).
+
+TPE (``--method tpe``): optuna's TPE sampler over the same parameters (continuous ranges), exact score per trial;
+the starting config is enqueued as the first trial.
+
+Both methods never return a configuration scoring below the starting one. The tuned YAML (same models, tuned
+weights and parameters) is written atomically with a header comment giving both scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from ensemble import CLASSES
+from ensemble.config import load_config, save_config
+from ensemble.instances import InstanceMasks
+from ensemble.masks import FusionParams, fuse_image
+from ensemble.metrics import PackedMasks, iou_matrix, pack_masks, precisions_from_iou
+from ensemble.predictions import ImagePredictions
+from ensemble.run import common_image_ids, load_models
+from ensemble.submission import load_truth
+
+__all__ = ["SearchSpace", "TuneResult", "Tuner", "tune", "build_parser", "main"]
+
+
+@dataclass
+class SearchSpace:
+    """Grids of the coordinate search (TPE uses their min/max as ranges).
+
+    Attributes:
+        weights: Candidate weights of each model.
+        iou_thr: WBF IoU thresholds.
+        vote_thr: Pixel vote thresholds.
+        semantic_weight: Semantic-map voter weights (searched only when a model has a semantic map).
+        score_thr: Per-class score thresholds.
+        min_area: Per-class minimum areas in pixels.
+    """
+
+    weights: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0)
+    iou_thr: tuple[float, ...] = (0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7)
+    vote_thr: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    semantic_weight: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0)
+    score_thr: tuple[float, ...] = tuple(float(v) for v in np.round(np.arange(0.0, 0.95, 0.05), 2))
+    min_area: tuple[int, ...] = (0, 10, 20, 30, 40, 60, 80, 120, 160, 240)
+
+
+@dataclass
+class TuneResult:
+    """Outcome of a tuning run.
+
+    Attributes:
+        weights: Tuned model weights.
+        params: Tuned fusion parameters.
+        score: Exact validation score of the tuned configuration.
+        start_score: Exact validation score of the starting configuration.
+        n_evaluations: Exact evaluations performed (full fusion + metric).
+        n_proxy_evaluations: Cached threshold evaluations.
+        history: ``(what changed, exact score)`` of every accepted improvement.
+    """
+
+    weights: list[float]
+    params: FusionParams
+    score: float
+    start_score: float
+    n_evaluations: int = 0
+    n_proxy_evaluations: int = 0
+    history: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _key(weights: Sequence[float], params: FusionParams) -> tuple:
+    d = dataclasses.asdict(params)
+    d["score_thr"] = tuple(sorted(d["score_thr"].items()))
+    d["min_area"] = tuple(sorted(d["min_area"].items()))
+    return tuple(round(float(w), 10) for w in weights), tuple(sorted(d.items()))
+
+
+@dataclass
+class _ThresholdCache:
+    """Per image: IoU of truth vs the fused instances without thresholds, and their scores/labels/areas."""
+
+    ious: list[np.ndarray]
+    scores: list[np.ndarray]
+    labels: list[np.ndarray]
+    areas: list[np.ndarray]
+    n_true: list[int]
+
+
+class Tuner:
+    """Scores ensemble parameter sets on a validation set, with caches that make repeated trials cheap.
+
+    Args:
+        models: Per model, image id -> predictions.
+        truth: Image id -> true masks (every image of ``image_ids``).
+        image_ids: Validation images (default: the first model's).
+        progress: Show progress bars.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[Mapping[str, ImagePredictions]],
+        truth: Mapping[str, InstanceMasks],
+        image_ids: Sequence[str] | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.models = list(models)
+        self.ids = list(self.models[0]) if image_ids is None else list(image_ids)
+        missing = [k for k in self.ids if k not in truth]
+        if missing:
+            raise ValueError(f"{len(missing)} image(s) have no ground truth, e.g. {missing[:3]}")
+        # IoU-independent per-image work, done once: packed truth crops (flat buffer, offsets, areas)
+        self.truth: dict[str, PackedMasks] = {k: pack_masks(truth[k]) for k in self.ids}
+        self.has_semantic = any(
+            m[k].semantic is not None for m in self.models for k in self.ids[: min(3, len(self.ids))]
+        )
+        self.progress = progress
+        self._memo: dict[tuple, float] = {}
+        self._thr_cache: OrderedDict[tuple, _ThresholdCache] = OrderedDict()
+        self.n_evaluations = 0
+        self.n_proxy_evaluations = 0
+
+    def fuse(self, weights: Sequence[float], params: FusionParams) -> dict[str, ImagePredictions]:
+        """Fused predictions of every validation image."""
+        return {k: fuse_image([m[k] for m in self.models], weights, params) for k in self.ids}
+
+    def score(self, weights: Sequence[float], params: FusionParams) -> float:
+        """Exact competition score of a parameter set (memoized)."""
+        key = _key(weights, params)
+        if key not in self._memo:
+            total = 0.0
+            for k in self.ids:
+                fused = fuse_image([m[k] for m in self.models], weights, params)
+                pred = (
+                    fused.masks if fused.masks is not None else InstanceMasks.empty(fused.height, fused.width)
+                )
+                total += float(precisions_from_iou(iou_matrix(self.truth[k], pred)).mean())
+            self._memo[key] = total / len(self.ids)
+            self.n_evaluations += 1
+        return self._memo[key]
+
+    def threshold_cache(self, weights: Sequence[float], params: FusionParams) -> _ThresholdCache:
+        """Fuse once without per-class thresholds and cache IoU matrices, scores, labels and areas."""
+        base = dataclasses.replace(params, score_thr={}, min_area={})
+        key = _key(weights, base)
+        if key in self._thr_cache:
+            self._thr_cache.move_to_end(key)
+            return self._thr_cache[key]
+        ious, scores, labels, areas, n_true = [], [], [], [], []
+        for k in self.ids:
+            fused = fuse_image([m[k] for m in self.models], weights, base)
+            pred = fused.masks if fused.masks is not None else InstanceMasks.empty(fused.height, fused.width)
+            ious.append(iou_matrix(self.truth[k], pred))
+            scores.append(fused.scores.astype(np.float64))
+            labels.append(fused.labels.astype(np.int64))
+            areas.append(pred.areas())
+            n_true.append(len(self.truth[k]))
+        cache = _ThresholdCache(ious, scores, labels, areas, n_true)
+        self._thr_cache[key] = cache
+        while len(self._thr_cache) > 4:
+            self._thr_cache.popitem(last=False)
+        return cache
+
+    def proxy_score(
+        self, cache: _ThresholdCache, score_thr: Mapping[str, float], min_area: Mapping[str, int]
+    ) -> float:
+        """Score when per-class thresholds are applied after fusion (drops columns of the cached IoUs)."""
+        thr = np.array([score_thr.get(c, -np.inf) for c in CLASSES])
+        amin = np.array([max(1, int(min_area.get(c, 1))) for c in CLASSES])
+        total = 0.0
+        for iou, s, lab, area in zip(cache.ious, cache.scores, cache.labels, cache.areas):
+            keep = (s >= thr[lab]) & (area >= amin[lab])
+            total += float(precisions_from_iou(iou[:, keep]).mean())
+        self.n_proxy_evaluations += 1
+        return total / len(cache.ious)
+
+
+def _with(params: FusionParams, **changes: Any) -> FusionParams:
+    return dataclasses.replace(params, **changes)
+
+
+def _coordinate_search(
+    tuner: Tuner,
+    weights: list[float],
+    params: FusionParams,
+    space: SearchSpace,
+    rounds: int,
+    tune_thresholds: bool,
+    result: TuneResult,
+) -> tuple[list[float], FusionParams, float]:
+    best = tuner.score(weights, params)
+    n_models = len(weights)
+    coords: list[tuple[str, Sequence[float]]] = []
+    if n_models > 1:
+        coords += [(f"weight[{m}]", space.weights) for m in range(n_models)]
+    coords += [("iou_thr", space.iou_thr), ("vote_thr", space.vote_thr)]
+    if tuner.has_semantic:
+        coords.append(("semantic_weight", space.semantic_weight))
+
+    def threshold_stage(
+        weights: list[float], params: FusionParams, best: float
+    ) -> tuple[FusionParams, float]:
+        cache = tuner.threshold_cache(weights, params)
+        score_thr, min_area = dict(params.score_thr), dict(params.min_area)
+        proxy_best = tuner.proxy_score(cache, score_thr, min_area)
+        for c in CLASSES:
+            for kind, grid in (("score", space.score_thr), ("min_area", space.min_area)):
+                for v in grid:
+                    st, ma = dict(score_thr), dict(min_area)
+                    if kind == "score":
+                        st[c] = float(v)
+                    else:
+                        ma[c] = int(v)
+                    s = tuner.proxy_score(cache, st, ma)
+                    if s > proxy_best + 1e-12:
+                        proxy_best, score_thr, min_area = s, st, ma
+        cand_p = _with(params, score_thr=score_thr, min_area=min_area)
+        s = tuner.score(
+            weights, cand_p
+        )  # verify exactly: thresholds inside fusion act before overlap removal
+        if s > best + 1e-12:
+            result.history.append((f"class thresholds score={score_thr} min_area={min_area}", s))
+            return cand_p, s
+        return params, best
+
+    for rnd in range(rounds):
+        start_best = best
+        if tune_thresholds:
+            params, best = threshold_stage(weights, params, best)
+        steps = [(name, v) for name, grid in coords for v in grid]
+        for name, v in tqdm(
+            steps, desc=f"round {rnd + 1} structure", unit="trial", disable=not tuner.progress
+        ):
+            if name.startswith("weight["):
+                m = int(name[7:-1])
+                cand_w = list(weights)
+                cand_w[m] = float(v)
+                cand_p = params
+            else:
+                cand_w, cand_p = weights, _with(params, **{name: float(v)})
+            s = tuner.score(cand_w, cand_p)
+            if s > best + 1e-12:
+                best, weights, params = s, cand_w, cand_p
+                result.history.append((f"{name}={v}", s))
+        if tune_thresholds:
+            params, best = threshold_stage(weights, params, best)
+        if best <= start_best + 1e-12:
+            break
+    return weights, params, best
+
+
+def _tpe_search(
+    tuner: Tuner,
+    weights: list[float],
+    params: FusionParams,
+    space: SearchSpace,
+    trials: int,
+    tune_thresholds: bool,
+    seed: int,
+    result: TuneResult,
+) -> tuple[list[float], FusionParams, float]:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    n_models = len(weights)
+    w_lo, w_hi = min(space.weights), max(space.weights)
+
+    def build(trial: Any) -> tuple[list[float], FusionParams]:
+        w = (
+            [trial.suggest_float(f"w{m}", w_lo, w_hi) for m in range(n_models)]
+            if n_models > 1
+            else list(weights)
+        )
+        changes: dict[str, Any] = {
+            "iou_thr": trial.suggest_float("iou_thr", min(space.iou_thr), max(space.iou_thr)),
+            "vote_thr": trial.suggest_float("vote_thr", min(space.vote_thr), max(space.vote_thr)),
+        }
+        if tuner.has_semantic:
+            changes["semantic_weight"] = trial.suggest_float(
+                "semantic_weight", min(space.semantic_weight), max(space.semantic_weight)
+            )
+        if tune_thresholds:
+            changes["score_thr"] = {
+                c: trial.suggest_float(f"score_{c}", min(space.score_thr), max(space.score_thr))
+                for c in CLASSES
+            }
+            changes["min_area"] = {
+                c: trial.suggest_int(f"min_area_{c}", min(space.min_area), max(space.min_area))
+                for c in CLASSES
+            }
+        return w, _with(params, **changes)
+
+    start: dict[str, Any] = {"iou_thr": params.iou_thr, "vote_thr": params.vote_thr}
+    if n_models > 1:
+        start.update({f"w{m}": float(np.clip(w, w_lo, w_hi)) for m, w in enumerate(weights)})
+    if tuner.has_semantic:
+        start["semantic_weight"] = params.semantic_weight
+    if tune_thresholds:
+        for c in CLASSES:
+            start[f"score_{c}"] = float(
+                np.clip(params.score_thr.get(c, 0.0), min(space.score_thr), max(space.score_thr))
+            )
+            start[f"min_area_{c}"] = int(
+                np.clip(params.min_area.get(c, 0), min(space.min_area), max(space.min_area))
+            )
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.enqueue_trial(start)
+    best = tuner.score(weights, params)
+    best_w, best_p = weights, params
+    for _ in tqdm(range(trials), desc="tpe", unit="trial", disable=not tuner.progress):
+        trial = study.ask()
+        w, p = build(trial)
+        s = tuner.score(w, p)
+        study.tell(trial, s)
+        if s > best + 1e-12:
+            best, best_w, best_p = s, w, p
+            result.history.append((f"tpe trial {trial.number}", s))
+    return best_w, best_p, best
+
+
+def tune(
+    tuner: Tuner,
+    weights: Sequence[float],
+    params: FusionParams,
+    method: str = "coord",
+    space: SearchSpace | None = None,
+    rounds: int = 3,
+    trials: int = 50,
+    tune_thresholds: bool = True,
+    seed: int = 0,
+) -> TuneResult:
+    """Search weights and fusion parameters that maximise the validation score.
+
+    Args:
+        tuner: Validation data and caches.
+        weights: Starting model weights.
+        params: Starting fusion parameters.
+        method: ``"coord"`` (coordinate search) or ``"tpe"`` (optuna).
+        space: Search grids/ranges.
+        rounds: Maximum coordinate-search rounds.
+        trials: TPE trials.
+        tune_thresholds: Also tune per-class score and min-area thresholds.
+        seed: TPE seed.
+
+    Returns:
+        The tuned result; its score is never below the starting score.
+
+    Raises:
+        ValueError: Unknown method or mismatched weights.
+    """
+    if method not in ("coord", "tpe"):
+        raise ValueError(f"unknown tuning method {method!r}; use 'coord' or 'tpe'")
+    if len(weights) != len(tuner.models):
+        raise ValueError(f"{len(tuner.models)} models but {len(weights)} weights")
+    space = space or SearchSpace()
+    weights = [float(w) for w in weights]
+    start_score = tuner.score(weights, params)
+    result = TuneResult(list(weights), params, start_score, start_score)
+    if method == "coord":
+        w, p, s = _coordinate_search(tuner, weights, params, space, rounds, tune_thresholds, result)
+    else:
+        w, p, s = _tpe_search(tuner, weights, params, space, trials, tune_thresholds, seed, result)
+    if s < start_score:  # cannot happen (only improvements are accepted); kept as a guarantee
+        w, p, s = weights, params, start_score
+    result.weights, result.params, result.score = list(w), p, s
+    result.n_evaluations = tuner.n_evaluations
+    result.n_proxy_evaluations = tuner.n_proxy_evaluations
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line parser of ``python -m ensemble.tune``."""
+    p = argparse.ArgumentParser(prog="python -m ensemble.tune", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--config", type=Path, required=True, help="starting ensemble YAML (validation predictions)"
+    )
+    p.add_argument("--truth", type=Path, help="validation ground truth (default: the config's truth)")
+    p.add_argument("--out", type=Path, required=True, help="tuned ensemble YAML to write")
+    p.add_argument("--name", help="name of the tuned ensemble (default: <config name>_tuned)")
+    p.add_argument("--method", choices=("coord", "tpe"), default="coord")
+    p.add_argument("--rounds", type=int, default=3, help="coordinate-search rounds (default 3)")
+    p.add_argument("--trials", type=int, default=50, help="TPE trials (default 50)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-thresholds", action="store_true", help="keep the per-class thresholds as they are")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit code (0 ok, 2 invalid input)."""
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    try:
+        config = load_config(args.config)
+        truth_path = args.truth or config.truth
+        if truth_path is None:
+            raise ValueError("tuning needs ground truth: pass --truth or set 'truth:' in the config")
+        models = load_models(config.models)
+        ids = common_image_ids(models, [m.name for m in config.models])
+        truth, _ = load_truth(truth_path)
+        tuner = Tuner(models, truth, ids, progress=not args.no_progress)
+        result = tune(
+            tuner,
+            config.weights,
+            config.fusion,
+            method=args.method,
+            rounds=args.rounds,
+            trials=args.trials,
+            tune_thresholds=not args.no_thresholds,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tuned = dataclasses.replace(
+        config,
+        name=args.name or f"{config.name}_tuned",
+        models=[dataclasses.replace(m, weight=round(w, 6)) for m, w in zip(config.models, result.weights)],
+        fusion=result.params,
+        truth=str(truth_path),
+    )
+    header = (
+        f"Tuned by python -m ensemble.tune --method {args.method} from {args.config} on {len(ids)} images of "
+        f"{truth_path}\nvalidation score: start {result.start_score:.5f} -> tuned {result.score:.5f} "
+        f"({result.n_evaluations} exact and {result.n_proxy_evaluations} cached evaluations)"
+    )
+    save_config(tuned, args.out, header=header)
+    for what, s in result.history:
+        print(f"  {s:.5f}  {what}")
+    print(
+        f"score {result.start_score:.5f} -> {result.score:.5f} in {time.perf_counter() - t0:.1f}s; wrote {args.out}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
