@@ -141,13 +141,16 @@ def test_numba_kernel_matches_numpy_fallback() -> None:
 
 def test_candidate_pairs_cover_every_overlapping_pair() -> None:
     rng = np.random.default_rng(3)
-    from ensemble.metrics import _candidate_pairs
+    from ensemble.metrics import _candidate_pairs, _candidate_pairs_np
 
     bt = rng.integers(0, 50, size=(30, 2))
     bt = np.concatenate([bt, bt + rng.integers(1, 15, size=(30, 2))], axis=1)
     bp = rng.integers(0, 50, size=(25, 2))
     bp = np.concatenate([bp, bp + rng.integers(1, 15, size=(25, 2))], axis=1)
     pi, pj = _candidate_pairs(bt.astype(np.int64), bp.astype(np.int64))
+    pi2, pj2 = _candidate_pairs_np(bt.astype(np.int64), bp.astype(np.int64))
+    np.testing.assert_array_equal(pi, pi2)
+    np.testing.assert_array_equal(pj, pj2)
     got = set(zip(pi.tolist(), pj.tolist()))
     want = {
         (i, j)
