@@ -183,6 +183,13 @@ def test_run_malformed_inputs(data: dict, tmp_path: Path, capsys: pytest.Capture
     _assert_fails(
         ["--predictions", str(tmp_path / "nope.npz"), "--out", str(out)], out_dir, "not found", capsys
     )
+    truncated = tmp_path / "truncated.npz"
+    whole = Path(data["models"][1]).read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
+    _assert_fails(["--predictions", str(truncated), "--out", str(out)], out_dir, str(truncated), capsys)
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, boxes=np.zeros((1, 4)))
+    _assert_fails(["--predictions", str(foreign), "--out", str(out)], out_dir, "missing member", capsys)
     # models covering different images
     from ensemble.predictions import save_predictions
 

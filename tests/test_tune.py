@@ -117,4 +117,12 @@ def test_tune_cli_errors(data: dict, tmp_path: Path, capsys: pytest.CaptureFixtu
     bad_truth.write_text("id,annotation,width,height\nimg00,5 0,128,96\n")
     assert main(["--config", str(cfg), "--truth", str(bad_truth), "--out", str(out)]) == 2
     assert "non-positive length" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.npz"
+    corrupt.write_bytes(b"PK\x03\x04 broken")
+    cfg.write_text(
+        yaml.safe_dump({"name": "x", "models": [{"predictions": str(corrupt)}], "truth": str(bad_truth)})
+    )
+    assert main(["--config", str(cfg), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(corrupt) in err and err.count("\n") == 1
     assert not out.exists()
