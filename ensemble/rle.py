@@ -40,6 +40,7 @@ __all__ = [
 _TOKEN_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
 _INTS_RE = re.compile(r"[+-]?[0-9]+(?:\s+[+-]?[0-9]+)*", re.ASCII)
 _MAX_INT = 2**62
+_POW10 = 10 ** np.arange(1, 19, dtype=np.int64)
 
 
 def _runs_to_str(starts: np.ndarray, lengths: np.ndarray) -> str:
@@ -195,13 +196,22 @@ def kaggle_rle_encode_label_image(labels: np.ndarray) -> dict[int, str]:
     run_starts, run_ends, run_vals = run_starts[keep], run_ends[keep], run_vals[keep]
     order = np.argsort(run_vals, kind="stable")  # stable: runs of one label stay in image order
     run_starts, run_ends, run_vals = run_starts[order], run_ends[order], run_vals[order]
-    bounds = np.flatnonzero(np.diff(run_vals)) + 1
-    out: dict[int, str] = {}
-    for s, e in zip(np.split(run_starts, bounds), np.split(run_ends, bounds)):
-        if s.size == 0:
-            continue
-        out[int(flat[s[0]])] = _runs_to_str(s + 1, e - s)
-    return out
+    if run_vals.size == 0:
+        return {}
+    # All "start length" tokens of all labels as one string, then one slice per label: token k takes
+    # digits(k) + 1 characters (its trailing space), so the character offsets follow from a cumulative sum.
+    pairs = np.empty(run_starts.size * 2, dtype=np.int64)
+    pairs[0::2] = run_starts + 1
+    pairs[1::2] = run_ends - run_starts
+    text = " ".join(map(str, pairs.tolist())) + " "
+    widths = np.searchsorted(_POW10, pairs, side="right") + 2  # decimal digits + 1 (exact, values >= 1)
+    char_off = np.concatenate([[0], np.cumsum(widths)])
+    first = np.concatenate([[0], np.flatnonzero(np.diff(run_vals)) + 1])  # first run of each label
+    last = np.concatenate([first[1:], [run_vals.size]])
+    return {
+        int(v): text[char_off[2 * a] : char_off[2 * b] - 1]
+        for v, a, b in zip(run_vals[first].tolist(), first.tolist(), last.tolist())
+    }
 
 
 def coco_rle_encode(mask: np.ndarray) -> dict:
