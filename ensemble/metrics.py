@@ -60,6 +60,7 @@ __all__ = [
     "pack_masks",
     "iou_matrix",
     "precisions_from_iou",
+    "precisions_from_pairs",
     "image_precisions",
     "image_score",
     "evaluate",
@@ -291,17 +292,20 @@ def _max_matching(rows: np.ndarray, cols: np.ndarray) -> int:
     """Size of a maximum one-to-one matching of the hit pairs ``(rows[k], cols[k])``."""
     if rows.size == 0:
         return 0
-    # Fast path: no truth and no prediction has more than one hit -> every hit is its own match.
-    if np.unique(rows).size == rows.size and np.unique(cols).size == cols.size:
-        return int(rows.size)
+    # A pair whose truth and prediction have no other hit is its own match; the rest (objects with several
+    # hits, e.g. overlapping truths) form closed components matched with the Hungarian algorithm.
+    conflict = (np.bincount(rows)[rows] > 1) | (np.bincount(cols)[cols] > 1)
+    n_simple = int(rows.size - conflict.sum())
+    if not conflict.any():
+        return n_simple
     from scipy.optimize import linear_sum_assignment
 
-    ur, ri = np.unique(rows, return_inverse=True)
-    uc, ci = np.unique(cols, return_inverse=True)
+    ur, ri = np.unique(rows[conflict], return_inverse=True)
+    uc, ci = np.unique(cols[conflict], return_inverse=True)
     hits = np.zeros((ur.size, uc.size), dtype=np.float64)
     hits[ri, ci] = 1.0
     r, c = linear_sum_assignment(hits, maximize=True)
-    return int(hits[r, c].sum())
+    return n_simple + int(hits[r, c].sum())
 
 
 def precisions_from_iou(iou: np.ndarray, thresholds: Sequence[float] | np.ndarray = THRESHOLDS) -> np.ndarray:
@@ -323,11 +327,40 @@ def precisions_from_iou(iou: np.ndarray, thresholds: Sequence[float] | np.ndarra
     if nt == 0 or np_ == 0:
         return out
     ti, pj = np.nonzero(iou > float(thr.min()))  # sparse: at most a few hits per object
-    vals = iou[ti, pj]
+    return precisions_from_pairs(ti, pj, iou[ti, pj], nt, np_, thr)
+
+
+def precisions_from_pairs(
+    ti: np.ndarray,
+    pj: np.ndarray,
+    vals: np.ndarray,
+    n_true: int,
+    n_pred: int,
+    thresholds: Sequence[float] | np.ndarray = THRESHOLDS,
+) -> np.ndarray:
+    """Per-threshold precision from the sparse (truth, prediction, IoU) pairs above the lowest threshold.
+
+    Args:
+        ti: int[K] truth index of each pair.
+        pj: int[K] prediction index of each pair.
+        vals: float64[K] IoU of each pair (pairs with IoU <= min(thresholds) may be omitted).
+        n_true: Number of true objects Nt.
+        n_pred: Number of predicted objects Np.
+        thresholds: IoU thresholds (a hit is ``IoU > t``).
+
+    Returns:
+        float64[T] precision per threshold (same conventions as :func:`precisions_from_iou`).
+    """
+    thr = np.asarray(thresholds, dtype=np.float64)
+    if n_true == 0 and n_pred == 0:
+        return np.ones(thr.size, dtype=np.float64)
+    out = np.zeros(thr.size, dtype=np.float64)
+    if n_true == 0 or n_pred == 0:
+        return out
     for k, t in enumerate(thr):
         sel = vals > t
         tp = _max_matching(ti[sel], pj[sel])
-        out[k] = tp / (nt + np_ - tp)
+        out[k] = tp / (n_true + n_pred - tp)
     return out
 
 

@@ -45,7 +45,14 @@ from ensemble import CLASSES
 from ensemble.config import load_config, save_config
 from ensemble.instances import InstanceMasks
 from ensemble.masks import FusionParams, fuse_image
-from ensemble.metrics import PackedMasks, iou_matrix, pack_masks, precisions_from_iou
+from ensemble.metrics import (
+    THRESHOLDS,
+    PackedMasks,
+    iou_matrix,
+    pack_masks,
+    precisions_from_iou,
+    precisions_from_pairs,
+)
 from ensemble.predictions import ImagePredictions
 from ensemble.run import common_image_ids, load_models
 from ensemble.submission import load_truth
@@ -106,9 +113,10 @@ def _key(weights: Sequence[float], params: FusionParams) -> tuple:
 
 @dataclass
 class _ThresholdCache:
-    """Per image: IoU of truth vs the fused instances without thresholds, and their scores/labels/areas."""
+    """Per image: the (truth, prediction, IoU > 0.5) pairs of the fused instances without thresholds, and their
+    scores/labels/areas."""
 
-    ious: list[np.ndarray]
+    pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]]
     scores: list[np.ndarray]
     labels: list[np.ndarray]
     areas: list[np.ndarray]
@@ -174,16 +182,18 @@ class Tuner:
         if key in self._thr_cache:
             self._thr_cache.move_to_end(key)
             return self._thr_cache[key]
-        ious, scores, labels, areas, n_true = [], [], [], [], []
+        pairs, scores, labels, areas, n_true = [], [], [], [], []
         for k in self.ids:
             fused = fuse_image([m[k] for m in self.models], weights, base)
             pred = fused.masks if fused.masks is not None else InstanceMasks.empty(fused.height, fused.width)
-            ious.append(iou_matrix(self.truth[k], pred))
+            iou = iou_matrix(self.truth[k], pred)
+            ti, pj = np.nonzero(iou > THRESHOLDS.min())
+            pairs.append((ti, pj, iou[ti, pj]))
             scores.append(fused.scores.astype(np.float64))
             labels.append(fused.labels.astype(np.int64))
             areas.append(pred.areas())
             n_true.append(len(self.truth[k]))
-        cache = _ThresholdCache(ious, scores, labels, areas, n_true)
+        cache = _ThresholdCache(pairs, scores, labels, areas, n_true)
         self._thr_cache[key] = cache
         while len(self._thr_cache) > 4:
             self._thr_cache.popitem(last=False)
@@ -196,11 +206,14 @@ class Tuner:
         thr = np.array([score_thr.get(c, -np.inf) for c in CLASSES])
         amin = np.array([max(1, int(min_area.get(c, 1))) for c in CLASSES])
         total = 0.0
-        for iou, s, lab, area in zip(cache.ious, cache.scores, cache.labels, cache.areas):
+        for (ti, pj, vals), s, lab, area, nt in zip(
+            cache.pairs, cache.scores, cache.labels, cache.areas, cache.n_true
+        ):
             keep = (s >= thr[lab]) & (area >= amin[lab])
-            total += float(precisions_from_iou(iou[:, keep]).mean())
+            sel = keep[pj]
+            total += float(precisions_from_pairs(ti[sel], pj[sel], vals[sel], nt, int(keep.sum())).mean())
         self.n_proxy_evaluations += 1
-        return total / len(cache.ious)
+        return total / len(cache.pairs)
 
 
 def _with(params: FusionParams, **changes: Any) -> FusionParams:
