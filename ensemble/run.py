@@ -11,7 +11,9 @@ For every image: WBF boxes -> weighted pixel voting masks -> rerank, per-class t
 
 * ``<out_dir>/<name>.csv`` (or ``--out``): the submission (``id,predicted``);
 * with ground truth: ``<out_dir>/<name>_score.json`` (competition score, per class, per IoU threshold, per image,
-  plus the configuration) and a short table on stdout;
+  plus the configuration) and a short table on stdout. The images of the prediction files are scored; extra
+  ground-truth images (e.g. other folds of a full ``train.csv``) are ignored and counted
+  (``n_truth_images_ignored``);
 * with ground truth and ``--overlays N > 0``: ``<out_dir>/<name>_overlays/<rank>_<id>.png`` for N images spread
   over the score range (worst to best): truth contours in green, predicted contours in red, on the image when it
   can be found (``--images-dir``, ``images_dir:`` of the config, or next to a COCO truth file), else on black.
@@ -244,14 +246,17 @@ def run_ensemble(
     }
     pending: list[tuple[Path, bytes]] = []
     if truth is not None:
-        missing = [k for k in truth if k not in instances]
-        if missing:
+        # The prediction files define the evaluated images (e.g. one validation fold scored against the full
+        # train.csv); ground-truth images without predictions are left out and counted in the report.
+        ignored = [k for k in truth if k not in instances]
+        if ignored:
             print(
-                f"warning: {len(missing)} ground-truth image(s) have no predictions and score as 'no prediction'",
+                f"note: scoring the {len(ids)} predicted images; {len(ignored)} other ground-truth image(s) ignored",
                 file=sys.stderr,
             )
-        report = evaluate(truth, instances, cell_types=cell_types, progress=progress)
+        report = evaluate({k: truth[k] for k in ids}, instances, cell_types=cell_types, progress=progress)
         payload = report.to_dict()
+        payload["n_truth_images_ignored"] = len(ignored)
         payload["name"] = config.name
         payload["submission"] = str(out_csv)
         payload["truth"] = str(truth_path)

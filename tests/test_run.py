@@ -255,3 +255,33 @@ def test_module_entry_point(data: dict, tmp_path: Path) -> None:
     assert "score" in ok.stdout and out.is_file()
     truth, _ = read_kaggle_truth(data["truth_csv"])
     assert set(read_submission(out, H, W)) == set(truth)
+
+
+def test_run_scores_only_the_predicted_images(
+    data: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ensemble.predictions import save_predictions
+
+    preds, _ = load_predictions(data["models"][1])
+    subset = list(preds.values())[:2]
+    part = tmp_path / "part.npz"
+    save_predictions(part, subset)
+    out = tmp_path / "part.csv"
+    argv = [
+        "--predictions",
+        str(part),
+        "--truth",
+        str(data["truth_csv"]),
+        "--out",
+        str(out),
+        "--overlays",
+        "0",
+    ]
+    assert main([*argv, "--no-progress"]) == 0
+    assert "4 other ground-truth image(s) ignored" in capsys.readouterr().err
+    report = json.loads((tmp_path / "ensemble_score.json").read_text())
+    assert report["n_images"] == 2 and report["n_truth_images_ignored"] == 4
+    fused = {p.image_id: fuse_image([p], [1.0], FusionParams()).masks for p in subset}
+    assert report["score"] == pytest.approx(
+        evaluate({k: data["truth"][k] for k in fused}, fused).score, abs=1e-12
+    )
