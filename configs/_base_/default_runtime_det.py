@@ -3,17 +3,19 @@ default_scope = 'mmdet'
 
 custom_imports = dict(
     imports=['custom_modules.datasets', 'custom_modules.metrics', 'custom_modules.hooks'],
-    allow_failed_imports=False)
+    allow_failed_imports=False,
+)
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(
-        type='CheckpointHook', interval=1, max_keep_ckpts=3,
-        save_best='sartorius/score', rule='greater'),
+        type='CheckpointHook', interval=1, max_keep_ckpts=3, save_best='sartorius/score', rule='greater'
+    ),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    visualization=dict(type='DetVisualizationHook'))
+    visualization=dict(type='DetVisualizationHook'),
+)
 
 env_cfg = dict(
     cudnn_benchmark=False,

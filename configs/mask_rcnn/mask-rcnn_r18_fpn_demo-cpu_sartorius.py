@@ -17,11 +17,14 @@ model = dict(
         bbox_roi_extractor=dict(out_channels=64),
         bbox_head=dict(in_channels=64, fc_out_channels=256),
         mask_roi_extractor=dict(out_channels=64),
-        mask_head=dict(num_convs=2, in_channels=64, conv_out_channels=64)),
+        mask_head=dict(num_convs=2, in_channels=64, conv_out_channels=64),
+    ),
     train_cfg=dict(
         rpn=dict(sampler=dict(num=256)),
         rpn_proposal=dict(nms_pre=1000, max_per_img=500),
-        rcnn=dict(sampler=dict(num=256))))
+        rcnn=dict(sampler=dict(num=256)),
+    ),
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile', color_type='color'),
@@ -37,26 +40,39 @@ test_pipeline = [
     dict(type='PackDetInputs', meta_keys={{_base_.meta_keys}}),
 ]
 train_dataloader = dict(
-    batch_size=2, num_workers=1, persistent_workers=False, batch_sampler=None,
+    batch_size=2,
+    num_workers=1,
+    persistent_workers=False,
+    batch_sampler=None,
     sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(pipeline=train_pipeline))
+    dataset=dict(pipeline=train_pipeline),
+)
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters, milestones=[int(max_iters * 0.8)], gamma=0.1),
+    dict(
+        type='MultiStepLR',
+        by_epoch=False,
+        begin=0,
+        end=max_iters,
+        milestones=[int(max_iters * 0.8)],
+        gamma=0.1,
+    ),
 ]
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
-    clip_grad=dict(max_norm=35, norm_type=2))
+    clip_grad=dict(max_norm=35, norm_type=2),
+)
 
 default_hooks = dict(
     logger=dict(interval=20),
     checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1, save_best=None),
-    visualization=dict(type='DetVisualizationHook'))
+    visualization=dict(type='DetVisualizationHook'),
+)
 log_processor = dict(by_epoch=False, window_size=20)
 env_cfg = dict(mp_cfg=dict(mp_start_method='fork', opencv_num_threads=1))

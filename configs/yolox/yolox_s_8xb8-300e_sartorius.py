@@ -21,7 +21,8 @@ model = dict(
         pad_size_divisor=32,
         batch_augments=[
             dict(type='BatchSyncRandomResize', random_size_range=(832, 1216), size_divisor=32, interval=10)
-        ]),
+        ],
+    ),
     backbone=dict(
         type='CSPDarknet',
         deepen_factor=0.33,
@@ -31,7 +32,8 @@ model = dict(
         spp_kernal_sizes=(5, 9, 13),
         norm_cfg=dict(type='BN', momentum=0.03, eps=0.001),
         act_cfg=dict(type='Swish'),
-        init_cfg=None),
+        init_cfg=None,
+    ),
     neck=dict(
         type='YOLOXPAFPN',
         in_channels=[128, 256, 512],
@@ -41,7 +43,8 @@ model = dict(
         upsample_cfg=dict(scale_factor=2, mode='nearest'),
         norm_cfg=dict(type='BN', momentum=0.03, eps=0.001),
         act_cfg=dict(type='Swish'),
-        init_cfg=None),
+        init_cfg=None,
+    ),
     bbox_head=dict(
         type='YOLOXHead',
         num_classes=3,
@@ -55,14 +58,18 @@ model = dict(
         loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=True, reduction='sum', loss_weight=1.0),
         loss_bbox=dict(type='IoULoss', mode='square', eps=1e-16, reduction='sum', loss_weight=5.0),
         loss_obj=dict(type='CrossEntropyLoss', use_sigmoid=True, reduction='sum', loss_weight=1.0),
-        loss_l1=dict(type='L1Loss', reduction='sum', loss_weight=1.0)),
+        loss_l1=dict(type='L1Loss', reduction='sum', loss_weight=1.0),
+    ),
     train_cfg=dict(assigner=dict(type='SimOTAAssigner', center_radius=2.5)),
     # Dense images: keep up to 1000 boxes after NMS.
-    test_cfg=dict(score_thr=0.01, nms=dict(type='nms', iou_threshold=0.65), max_per_img=1000))
+    test_cfg=dict(score_thr=0.01, nms=dict(type='nms', iou_threshold=0.65), max_per_img=1000),
+)
 
 train_pipeline = [
     dict(type='Mosaic', img_scale=img_scale, pad_val=114.0),
-    dict(type='RandomAffine', scaling_ratio_range=(0.5, 1.5), border=(-img_scale[0] // 2, -img_scale[1] // 2)),
+    dict(
+        type='RandomAffine', scaling_ratio_range=(0.5, 1.5), border=(-img_scale[0] // 2, -img_scale[1] // 2)
+    ),
     dict(type='MixUp', img_scale=img_scale, ratio_range=(0.8, 1.6), pad_val=114.0),
     dict(type='YOLOXHSVRandomAug'),
     dict(type='RandomFlip', prob=[0.25, 0.25], direction=['horizontal', 'vertical']),
@@ -96,13 +103,18 @@ train_dataloader = dict(
                 dict(type='LoadImageFromFile', color_type='color'),
                 dict(type='LoadAnnotations', with_bbox=True),
             ],
-            filter_cfg=dict(filter_empty_gt=False, min_size=1)),
-        pipeline=train_pipeline))
+            filter_cfg=dict(filter_empty_gt=False, min_size=1),
+        ),
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(batch_size=1, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
 # Box detector: COCO bbox mAP plus the competition score of the filled boxes (a localisation proxy).
-val_evaluator = dict(type='SartoriusMetric', score_thr=0.3, iou_types=('bbox',), box_as_mask=True, max_dets=1000)
+val_evaluator = dict(
+    type='SartoriusMetric', score_thr=0.3, iou_types=('bbox',), box_as_mask=True, max_dets=1000
+)
 test_evaluator = val_evaluator
 
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=val_interval)
@@ -113,7 +125,8 @@ base_lr = 0.01  # for 8 GPUs x 8 images
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='SGD', lr=base_lr, momentum=0.9, weight_decay=5e-4, nesterov=True),
-    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0))
+    paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
+)
 param_scheduler = [
     dict(type='mmdet.QuadraticWarmupLR', by_epoch=True, begin=0, end=5, convert_to_iter_based=True),
     dict(
@@ -123,12 +136,14 @@ param_scheduler = [
         T_max=max_epochs - num_last_epochs,
         end=max_epochs - num_last_epochs,
         by_epoch=True,
-        convert_to_iter_based=True),
+        convert_to_iter_based=True,
+    ),
     dict(type='ConstantLR', by_epoch=True, factor=1, begin=max_epochs - num_last_epochs, end=max_epochs),
 ]
 
 default_hooks = dict(
-    checkpoint=dict(interval=val_interval, max_keep_ckpts=3, save_best='sartorius/bbox_mAP', rule='greater'))
+    checkpoint=dict(interval=val_interval, max_keep_ckpts=3, save_best='sartorius/bbox_mAP', rule='greater')
+)
 custom_hooks = [
     dict(type='ProgressiveResizeHook', start_size_range=(640, 832), warmup_epochs=15, priority=48),
     dict(type='YOLOXModeSwitchHook', num_last_epochs=num_last_epochs, priority=48),

@@ -14,10 +14,12 @@ model = dict(
     data_preprocessor=dict(
         batch_augments=[
             dict(type='BatchSyncRandomResize', random_size_range=(256, 384), size_divisor=32, interval=10)
-        ]),
+        ]
+    ),
     backbone=dict(deepen_factor=0.33, widen_factor=0.375),
     neck=dict(in_channels=[96, 192, 384], out_channels=96),
-    bbox_head=dict(in_channels=96, feat_channels=96))
+    bbox_head=dict(in_channels=96, feat_channels=96),
+)
 
 train_pipeline = [
     dict(type='Mosaic', img_scale=crop, pad_val=114.0),
@@ -47,8 +49,11 @@ train_dataloader = dict(
                 dict(type='LoadImageFromFile', color_type='color'),
                 dict(type='LoadAnnotations', with_bbox=True),
                 dict(type='RandomCrop', crop_size=(crop[1], crop[0]), allow_negative_crop=False),
-            ]),
-        pipeline=train_pipeline))
+            ]
+        ),
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
@@ -58,14 +63,18 @@ optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='AdamW', lr=2e-3, weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
-    clip_grad=dict(max_norm=35, norm_type=2))
+    clip_grad=dict(max_norm=35, norm_type=2),
+)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
-    dict(type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, T_max=max_iters - 50, eta_min=1e-4),
+    dict(
+        type='CosineAnnealingLR', by_epoch=False, begin=50, end=max_iters, T_max=max_iters - 50, eta_min=1e-4
+    ),
 ]
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1, save_best=None))
+    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1, save_best=None),
+)
 custom_hooks = [
     dict(type='ProgressiveResizeHook', start_size_range=(224, 288), warmup_iters=100, priority=48),
     dict(type='EMAHook', ema_type='ExpMomentumEMA', momentum=0.0002, update_buffers=True, priority=49),

@@ -16,8 +16,18 @@ backend_args = None
 img_scale = (1056, 780)  # (w, h) = 1.5 x (704, 520)
 
 # Meta keys needed by SartoriusMetric (ground truth, Kaggle id, cell type) and tools/infer.py.
-meta_keys = ('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor', 'flip', 'flip_direction',
-             'instances', 'kaggle_id', 'cell_type')
+meta_keys = (
+    'img_id',
+    'img_path',
+    'ori_shape',
+    'img_shape',
+    'scale_factor',
+    'flip',
+    'flip_direction',
+    'instances',
+    'kaggle_id',
+    'cell_type',
+)
 
 train_pipeline = [
     dict(type='LoadImageFromFile', color_type='color', backend_args=backend_args),
@@ -46,7 +56,9 @@ train_dataloader = dict(
         ann_file='annotations/fold0_train.json',
         filter_cfg=dict(filter_empty_gt=True, min_size=0),
         pipeline=train_pipeline,
-        backend_args=backend_args))
+        backend_args=backend_args,
+    ),
+)
 val_dataloader = dict(
     batch_size=1,
     num_workers=2,
@@ -60,7 +72,9 @@ val_dataloader = dict(
         ann_file='annotations/fold0_val.json',
         test_mode=True,
         pipeline=test_pipeline,
-        backend_args=backend_args))
+        backend_args=backend_args,
+    ),
+)
 test_dataloader = val_dataloader
 
 # Competition metric (score_thr + overlap removal, as a submission) and COCO bbox/segm mAP (1000 dets/img).
