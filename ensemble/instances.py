@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .rle import _runs_to_str, coco_rle_decode, coco_rle_encode, kaggle_rle_runs
+from .rle import _runs_to_str, coco_rle_encode, coco_rle_to_crop, kaggle_rle_runs, runs_to_crop
 
 __all__ = ["InstanceMasks"]
 
@@ -203,7 +203,7 @@ class InstanceMasks:
                 starts, lengths = kaggle_rle_runs(rle, height, width)
             except ValueError as e:
                 raise ValueError(f"instance {i}: {e}") from None
-            box, crop = _runs_to_crop(starts, starts + lengths, width)
+            box, crop = runs_to_crop(starts, starts + lengths, width)
             boxes[i] = box
             crops.append(crop)
         return cls(height, width, boxes, crops)
@@ -214,21 +214,17 @@ class InstanceMasks:
         if not rles:
             raise ValueError("from_coco_rles needs at least one RLE to know the image size; use empty()")
         h, w = (int(v) for v in rles[0]["size"])
-        masks_boxes = np.zeros((len(rles), 4), dtype=np.int32)
+        boxes = np.zeros((len(rles), 4), dtype=np.int32)
         crops = []
         for i, rle in enumerate(rles):
             if [int(v) for v in rle["size"]] != [h, w]:
                 raise ValueError(f"COCO RLE {i} has size {rle['size']}, expected {[h, w]}")
-            m = coco_rle_decode(rle)
-            rows = np.flatnonzero(m.any(axis=1))
-            if rows.size == 0:
-                crops.append(np.zeros((0, 0), dtype=bool))
-                continue
-            cols = np.flatnonzero(m.any(axis=0))
-            x0, y0, x1, y1 = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
-            masks_boxes[i] = (x0, y0, x1, y1)
-            crops.append(m[y0:y1, x0:x1])
-        return cls(h, w, masks_boxes, crops)
+            try:
+                boxes[i], crop = coco_rle_to_crop(rle)
+            except ValueError as e:
+                raise ValueError(f"COCO RLE {i}: {e}") from None
+            crops.append(crop)
+        return cls(h, w, boxes, crops)
 
     # --------------------------------------------------------------- encoders
     def kaggle_runs(self, i: int) -> tuple[np.ndarray, np.ndarray]:
@@ -266,31 +262,3 @@ class InstanceMasks:
     def to_coco_rles(self) -> list[dict]:
         """Compressed COCO RLE dict of every instance (JSON-ready)."""
         return [coco_rle_encode(self.mask(i)) for i in range(len(self))]
-
-
-def _runs_to_crop(
-    starts: np.ndarray, ends: np.ndarray, width: int
-) -> tuple[tuple[int, int, int, int], np.ndarray]:
-    """Rasterizes row-major runs (0-based, ends exclusive) into their tight crop.
-
-    Returns:
-        ``((x0, y0, x1, y1), crop)``; an empty run list gives a zero box and a 0x0 crop.
-    """
-    if starts.size == 0:
-        return (0, 0, 0, 0), np.zeros((0, 0), dtype=bool)
-    # split runs at row boundaries into per-row segments
-    y_first = starts // width
-    y_last = (ends - 1) // width
-    nseg = y_last - y_first + 1
-    run_idx = np.repeat(np.arange(starts.size), nseg)
-    offs = np.arange(run_idx.size) - np.repeat(np.cumsum(nseg) - nseg, nseg)
-    rows = y_first[run_idx] + offs
-    seg_x0 = np.where(offs == 0, starts[run_idx] - rows * width, 0)
-    seg_x1 = np.where(rows == y_last[run_idx], ends[run_idx] - rows * width, width)
-    y0, y1 = int(rows.min()), int(rows.max()) + 1
-    x0, x1 = int(seg_x0.min()), int(seg_x1.max())
-    diff = np.zeros((y1 - y0, x1 - x0 + 1), dtype=np.int16)
-    np.add.at(diff, (rows - y0, seg_x0 - x0), 1)
-    np.add.at(diff, (rows - y0, seg_x1 - x0), -1)
-    crop = np.cumsum(diff, axis=1)[:, :-1] > 0
-    return (x0, y0, x1, y1), crop
