@@ -198,9 +198,38 @@ def test_hook_redraws_every_n_iters_and_per_dataloader_length(tmp_path) -> None:
     assert model.fre.num_draws == 1 + 2  # iterations 0 and 3
     assert model.seen[0] == model.seen[2] != model.seen[3] == model.seen[5]
     model = _run(tmp_path / "b", dict(by_epoch=False, max_iters=6), FRERedrawHook(), "InfiniteSampler")
-    # 'epoch' with an iteration loop: every len(train_dataloader) = 2 iterations (at 0, 2, 4)
+    # 'epoch' with an iteration loop: every ceil(len(dataset) / batch) = 2 iterations (at 0, 2, 4)
     assert model.fre.num_draws == 1 + 3
     assert (
         model.seen[0] == model.seen[1] and model.seen[2] == model.seen[3] and model.seen[4] == model.seen[5]
     )
     assert len({model.seen[0], model.seen[2], model.seen[4]}) == 3
+
+
+def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import logging
+    from types import SimpleNamespace
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # ranks would draw different channels without the broadcast
+        fre = FeatureRandomEnhancement(num_channels=64, num_enhanced=16, factor=5.0)
+        before = fre.selected.clone()
+        runner = SimpleNamespace(model=nn.Sequential(fre), logger=logging.getLogger("fre-test"))
+        FRERedrawHook()._redraw(runner)
+        torch.save(dict(before=before, after=fre.selected.clone()), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_hook_broadcasts_selection_across_ranks(tmp_path) -> None:
+    """In DDP (gloo, 2 processes) all ranks enhance the channels drawn by rank 0."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    assert not torch.equal(r0["before"], r1["before"])  # independent draws before the hook
+    assert torch.equal(r0["after"], r1["after"]) and int(r0["after"].sum()) == 16

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from mmengine.dist import broadcast
+import math
+
+from mmengine.dist import broadcast, get_world_size
 from mmengine.hooks import Hook
 from mmengine.runner import IterBasedTrainLoop
 from mmseg.registry import HOOKS
@@ -14,8 +16,8 @@ from .fre import FeatureRandomEnhancement
 class FRERedrawHook(Hook):
     """Call ``redraw()`` of all FRE modules of the model at every epoch (or every N iterations).
 
-    With an iteration-based loop (mmseg's usual ``IterBasedTrainLoop``) an "epoch" is
-    ``len(runner.train_dataloader)`` iterations. In distributed training the new selection of rank 0 is
+    With an iteration-based loop (mmseg's usual ``IterBasedTrainLoop``) an "epoch" is one pass over the
+    training set by all ranks together: ``ceil(len(dataset) / (batch_size * world_size))`` iterations. In distributed training the new selection of rank 0 is
     broadcast so all ranks enhance the same channels.
 
     Args:
@@ -48,7 +50,11 @@ class FRERedrawHook(Hook):
         if isinstance(self.interval, int):
             return self.interval
         if isinstance(runner.train_loop, IterBasedTrainLoop):
-            return max(1, len(runner.train_dataloader))
+            loader = runner.train_dataloader
+            batch = getattr(loader, 'batch_size', None)
+            if batch:  # one pass over the dataset by all ranks together
+                return max(1, math.ceil(len(loader.dataset) / (batch * get_world_size())))
+            return max(1, len(loader))
         return None
 
     def before_train_epoch(self, runner) -> None:
