@@ -213,6 +213,10 @@ def prepare_train_config(
     elif cfg.get("work_dir") is None:
         name = Path(cfg.filename).stem if cfg.filename else "run"
         cfg.work_dir = osp.join("work_dirs", name)
+    vis = cfg.get("visualizer")
+    if isinstance(vis, dict) and vis.get("name") == "visualizer":
+        # a fixed name makes every Runner of one process share the first one's visualizer (and its log dir)
+        vis.pop("name")
     if amp:
         if not torch.cuda.is_available():
             raise ValueError(

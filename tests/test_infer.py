@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import runpy
 from pathlib import Path
 
 import numpy as np
@@ -203,12 +202,12 @@ def test_segmentor_inference_semantic(tiny_sartorius: Path, val_json: Path, tmp_
     assert p.semantic.shape == (520, 704) and 0.0 <= p.semantic.min() <= p.semantic.max() <= 1.0
 
 
-def test_infer_cli_errors(tmp_path: Path) -> None:
-    r = subprocess.run(
-        [sys.executable, "tools/infer.py", str(MRCNN_DEMO), str(tmp_path / "missing.pth"), "--images", str(tmp_path),
-         "--out", str(tmp_path / "x.npz")],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert r.returncode == 2
-    assert "no images" in r.stderr or "not found" in r.stderr
+def test_infer_cli_errors(tmp_path: Path, tiny_sartorius: Path, capsys: pytest.CaptureFixture) -> None:
+    main = runpy.run_path(str(REPO / "tools/infer.py"), run_name="tool_under_test")["main"]
+    out = str(tmp_path / "x.npz")
+    assert main([str(MRCNN_DEMO), "ckpt.pth", "--images", str(tmp_path), "--out", out]) == 2
+    assert "no images" in capsys.readouterr().err
+    imgs = str(tiny_sartorius / "test")
+    assert main([str(MRCNN_DEMO), str(tmp_path / "missing.pth"), "--images", imgs, "--out", out]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()

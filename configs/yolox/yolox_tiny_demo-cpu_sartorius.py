@@ -7,7 +7,7 @@
 #       --work-dir work_dirs/demo/yolox --cfg-options data_root=work_dirs/demo/synthetic/
 _base_ = './yolox_s_8xb8-300e_sartorius.py'
 
-max_iters = 600
+max_iters = 400
 crop = (320, 320)  # (w, h)
 
 model = dict(

@@ -56,12 +56,14 @@ class ProgressiveResizeHook(Hook):
         self.warmup_iters = None if warmup_iters is None else int(warmup_iters)
         self._augs: list[tuple[BatchSyncRandomResize, tuple[int, int]]] = []
         self._total = 1
+        self._done = False
 
     def before_train(self, runner) -> None:
         """Find the resize batch augments, remember their configured (final) ranges, set the start range."""
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         augs = getattr(model.data_preprocessor, "batch_augments", None) or []
         self._augs = []
+        self._done = False
         for aug in augs:
             if isinstance(aug, BatchSyncRandomResize):
                 d = aug._size_divisor
@@ -89,9 +91,11 @@ class ProgressiveResizeHook(Hook):
         ]
 
     def _apply(self, it: int) -> None:
-        if it > self._total + 1:
+        if self._done:
             return
+        fraction = it / self._total
         for aug, end in self._augs:
-            lo, hi = interpolate_range(self.start_size_range, end, it / self._total)
+            lo, hi = interpolate_range(self.start_size_range, end, fraction)
             d = aug._size_divisor
             aug._random_size_range = (max(1, round(lo / d)), max(1, round(hi / d)))
+        self._done = fraction >= 1.0
