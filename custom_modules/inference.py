@@ -453,7 +453,6 @@ def load_model(
     Raises:
         FileNotFoundError: If the checkpoint does not exist.
     """
-    from mmengine.registry import MODELS as ENGINE_MODELS  # noqa: F401  (registries are scoped below)
     from mmengine.runner import load_checkpoint
 
     cfg = load_config(config, cfg_options)

@@ -153,3 +153,31 @@ def test_dist_train_two_cpu_processes(tiny_sartorius: Path, tmp_path: Path) -> N
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "iter_2.pth").is_file()
     assert "Distributed training: True" in r.stdout + r.stderr
+
+
+@pytest.fixture(scope="module")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic data of `make demo` (24 images at real cell density), prepared with 5 folds."""
+    from ensemble.dataset import prepare_sartorius
+    from ensemble.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("demo_synthetic")
+    generate_synthetic_dataset(root, n_images=24, n_test=2, seed=0, show_progress=False)
+    prepare_sartorius(root, folds=5, seed=0)
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "key", "minimum"),
+    [(MRCNN_DEMO, "sartorius/score", 0.05), (YOLOX_DEMO, "sartorius/bbox_mAP_50", 0.02)],
+    ids=["mask_rcnn", "yolox"],
+)
+def test_cpu_demo_configs_learn(
+    config: Path, key: str, minimum: float, demo_data: Path, tmp_path: Path
+) -> None:
+    """The CPU demo schedules (a few minutes each) learn something measurable on the synthetic data."""
+    runner = build_runner(config, work_dir=tmp_path, cfg_options={"data_root": str(demo_data)})
+    runner.train()
+    value = runner.message_hub.get_scalar(f"val/{key}").current()
+    assert value > minimum, f"{key} = {value} after the demo schedule"
