@@ -11,6 +11,7 @@ from torch import nn
 pytest.importorskip("mmseg")
 
 from mmengine.model import BaseModel  # noqa: E402
+from mmengine.registry import DefaultScope  # noqa: E402
 from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import HOOKS, MODELS  # noqa: E402
 
@@ -124,7 +125,9 @@ def test_registered() -> None:
     assert MODELS.get("SEUNet") is SEUNet
     assert MODELS.get("FeatureRandomEnhancement") is FeatureRandomEnhancement
     assert MODELS.get("SEBlock") is SEBlock
-    hook = HOOKS.build(dict(type="FRERedrawHook", interval=3))
+    # built as an mmseg config builds it (other tests may have left another library's scope as the default)
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        hook = HOOKS.build(dict(type="FRERedrawHook", interval=3))
     assert isinstance(hook, FRERedrawHook) and hook.interval == 3
     with pytest.raises(ValueError, match="interval"):
         FRERedrawHook(interval=0)
