@@ -4,6 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install demo test test-slow bench lint format clean
 
@@ -23,8 +24,8 @@ test-slow: install
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
 
 bench: install
-	$(PY) benchmarks/bench_ensemble.py
-	$(PY) benchmarks/bench_models.py
+	$(PY) benchmarks/bench_ensemble.py $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_models.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
