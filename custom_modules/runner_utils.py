@@ -14,6 +14,7 @@ modules are registered before the Runner is built. Extras over plain ``Config.fr
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import os.path as osp
@@ -24,7 +25,7 @@ from typing import Any
 
 import mmengine.config.utils as _cfg_utils
 import torch
-from mmengine.config import Config, ConfigDict
+from mmengine.config import Config, ConfigDict, DictAction
 
 __all__ = [
     "load_config",
@@ -35,9 +36,38 @@ __all__ = [
     "prepare_train_config",
     "build_runner",
     "build_test_runner",
+    "add_runner_args",
+    "apply_local_rank",
 ]
 
 _LIBRARIES = ("mmdet", "mmseg")
+
+
+def add_runner_args(
+    parser: argparse.ArgumentParser,
+    work_dir_help: str = "directory for logs and checkpoints (default work_dirs/<config name>)",
+    cfg_options_help: str = "override config entries",
+) -> None:
+    """Add the options shared by ``tools/train.py`` and ``tools/test.py`` to ``parser``.
+
+    Adds ``--work-dir``, ``--cfg-options`` (mmengine ``DictAction``), ``--launcher`` and
+    ``--local_rank``/``--local-rank``. Positional arguments (the config, a checkpoint) stay with each tool.
+
+    Args:
+        parser: Parser to extend (modified in place).
+        work_dir_help: Help text of ``--work-dir``.
+        cfg_options_help: Help text of ``--cfg-options``.
+    """
+    parser.add_argument("--work-dir", help=work_dir_help)
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help=cfg_options_help)
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+
+
+def apply_local_rank(args: argparse.Namespace) -> None:
+    """Export ``args.local_rank`` as ``LOCAL_RANK`` unless the launcher (torchrun) already set it."""
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
 
 
 def _patch_module2package() -> None:

@@ -12,22 +12,18 @@ import json
 import os
 import sys
 
-from mmengine.config import DictAction
-
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
+    from custom_modules.runner_utils import add_runner_args, apply_local_rank
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="config file")
     p.add_argument("checkpoint", help="checkpoint file")
-    p.add_argument("--work-dir", help="directory for the evaluation logs (default work_dirs/<config name>)")
     p.add_argument("--out", help="also write the metrics to this JSON file")
-    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries")
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    add_runner_args(p, work_dir_help="directory for the evaluation logs (default work_dirs/<config name>)")
     args = p.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    apply_local_rank(args)
     return args
 
 

@@ -11,17 +11,15 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-from mmengine.config import DictAction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
+    from custom_modules.runner_utils import add_runner_args, apply_local_rank
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="config file (mmdet or mmseg; picked by its default_scope)")
-    p.add_argument("--work-dir", help="directory for logs and checkpoints (default work_dirs/<config name>)")
     p.add_argument(
         "--resume",
         nargs="?",
@@ -32,17 +30,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--amp", action="store_true", help="automatic mixed precision (CUDA only)")
     p.add_argument("--auto-scale-lr", action="store_true", help="scale the LR to the actual total batch size")
-    p.add_argument(
-        "--cfg-options",
-        nargs="+",
-        action=DictAction,
-        help="override config entries, e.g. data_root=DIR fold=1 train_cfg.max_iters=100",
+    add_runner_args(
+        p, cfg_options_help="override config entries, e.g. data_root=DIR fold=1 train_cfg.max_iters=100"
     )
-    p.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
-    p.add_argument("--local_rank", "--local-rank", type=int, default=0)
     args = p.parse_args(argv)
-    if "LOCAL_RANK" not in os.environ:
-        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    apply_local_rank(args)
     return args
 
 
