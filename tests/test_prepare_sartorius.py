@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -16,20 +17,10 @@ import pytest
 from ensemble import CLASSES
 from ensemble.dataset import make_folds, prepare_sartorius
 from ensemble.rle import coco_rle_decode, kaggle_rle_decode, kaggle_rle_encode
+from ensemble.synthetic import KAGGLE_COLUMNS
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 48, 64
-COLUMNS = [
-    "id",
-    "annotation",
-    "width",
-    "height",
-    "cell_type",
-    "plate_time",
-    "sample_date",
-    "sample_id",
-    "elapsed_timedelta",
-]
 
 
 def rect(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
@@ -43,7 +34,7 @@ def disk(cx: int, cy: int, r: int) -> np.ndarray:
     return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
 
 
-def build_dataset(root: Path, columns: list[str] = COLUMNS) -> list[dict]:
+def build_dataset(root: Path, columns: Sequence[str] = KAGGLE_COLUMNS) -> list[dict]:
     """12 tiny images (4 per cell type, 2 samples of 2 images per type), written in the Kaggle layout.
 
     Image 0 holds an overlapping pair (rows 1-2) and a touching pair (rows 3-4).
@@ -81,7 +72,7 @@ def build_dataset(root: Path, columns: list[str] = COLUMNS) -> list[dict]:
     return rows
 
 
-def write_csv(root: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
+def write_csv(root: Path, rows: list[dict], columns: Sequence[str] = KAGGLE_COLUMNS) -> None:
     with open(root / "train.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
         w.writeheader()
@@ -243,7 +234,7 @@ def rows_id(i: int) -> str:
 
 BAD_CASES = {
     "missing column": (
-        lambda root, rows: write_csv(root, rows, [c for c in COLUMNS if c != "cell_type"]),
+        lambda root, rows: write_csv(root, rows, [c for c in KAGGLE_COLUMNS if c != "cell_type"]),
         [r"train\.csv: header", "missing column", "'cell_type'"],
     ),
     "rle past the image": (
