@@ -356,6 +356,42 @@ def _wbf_rescale_kernel(
 # ----------------------------------------------------------------------------------------------------------------
 # Public WBF
 # ----------------------------------------------------------------------------------------------------------------
+def _validate_wbf_args(
+    boxes_list: Sequence[object],
+    scores_list: Sequence[object],
+    labels_list: Sequence[object],
+    weights: Sequence[float] | np.ndarray | None,
+    conf_type: str,
+) -> tuple[int, np.ndarray]:
+    """Checks the per-model list lengths, ``conf_type`` and ``weights`` of a WBF call.
+
+    Shared by `weighted_boxes_fusion` and `weighted_boxes_fusion_reference` so both raise the same errors.
+
+    Returns:
+        ``(n_models, w)``: the number of models and the weights as float64 ``(n_models,)`` (ones for ``None``).
+
+    Raises:
+        ValueError: on lists of different lengths, an unknown ``conf_type``, or weights that are wrongly sized,
+            non-finite or not positive.
+    """
+    n_models = len(boxes_list)
+    if len(scores_list) != n_models or len(labels_list) != n_models:
+        raise ValueError(
+            f"boxes_list, scores_list and labels_list must have one entry per model, got "
+            f"{n_models}, {len(scores_list)} and {len(labels_list)}"
+        )
+    if conf_type not in _CONF_CODE:
+        raise ValueError(f"unknown conf_type {conf_type!r}; expected one of {CONF_TYPES}")
+    if weights is None:
+        return n_models, np.ones(n_models, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != n_models:
+        raise ValueError(f"weights has {len(w)} entries but there are {n_models} models")
+    if not np.isfinite(w).all() or (w <= 0).any():
+        raise ValueError(f"weights must be finite and positive, got {w.tolist()}")
+    return n_models, w
+
+
 def _validate_model(
     t: int, boxes: object, scores: object, labels: object
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -429,22 +465,7 @@ def weighted_boxes_fusion(
         ValueError: on mismatched list lengths, wrong shapes, non-finite values, ``x2 < x1``/``y2 < y1``,
             non-positive or wrongly sized weights, or an unknown ``conf_type``.
     """
-    n_models = len(boxes_list)
-    if len(scores_list) != n_models or len(labels_list) != n_models:
-        raise ValueError(
-            f"boxes_list, scores_list and labels_list must have one entry per model, got "
-            f"{n_models}, {len(scores_list)} and {len(labels_list)}"
-        )
-    if conf_type not in _CONF_CODE:
-        raise ValueError(f"unknown conf_type {conf_type!r}; expected one of {CONF_TYPES}")
-    if weights is None:
-        w = np.ones(n_models, dtype=np.float64)
-    else:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if len(w) != n_models:
-            raise ValueError(f"weights has {len(w)} entries but there are {n_models} models")
-        if not np.isfinite(w).all() or (w <= 0).any():
-            raise ValueError(f"weights must be finite and positive, got {w.tolist()}")
+    n_models, w = _validate_wbf_args(boxes_list, scores_list, labels_list, weights, conf_type)
 
     empty = (np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,)), [])
     if n_models == 0:
@@ -567,14 +588,7 @@ def weighted_boxes_fusion_reference(
     fused box from its whole member list) with each member's ``(model, box index)`` carried along. Same
     arguments, returns and errors as `weighted_boxes_fusion` (which must agree with it exactly).
     """
-    n_models = len(boxes_list)
-    if len(scores_list) != n_models or len(labels_list) != n_models:
-        raise ValueError("boxes_list, scores_list and labels_list must have one entry per model")
-    if conf_type not in _CONF_CODE:
-        raise ValueError(f"unknown conf_type {conf_type!r}; expected one of {CONF_TYPES}")
-    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
-    if len(w) != n_models or (w <= 0).any():
-        raise ValueError("weights must have one positive entry per model")
+    n_models, w = _validate_wbf_args(boxes_list, scores_list, labels_list, weights, conf_type)
     rows: dict[int, list[list[float]]] = {}
     for t in range(n_models):
         b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])

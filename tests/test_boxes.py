@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -230,9 +231,10 @@ def test_clipping_warns_and_zero_area_skipped() -> None:
         ),
     ],
 )
-def test_bad_input_raises(kwargs: dict, match: str) -> None:
+@pytest.mark.parametrize("wbf", [weighted_boxes_fusion, weighted_boxes_fusion_reference])
+def test_bad_input_raises(kwargs: dict, match: str, wbf: Callable[..., tuple]) -> None:
     with pytest.raises(ValueError, match=match):
-        weighted_boxes_fusion(**kwargs)
+        wbf(**kwargs)
 
 
 def test_box_helpers_round_trip() -> None:
