@@ -218,6 +218,33 @@ def _box_windows(boxes_px: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.concatenate([lo, hi], axis=1)
 
 
+def _fuse_boxes(
+    prep: _Prepared, params: FusionParams, wbf: Callable[..., tuple]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Runs a WBF implementation on the prepared boxes with the fusion parameters.
+
+    Args:
+        prep: the prepared inputs of one image.
+        params: fusion parameters (``iou_thr``, ``skip_box_thr``, ``conf_type``, ``allows_overflow``).
+        wbf: `weighted_boxes_fusion` or `weighted_boxes_fusion_reference`.
+
+    Returns:
+        ``(boxes_px, scores, labels, clusters)``: fused boxes ``(K, 4)`` float64 xyxy in pixels, scores ``(K,)``,
+        labels ``(K,)`` int64 and the ``(model, box index)`` members of each fused box (descending score).
+    """
+    fb, fs, fl, clusters = wbf(
+        prep.boxes_norm,
+        prep.scores,
+        prep.labels,
+        weights=prep.weights,
+        iou_thr=params.iou_thr,
+        skip_box_thr=params.skip_box_thr,
+        conf_type=params.conf_type,
+        allows_overflow=params.allows_overflow,
+    )
+    return denormalize_boxes(fb, prep.height, prep.width), fs, fl.astype(np.int64), clusters
+
+
 def _empty_result(prep: _Prepared) -> ImagePredictions:
     return ImagePredictions(
         prep.image_id,
@@ -583,22 +610,11 @@ def fuse_image(
     clock = _Clock(timings)
     params = FusionParams() if params is None else params
     prep = _prepare(preds, weights, params)
-    fb, fs, fl, clusters = weighted_boxes_fusion(
-        prep.boxes_norm,
-        prep.scores,
-        prep.labels,
-        weights=prep.weights,
-        iou_thr=params.iou_thr,
-        skip_box_thr=params.skip_box_thr,
-        conf_type=params.conf_type,
-        allows_overflow=params.allows_overflow,
-    )
+    boxes_px, fs, labels, clusters = _fuse_boxes(prep, params, weighted_boxes_fusion)
     clock.lap("wbf")
-    if len(fb) == 0:
+    if len(fs) == 0:
         return _empty_result(prep)
     h, w_img = prep.height, prep.width
-    boxes_px = denormalize_boxes(fb, h, w_img)
-    labels = fl.astype(np.int64)
     score_thr = params.score_thr_array()
     min_area = params.min_area_array()
     # pack every model's mask crops once; member (m, i) has crop index g = first[m] + i (-1: no mask)
@@ -717,22 +733,11 @@ def fuse_image_reference(
     params = FusionParams() if params is None else params
     prep = _prepare(preds, weights, params)
     semantic = prep.semantic_full()
-    fb, fs, fl, clusters = weighted_boxes_fusion_reference(
-        prep.boxes_norm,
-        prep.scores,
-        prep.labels,
-        weights=prep.weights,
-        iou_thr=params.iou_thr,
-        skip_box_thr=params.skip_box_thr,
-        conf_type=params.conf_type,
-        allows_overflow=params.allows_overflow,
-    )
+    boxes_px, fs, labels, clusters = _fuse_boxes(prep, params, weighted_boxes_fusion_reference)
     clock.lap("wbf")
-    if len(fb) == 0:
+    if len(fs) == 0:
         return _empty_result(prep)
     h, w_img = prep.height, prep.width
-    boxes_px = denormalize_boxes(fb, h, w_img)
-    labels = fl.astype(np.int64)
     score_thr = params.score_thr_array()
     min_area = params.min_area_array()
     keep_idx, masks, scores = [], [], []
