@@ -131,9 +131,7 @@ class EnsembleConfig:
         """
         if not isinstance(data, dict):
             raise ValueError(f"{source}: the config must be a mapping, got {type(data).__name__}")
-        unknown = set(data) - _TOP_KEYS
-        if unknown:
-            raise ValueError(f"{source}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_TOP_KEYS)}")
+        _reject_unknown_keys(data, sorted(_TOP_KEYS), source)
         name = data.get("name")
         if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\"):
             raise ValueError(f"{source}: 'name' must be a non-empty string without slashes, got {name!r}")
@@ -147,9 +145,7 @@ class EnsembleConfig:
             where = f"{source}: models[{i}]"
             if not isinstance(m, dict):
                 raise ValueError(f"{where}: must be a mapping with 'predictions' and 'weight'")
-            bad = set(m) - _MODEL_KEYS
-            if bad:
-                raise ValueError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {sorted(_MODEL_KEYS)}")
+            _reject_unknown_keys(m, sorted(_MODEL_KEYS), where)
             pred = m.get("predictions")
             if not isinstance(pred, str) or not pred:
                 raise ValueError(f"{where}.predictions: must be a path string, got {pred!r}")
@@ -160,11 +156,7 @@ class EnsembleConfig:
         fusion_raw = data.get("fusion") or {}
         if not isinstance(fusion_raw, dict):
             raise ValueError(f"{source}: 'fusion' must be a mapping")
-        bad = set(fusion_raw) - set(FUSION_SCALARS)
-        if bad:
-            raise ValueError(
-                f"{source}: fusion: unknown key(s) {sorted(bad)}; allowed: {list(FUSION_SCALARS)}"
-            )
+        _reject_unknown_keys(fusion_raw, list(FUSION_SCALARS), f"{source}: fusion")
         cls_raw = data.get("class_thresholds") or {}
         if not isinstance(cls_raw, dict):
             raise ValueError(f"{source}: 'class_thresholds' must be a mapping keyed by class name")
@@ -206,6 +198,13 @@ class EnsembleConfig:
             images_dir=out["images_dir"],
             out_dir=out["out_dir"] or "submissions",
         )
+
+
+def _reject_unknown_keys(data: dict, allowed: list[str], where: str) -> None:
+    """Raises ``ValueError("<where>: unknown key(s) [...]; allowed: <allowed>")`` if ``data`` has other keys."""
+    bad = set(data) - set(allowed)
+    if bad:
+        raise ValueError(f"{where}: unknown key(s) {sorted(bad)}; allowed: {allowed}")
 
 
 def _number(v: Any, where: str) -> float:
