@@ -186,7 +186,7 @@ def test_yolox_inference_boxes_only(tiny_sartorius: Path, val_json: Path, tmp_pa
     assert (p.boxes[:, 2] <= 704).all() and (p.boxes[:, 3] <= 520).all() and (p.boxes >= 0).all()
 
 
-SEG_CONFIG = REPO / "configs/upernet/upernet_r18_1xb2-30iter_sartorius-demo-128x128.py"
+SEG_CONFIG = REPO / "configs/upernet/upernet_r18_1xb2-250iter_sartorius-demo-256x256.py"
 
 
 @pytest.mark.skipif(not SEG_CONFIG.is_file(), reason="models-seg demo config not present")

@@ -21,7 +21,7 @@ from custom_modules.runner_utils import build_runner, build_test_runner, prepare
 REPO = Path(__file__).resolve().parents[1]
 MRCNN_DEMO = REPO / "configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py"
 YOLOX_DEMO = REPO / "configs/yolox/yolox_tiny_demo-cpu_sartorius.py"
-SEG_DEMO = REPO / "configs/upernet/upernet_r18_1xb2-30iter_sartorius-demo-128x128.py"
+SEG_DEMO = REPO / "configs/upernet/upernet_r18_1xb2-250iter_sartorius-demo-256x256.py"
 
 NO_VAL = {"val_cfg": None, "val_dataloader": None, "val_evaluator": None}
 
