@@ -49,10 +49,10 @@ MODELS: tuple[DemoModel, ...] = (
     DemoModel("mask_rcnn", "configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py", "instance", 1.0),
     DemoModel("yolox", "configs/yolox/yolox_tiny_demo-cpu_sartorius.py", "boxes", 1.0),
     DemoModel(
-        "upernet", "configs/upernet/upernet_r18_1xb2-30iter_sartorius-demo-128x128.py", "semantic", 0.5
+        "upernet", "configs/upernet/upernet_r18_1xb2-250iter_sartorius-demo-256x256.py", "semantic", 0.5
     ),
     DemoModel(
-        "unet", "configs/unet/se-unet-fre_c8-s4_1xb2-30iter_sartorius-demo-128x128.py", "semantic", 0.5
+        "unet", "configs/unet/se-unet-fre_c8-s4_1xb2-500iter_sartorius-demo-256x256.py", "semantic", 0.5
     ),
 )
 
