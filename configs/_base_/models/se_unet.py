@@ -1,19 +1,12 @@
 # U-Net with SE blocks (FRE paper, Fig. 4): 4 encoder stages 64-128-256-512, the 512-channel bottleneck
 # being the layer farthest from the loss; 1x1-conv classifier on the full-resolution decoder output
 # (FCNHead with num_convs=0). Leaves add fre_cfg / bottleneck_dropout / an auxiliary head at index 0.
-norm_cfg = dict(type='SyncBN', requires_grad=True)  # plain BN when not distributed (torch falls back)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[128.0, 128.0, 128.0],
-    std=[12.0, 12.0, 12.0],
-    bgr_to_rgb=False,
-    pad_val=0,
-    seg_pad_val=255,
-    size=(520, 704),
-)
+_base_ = ['./seg_data_preprocessor.py']
+norm_cfg = {{_base_.norm_cfg}}
+
 model = dict(
     type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
+    data_preprocessor={{_base_.data_preprocessor}},
     pretrained=None,
     backbone=dict(
         type='SEUNet',

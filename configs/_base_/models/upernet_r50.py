@@ -1,19 +1,12 @@
 # UPerNet (PPM + FPN fusion) on ResNet-50-V1c with an auxiliary FCN head; trained from scratch (no
 # pretrained weights). Grayscale images arrive as 3 identical channels; mean/std measured on Sartorius
 # images (mean 128, std 7-15). The PPM's BatchNorm needs batch >= 2 per device in training.
-norm_cfg = dict(type='SyncBN', requires_grad=True)  # plain BN when not distributed (torch falls back)
-data_preprocessor = dict(
-    type='SegDataPreProcessor',
-    mean=[128.0, 128.0, 128.0],
-    std=[12.0, 12.0, 12.0],
-    bgr_to_rgb=False,
-    pad_val=0,
-    seg_pad_val=255,
-    size=(520, 704),
-)
+_base_ = ['./seg_data_preprocessor.py']
+norm_cfg = {{_base_.norm_cfg}}
+
 model = dict(
     type='EncoderDecoder',
-    data_preprocessor=data_preprocessor,
+    data_preprocessor={{_base_.data_preprocessor}},
     pretrained=None,
     backbone=dict(
         type='ResNetV1c',
