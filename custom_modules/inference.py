@@ -28,6 +28,7 @@ import copy
 import json
 import os
 import os.path as osp
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -368,6 +369,15 @@ class InferenceModel:
         scores = to_numpy(inst.scores).astype(np.float32)
         labels = to_numpy(inst.labels).astype(np.int64)
         masks = masks_to_instances(inst.masks, height, width) if "masks" in inst else None
+        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+        if not finite.all():
+            # a diverged or barely trained model can emit NaN/inf boxes: they cannot be placed, so drop them
+            warnings.warn(
+                f"image {image_id}: dropped {int((~finite).sum())} detection(s) with non-finite box or score",
+                stacklevel=2,
+            )
+            boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
+            masks = masks.subset(finite) if masks is not None else None
         return ImagePredictions(image_id, height, width, boxes, scores, labels, masks)
 
     def predict(self, img: np.ndarray, image_id: str, tta: bool = False) -> ImagePredictions:

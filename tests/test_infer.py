@@ -211,3 +211,32 @@ def test_infer_cli_errors(tmp_path: Path, tiny_sartorius: Path, capsys: pytest.C
     assert main([str(MRCNN_DEMO), str(tmp_path / "missing.pth"), "--images", imgs, "--out", out]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_non_finite_detections_are_dropped_with_a_warning() -> None:
+    """A barely trained detector can emit NaN boxes; they are dropped (with their masks), the rest kept."""
+    from types import SimpleNamespace
+
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+
+    from custom_modules.inference import InferenceModel
+
+    h, w = 20, 30
+    inst = InstanceData()
+    inst.bboxes = torch.tensor([[1.0, 2.0, 5.0, 6.0], [float("nan")] * 4, [10.0, 10.0, 20.0, 15.0]])
+    inst.scores = torch.tensor([0.9, 0.8, float("inf")])
+    inst.labels = torch.tensor([0, 1, 2])
+    masks = torch.zeros(3, h, w, dtype=torch.bool)
+    masks[0, 2:6, 1:5] = True
+    masks[1, 0:3, 0:3] = True
+    masks[2, 10:15, 10:20] = True
+    inst.masks = masks
+    sample = DetDataSample()
+    sample.pred_instances = inst
+    with pytest.warns(UserWarning, match="dropped 2 detection"):
+        pred = InferenceModel.to_predictions(SimpleNamespace(library="mmdet"), sample, "img", h, w)
+    assert len(pred.boxes) == 1 and pred.labels.tolist() == [0]
+    assert np.allclose(pred.boxes[0], [1, 2, 5, 6]) and pred.scores.tolist() == pytest.approx([0.9])
+    assert len(pred.masks) == 1 and pred.masks.areas().tolist() == [16]
