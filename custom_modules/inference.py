@@ -245,6 +245,7 @@ def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> Image
         fused.semantic = semantic
         return fused
     from ensemble.boxes import denormalize_boxes, normalize_boxes, weighted_boxes_fusion
+    from ensemble.masks import MIN_FUSED_SCORE
 
     h, w = p0.height, p0.width
     fb, fs, fl, _ = weighted_boxes_fusion(
@@ -252,6 +253,7 @@ def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> Image
         [p.scores for p in preds],
         [p.labels for p in preds],
         iou_thr=iou_thr,
+        skip_box_thr=MIN_FUSED_SCORE,  # zero-score boxes would fuse to 0/0 = NaN
         conf_type="avg",
     )
     boxes = np.clip(denormalize_boxes(fb, h, w), 0, [w, h, w, h])

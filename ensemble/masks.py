@@ -60,6 +60,10 @@ __all__ = [
 ]
 
 
+MIN_FUSED_SCORE: float = float(np.finfo(np.float32).tiny)
+"""Detections scoring below this (i.e. zero) never enter a fusion, whatever ``skip_box_thr`` says."""
+
+
 @dataclass
 class FusionParams:
     """Parameters of :func:`fuse_image` (see the module docstring for the exact rules).
@@ -238,7 +242,8 @@ def _fuse_boxes(
         prep.labels,
         weights=prep.weights,
         iou_thr=params.iou_thr,
-        skip_box_thr=params.skip_box_thr,
+        # a zero-score detection has no weight in any fused average (a cluster of them would fuse to 0/0 = NaN)
+        skip_box_thr=max(params.skip_box_thr, MIN_FUSED_SCORE),
         conf_type=params.conf_type,
         allows_overflow=params.allows_overflow,
     )

@@ -306,3 +306,27 @@ def test_fused_result_round_trips_through_prediction_file(tmp_path) -> None:
     q = back[out.image_id]
     np.testing.assert_array_equal(q.scores, out.scores)
     np.testing.assert_array_equal(q.masks.to_full(), out.masks.to_full())
+
+
+def test_zero_score_detections_never_fuse_to_nan() -> None:
+    """Zero-score boxes (e.g. from a barely trained detector) are left out even with skip_box_thr=0."""
+    from ensemble.masks import FusionParams, fuse_image
+    from ensemble.predictions import ImagePredictions
+
+    h, w = 40, 50
+    boxes = np.array([[5.0, 5.0, 15.0, 15.0], [30.0, 20.0, 40.0, 30.0]], np.float32)
+    masks = InstanceMasks.from_full(
+        np.stack(
+            [
+                np.pad(np.ones((10, 10), bool), ((5, 25), (5, 35))),
+                np.pad(np.ones((10, 10), bool), ((20, 10), (30, 10))),
+            ]
+        )
+    )
+    preds = [
+        ImagePredictions("x", h, w, boxes, np.array([0.0, 0.8], np.float32), np.array([0, 0]), masks)
+        for _ in range(2)
+    ]
+    fused = fuse_image(preds, [1.0, 1.0], FusionParams(skip_box_thr=0.0, max_lost_frac=1.0))
+    assert np.isfinite(fused.boxes).all()
+    assert len(fused.boxes) == 1 and np.allclose(fused.boxes[0], [30, 20, 40, 30])
