@@ -80,7 +80,8 @@ def boxes_to_instances(boxes: Any, height: int, width: int) -> InstanceMasks:
     """Filled rectangles of xyxy pixel boxes as masks (box-only detectors scored with mask metrics).
 
     Pixel ``(x, y)`` (its centre at ``x + 0.5``) is inside when its centre lies in the box, i.e. columns
-    ``round(x0) .. round(x1) - 1``; boxes are clipped to the image.
+    ``round(x0) .. round(x1) - 1``; boxes are clipped to the image. A box with a non-finite coordinate
+    (a diverged detector) gives an empty mask, so the result stays aligned with the scores.
 
     Args:
         boxes: float (N, 4) xyxy pixels.
@@ -91,6 +92,7 @@ def boxes_to_instances(boxes: Any, height: int, width: int) -> InstanceMasks:
         N rectangular masks.
     """
     b = to_numpy(boxes).astype(np.float64).reshape(-1, 4)
+    b[~np.isfinite(b).all(axis=1)] = 0.0
     r = np.rint(b).astype(np.int64)
     r[:, [0, 2]] = np.clip(r[:, [0, 2]], 0, width)
     r[:, [1, 3]] = np.clip(r[:, [1, 3]], 0, height)

@@ -138,3 +138,17 @@ def test_greedy_remove_overlaps_fallback() -> None:
     assert idx.tolist() == [1, 0]
     full = kept.to_full()
     assert full.sum(axis=0).max() == 1 and full[0].sum() == 100 and full[1].sum() == 75
+
+
+def test_boxes_to_instances_non_finite_box_is_an_empty_mask() -> None:
+    """A diverged detector's NaN box stays aligned with its score as an empty mask (no cast warning)."""
+    import warnings
+
+    import numpy as np
+
+    from custom_modules.conversion import boxes_to_instances
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        m = boxes_to_instances(np.array([[1.0, 2.0, 5.0, 6.0], [np.nan] * 4]), 20, 30)
+    assert len(m) == 2 and m.areas().tolist() == [16, 0]
