@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from celldata.fileio import atomic_write_json, atomic_write_png, atomic_write_text
 from custom_modules.runner_utils import load_config, register_library
-from ensemble.fileio import atomic_write_json, atomic_write_png, atomic_write_text
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {

@@ -1,9 +1,10 @@
-"""OpenMMLab extensions of the stack, registered in mmdet/mmseg/mmengine registries on import.
+"""OpenMMLab extensions of the stack, registered in the mmdet / mmseg registries when their sub-package is imported.
 
-Configs load them with ``custom_imports = dict(imports=['custom_modules'], allow_failed_imports=False)``.
+* ``custom_modules.det``: mmdet side (SartoriusCocoDataset, ProgressiveResizeHook, SartoriusMetric).
+* ``custom_modules.seg``: mmseg side (semantic datasets, SE-U-Net + FRE, FRERedrawHook, foreground metric).
+* ``conversion``, ``inference``, ``runner_utils``: framework glue shared by both (imports only mmengine/torch at
+  module level; mmdet or mmseg are imported on demand for the config's own library).
 
-* ``datasets``, ``hooks``, ``metrics``: mmdet side (SartoriusCocoDataset, ProgressiveResizeHook, SartoriusMetric).
-* ``seg``: mmseg side (semantic datasets, SE-U-Net + FRE, FRERedrawHook, foreground metric).
+Importing ``custom_modules`` itself registers nothing: each config names its own sub-package in
+``custom_imports`` so an mmdet run never imports mmseg and vice versa.
 """
-
-from . import datasets, hooks, metrics, seg  # noqa: F401

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ensemble.instances import InstanceMasks
+from celldata.instances import InstanceMasks
 
 __all__ = [
     "to_numpy",

@@ -5,7 +5,7 @@ file loader replaced by an in-memory one and annotation loading removed) prepare
 ``model.test_step`` predicts. Results become :class:`ensemble.predictions.ImagePredictions`:
 
 * detectors: boxes (xyxy pixels of the original image), scores, 0-based labels, and for mask models the masks as
-  :class:`~ensemble.instances.InstanceMasks` crops (Mask R-CNN returns full-frame bool masks; they are cut to
+  :class:`~celldata.instances.InstanceMasks` crops (Mask R-CNN returns full-frame bool masks; they are cut to
   their tight boxes on the device). Box-only detectors (YOLOX) get ``masks=None``.
 * segmentors: ``semantic`` = foreground probability ``1 - softmax(logits)[background]`` (``sigmoid`` for a
   single-channel head) at the original image size; no instances.
@@ -38,10 +38,10 @@ import cv2
 import numpy as np
 import torch
 
+from celldata import CLASSES
+from celldata.instances import InstanceMasks
 from custom_modules.conversion import masks_to_instances, to_numpy
 from custom_modules.runner_utils import load_config, register_library
-from ensemble import CLASSES
-from ensemble.instances import InstanceMasks
 from ensemble.predictions import ImagePredictions, load_predictions, save_predictions
 
 __all__ = [

@@ -36,8 +36,8 @@ from typing import Any
 
 import yaml
 
-from ensemble import CLASSES
-from ensemble.fileio import atomic_write_text
+from celldata import CLASSES
+from celldata.fileio import atomic_write_text
 from ensemble.masks import FusionParams
 
 __all__ = ["ModelEntry", "EnsembleConfig", "load_config", "save_config", "FUSION_SCALARS"]

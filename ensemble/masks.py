@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
+from celldata.instances import InstanceMasks
+
 from . import CLASSES
 from .boxes import (
     CONF_TYPES,
@@ -48,7 +50,6 @@ from .boxes import (
     weighted_boxes_fusion,
     weighted_boxes_fusion_reference,
 )
-from .instances import InstanceMasks
 from .predictions import ImagePredictions
 
 __all__ = [

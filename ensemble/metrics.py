@@ -3,7 +3,7 @@
 Metric (per image):
 
 * IoU between every true object and every predicted object, computed per instance from the cropped masks of
-  :class:`~ensemble.instances.InstanceMasks` (truth masks may overlap; they are never flattened to a label map).
+  :class:`~celldata.instances.InstanceMasks` (truth masks may overlap; they are never flattened to a label map).
 * For each threshold ``t`` in ``0.50, 0.55, ..., 0.95`` a (truth, prediction) pair is a hit when ``IoU > t``
   (strict). Hits are matched one-to-one (maximum bipartite matching; with non-overlapping masks and ``t >= 0.5``
   every object has at most one hit anyway). ``TP(t)`` = matched pairs, ``FP(t)`` = unmatched predictions,
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ensemble import CLASSES
-from ensemble.instances import InstanceMasks
+from celldata import CLASSES
+from celldata.instances import InstanceMasks
 
 try:  # numba is a declared dependency; the fallback keeps the metric usable without it.
     import numba

@@ -38,8 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from celldata.instances import InstanceMasks
+
 from . import CLASSES
-from .instances import InstanceMasks
 
 __all__ = ["FORMAT", "ImagePredictions", "load_predictions", "save_predictions"]
 

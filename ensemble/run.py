@@ -34,9 +34,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from celldata.fileio import atomic_write_bytes, encode_png
+from celldata.instances import InstanceMasks
 from ensemble.config import EnsembleConfig, ModelEntry, load_config
-from ensemble.fileio import atomic_write_bytes, encode_png
-from ensemble.instances import InstanceMasks
 from ensemble.masks import FusionParams, fuse_image
 from ensemble.metrics import ScoreReport, evaluate
 from ensemble.predictions import ImagePredictions, load_predictions

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ensemble.fileio import atomic_write_json
+from celldata.fileio import atomic_write_json
 from ensemble.metrics import ScoreReport, evaluate
 from ensemble.submission import load_truth, read_submission
 

@@ -6,7 +6,7 @@ Submission format (what the Sartorius competition accepts)::
     <image id>,<Kaggle RLE of one instance>     one row per predicted instance
     <image id>,                                  an image without any instance: one row, empty ``predicted``
 
-Kaggle RLE is row-major and 1-based (see :mod:`ensemble.rle`). Masks of one image must not overlap.
+Kaggle RLE is row-major and 1-based (see :mod:`celldata.rle`). Masks of one image must not overlap.
 
 Row numbers in error messages are 1-based *data* rows (the first row after the header is row 1), with the file
 line number next to them; every error is a single ``ValueError`` naming the file, the row and the image id.
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ensemble import IMAGE_HEIGHT, IMAGE_WIDTH
-from ensemble.fileio import atomic_write_text
-from ensemble.instances import InstanceMasks
-from ensemble.rle import coco_rle_to_crop, kaggle_rle_runs, runs_to_crop
+from celldata import IMAGE_HEIGHT, IMAGE_WIDTH
+from celldata.fileio import atomic_write_text
+from celldata.instances import InstanceMasks
+from celldata.rle import coco_rle_to_crop, kaggle_rle_runs, runs_to_crop
 
 __all__ = [
     "SUBMISSION_HEADER",

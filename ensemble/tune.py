@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ensemble import CLASSES
+from celldata import CLASSES
+from celldata.instances import InstanceMasks
 from ensemble.config import load_config, save_config
-from ensemble.instances import InstanceMasks
 from ensemble.masks import FusionParams, fuse_image
 from ensemble.metrics import (
     THRESHOLDS,

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ensemble import CLASSES
-from ensemble.instances import InstanceMasks
+from celldata import CLASSES
+from celldata.instances import InstanceMasks
 from ensemble.predictions import ImagePredictions, save_predictions
 
 H, W = 96, 128

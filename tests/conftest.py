@@ -53,8 +53,8 @@ def tiny_sartorius(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ``annotations/train_all.json``, ``semantic/`` and ``splits/``. Cell counts are scaled down (density 0.15)
     so that model tests stay fast on a CPU.
     """
-    from ensemble.dataset import prepare_sartorius
-    from ensemble.synthetic import generate_synthetic_dataset
+    from celldata.prepare import prepare_sartorius
+    from celldata.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("tiny_sartorius")
     generate_synthetic_dataset(root, n_images=6, n_test=2, seed=0, density=0.15, show_progress=False)

@@ -1,4 +1,4 @@
-"""tools/dataset_report.py / ensemble.data_report: numbers match the data, figures and overlays are written."""
+"""tools/dataset_report.py / celldata.report: numbers match the data, figures and overlays are written."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import cv2
 import numpy as np
 import pytest
 
-from ensemble.data_report import render_overlay, write_dataset_report
-from ensemble.dataset import prepare_sartorius
-from ensemble.instances import InstanceMasks
-from ensemble.rle import kaggle_rle_decode
-from ensemble.synthetic import generate_synthetic_dataset
+from celldata.instances import InstanceMasks
+from celldata.prepare import prepare_sartorius
+from celldata.report import render_overlay, write_dataset_report
+from celldata.rle import kaggle_rle_decode
+from celldata.synthetic import generate_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

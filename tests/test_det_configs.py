@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("mmdet")
 
-from custom_modules.hooks.progressive_resize import ProgressiveResizeHook, interpolate_range  # noqa: E402
+from custom_modules.det.hooks import ProgressiveResizeHook, interpolate_range  # noqa: E402
 from custom_modules.runner_utils import load_config, register_library, set_data_root, set_fold  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_dataset_base_config(config: str, tiny_sartorius: Path) -> None:
 
     cfg = load_config(REPO / config, {"data_root": str(tiny_sartorius)})
     cfg.default_scope = "mmdet"
-    cfg.custom_imports = dict(imports=["custom_modules.datasets"], allow_failed_imports=False)
+    cfg.custom_imports = dict(imports=["custom_modules.det"], allow_failed_imports=False)
     register_library(cfg)
     ds = DATASETS.build(cfg.train_dataloader.dataset)
     assert ds.metainfo["classes"] == ("shsy5y", "astro", "cort")

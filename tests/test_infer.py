@@ -11,6 +11,7 @@ import pytest
 
 pytest.importorskip("mmdet")
 
+from celldata.instances import InstanceMasks  # noqa: E402
 from custom_modules.inference import (  # noqa: E402
     flip_boxes,
     flip_image,
@@ -22,7 +23,6 @@ from custom_modules.inference import (  # noqa: E402
     merge_tta,
     run_inference,
 )
-from ensemble.instances import InstanceMasks  # noqa: E402
 from ensemble.predictions import ImagePredictions, load_predictions, save_predictions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

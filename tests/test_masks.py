@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ensemble.instances import InstanceMasks
+from celldata.instances import InstanceMasks
 from ensemble.masks import (
     FusionParams,
     fuse_image,

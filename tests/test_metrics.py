@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ensemble.instances import InstanceMasks
+from celldata.instances import InstanceMasks
 from ensemble.metrics import (
     THRESHOLD_KEYS,
     THRESHOLDS,

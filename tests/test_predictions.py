@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble.instances import InstanceMasks
+from celldata.instances import InstanceMasks
 from ensemble.predictions import FORMAT, ImagePredictions, load_predictions, save_predictions
 
 H, W = 520, 704

@@ -1,4 +1,4 @@
-"""tools/prepare_livecell.py / ensemble.livecell on a small LIVECell-format dataset built here."""
+"""tools/prepare_livecell.py / celldata.livecell on a small LIVECell-format dataset built here."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ensemble.livecell import convert_livecell, parse_class_map
-from ensemble.rle import coco_rle_decode
+from celldata.livecell import convert_livecell, parse_class_map
+from celldata.rle import coco_rle_decode
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 48, 64

@@ -1,4 +1,4 @@
-"""tools/prepare_sartorius.py / ensemble.dataset: COCO folds, semantic maps, splits, and input validation."""
+"""tools/prepare_sartorius.py / celldata.prepare: COCO folds, semantic maps, splits, and input validation."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from ensemble import CLASSES
-from ensemble.dataset import make_folds, prepare_sartorius
-from ensemble.rle import coco_rle_decode, kaggle_rle_decode, kaggle_rle_encode
-from ensemble.synthetic import KAGGLE_COLUMNS
+from celldata import CLASSES
+from celldata.kaggle_csv import KAGGLE_COLUMNS
+from celldata.prepare import make_folds, prepare_sartorius
+from celldata.rle import coco_rle_decode, kaggle_rle_decode, kaggle_rle_encode
 
 REPO = Path(__file__).resolve().parents[1]
 H, W = 48, 64
@@ -318,7 +318,7 @@ def test_cli_ok_and_bad_input(tmp_path: Path) -> None:
 
 def test_real_geometry_round_trip(real_coco_path: Path, tmp_path: Path) -> None:
     """Real masks -> Kaggle csv (via --from-coco) -> prepare: areas and boxes equal the real json's."""
-    from ensemble.synthetic import generate_synthetic_dataset
+    from celldata.synthetic import generate_synthetic_dataset
 
     generate_synthetic_dataset(
         tmp_path, n_images=8, n_test=0, seed=0, from_coco=real_coco_path, show_progress=False

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from ensemble.instances import InstanceMasks
-from ensemble.rle import (
+from celldata.instances import InstanceMasks
+from celldata.rle import (
     coco_rle_area,
     coco_rle_counts,
     coco_rle_decode,

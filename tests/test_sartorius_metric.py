@@ -8,10 +8,10 @@ import torch
 
 pytest.importorskip("mmdet")
 
+from celldata.instances import InstanceMasks  # noqa: E402
+from celldata.rle import coco_rle_encode  # noqa: E402
 from custom_modules.conversion import boxes_to_instances, greedy_remove_overlaps, masks_to_instances  # noqa: E402
-from custom_modules.metrics import SartoriusMetric  # noqa: E402
-from ensemble.instances import InstanceMasks  # noqa: E402
-from ensemble.rle import coco_rle_encode  # noqa: E402
+from custom_modules.det import SartoriusMetric  # noqa: E402
 
 H, W = 64, 80
 

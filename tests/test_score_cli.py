@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble.instances import InstanceMasks
+from celldata.instances import InstanceMasks
+from celldata.rle import kaggle_rle_encode
 from ensemble.metrics import evaluate
-from ensemble.rle import kaggle_rle_encode
 from ensemble.score import main
 from ensemble.submission import read_kaggle_truth, write_submission
 

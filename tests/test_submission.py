@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ensemble.instances import InstanceMasks
-from ensemble.rle import coco_rle_encode, kaggle_rle_encode
+from celldata.instances import InstanceMasks
+from celldata.rle import coco_rle_encode, kaggle_rle_encode
 from ensemble.submission import (
     find_overlap,
     load_truth,

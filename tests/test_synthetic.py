@@ -13,9 +13,10 @@ import cv2
 import numpy as np
 import pytest
 
-from ensemble import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
-from ensemble.rle import coco_rle_decode, kaggle_rle_decode
-from ensemble.synthetic import KAGGLE_COLUMNS, generate_synthetic_dataset, synthesize_image
+from celldata import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
+from celldata.kaggle_csv import KAGGLE_COLUMNS
+from celldata.rle import coco_rle_decode, kaggle_rle_decode
+from celldata.synthetic import generate_synthetic_dataset, synthesize_image
 
 REPO = Path(__file__).resolve().parents[1]
 

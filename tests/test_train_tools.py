@@ -158,8 +158,8 @@ def test_dist_train_two_cpu_processes(tiny_sartorius: Path, tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic data of `make demo` (24 images at real cell density), prepared with 5 folds."""
-    from ensemble.dataset import prepare_sartorius
-    from ensemble.synthetic import generate_synthetic_dataset
+    from celldata.prepare import prepare_sartorius
+    from celldata.synthetic import generate_synthetic_dataset
 
     root = tmp_path_factory.mktemp("demo_synthetic")
     generate_synthetic_dataset(root, n_images=24, n_test=2, seed=0, show_progress=False)

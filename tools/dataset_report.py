@@ -3,7 +3,7 @@
 Example:
     python tools/dataset_report.py --data-root work_dirs/demo/sartorius --out work_dirs/demo/dataset_report
 
-Reads ``annotations/train_all.json`` when prepared, else ``train.csv`` (see :mod:`ensemble.data_report`).
+Reads ``annotations/train_all.json`` when prepared, else ``train.csv`` (see :mod:`celldata.report`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ensemble.data_report import write_dataset_report
+from celldata.report import write_dataset_report
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

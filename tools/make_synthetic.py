@@ -5,7 +5,7 @@ Examples:
     python tools/make_synthetic.py --out work_dirs/real_geom \
         --from-coco ../shared/data/sartorius_real/val_fold0_part1_coco.json
 
-The logic lives in :mod:`ensemble.synthetic`.
+The logic lives in :mod:`celldata.synthetic`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from ensemble.synthetic import generate_synthetic_dataset
+from celldata.synthetic import generate_synthetic_dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

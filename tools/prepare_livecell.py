@@ -8,7 +8,7 @@ Examples:
     python tools/prepare_livecell.py ... --class-map a172=cort,bv2=skip
 
 Default categories are the Sartorius ones (SH-SY5Y -> shsy5y, the other lines by morphology; see
-:mod:`ensemble.livecell`). Exits 1 with one message naming the file and image/annotation on bad input.
+:mod:`celldata.livecell`). Exits 1 with one message naming the file and image/annotation on bad input.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from ensemble.livecell import DEFAULT_CLASS_MAP, convert_livecell, parse_class_map
+from celldata.livecell import DEFAULT_CLASS_MAP, convert_livecell, parse_class_map
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -3,7 +3,7 @@
 Example:
     python tools/prepare_sartorius.py --data-root data/sartorius --folds 5 --seed 0
 
-Writes ``annotations/``, ``semantic/`` and ``splits/`` under the data root (see :mod:`ensemble.dataset`).
+Writes ``annotations/``, ``semantic/`` and ``splits/`` under the data root (see :mod:`celldata.prepare`).
 Exits 1 with one message naming the file, row and field on bad input; nothing is written then.
 """
 
@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from ensemble.dataset import prepare_sartorius
+from celldata.prepare import prepare_sartorius
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -2,7 +2,7 @@
 default_scope = 'mmdet'
 
 custom_imports = dict(
-    imports=['custom_modules.datasets', 'custom_modules.metrics', 'custom_modules.hooks'],
+    imports=['custom_modules.det'],
     allow_failed_imports=False,
 )
 

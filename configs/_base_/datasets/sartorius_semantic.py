@@ -6,7 +6,7 @@
 # Leaves change the fold by overriding the three `ann_file`s, the data root with
 # `--cfg-options train_dataloader.dataset.data_root=... val_dataloader.dataset.data_root=...
 #  test_dataloader.dataset.data_root=...` (tools/train.py --data-root does all three).
-custom_imports = dict(imports=['custom_modules'], allow_failed_imports=False)
+custom_imports = dict(imports=['custom_modules.seg'], allow_failed_imports=False)
 dataset_type = 'SartoriusSemanticDataset'
 data_root = 'data/sartorius/'
 crop_size = (520, 704)  # (h, w): whole images

@@ -29,9 +29,9 @@ from mmdet.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import MMLogger
 
+from celldata import CLASSES
+from celldata.instances import InstanceMasks
 from custom_modules.conversion import boxes_to_instances, masks_to_instances, remove_overlaps, to_numpy
-from ensemble import CLASSES
-from ensemble.instances import InstanceMasks
 from ensemble.metrics import THRESHOLD_KEYS, coco_map, evaluate
 
 __all__ = ["SartoriusMetric", "gt_from_data_sample"]

@@ -1,7 +1,7 @@
 """Dataset report: per-class counts and instance sizes, size histograms and mask overlays.
 
 Reads a dataset root: ``annotations/train_all.json`` when it exists (written by ``tools/prepare_sartorius.py``),
-otherwise the Kaggle ``train.csv`` (validated by :func:`ensemble.dataset.read_train_csv`). Writes to ``out_dir``::
+otherwise the Kaggle ``train.csv`` (validated by :func:`celldata.kaggle_csv.read_train_csv`). Writes to ``out_dir``::
 
     report.json               numbers (see :func:`build_report`)
     report.md                 the same as tables
@@ -22,10 +22,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from ensemble import CLASSES
-from ensemble.dataset import read_train_csv
-from ensemble.fileio import atomic_write_bytes, atomic_write_json, atomic_write_png, atomic_write_text
-from ensemble.instances import InstanceMasks
+from celldata import CLASSES
+from celldata.fileio import atomic_write_bytes, atomic_write_json, atomic_write_png, atomic_write_text
+from celldata.instances import InstanceMasks
+from celldata.prepare import read_train_csv
 
 __all__ = ["load_dataset", "build_report", "render_overlay", "write_dataset_report"]
 

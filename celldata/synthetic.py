@@ -40,23 +40,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from ensemble import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
-from ensemble.fileio import encode_png
-from ensemble.instances import InstanceMasks
-from ensemble.rle import coco_rle_decode
-
-KAGGLE_COLUMNS: tuple[str, ...] = (
-    "id",
-    "annotation",
-    "width",
-    "height",
-    "cell_type",
-    "plate_time",
-    "sample_date",
-    "sample_id",
-    "elapsed_timedelta",
-)
-"""Columns of the competition ``train.csv``, in order."""
+from celldata import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
+from celldata.fileio import encode_png
+from celldata.instances import InstanceMasks
+from celldata.kaggle_csv import KAGGLE_COLUMNS
+from celldata.rle import coco_rle_decode
 
 _SHIFT = 4  # sub-pixel bits for cv2 polygon drawing
 _SCALE = 1 << _SHIFT
@@ -187,7 +175,7 @@ class SyntheticImage:
     Attributes:
         image: uint8[H, W] grayscale image.
         instances: The N instance masks (tight crops; overlapping instances are kept as they are).
-        cell_type: One of ``ensemble.CLASSES``.
+        cell_type: One of ``celldata.CLASSES``.
     """
 
     image: np.ndarray
@@ -374,7 +362,7 @@ def render_phase_contrast(rng: np.random.Generator, instances: InstanceMasks, ce
     Args:
         rng: Random generator (all randomness of the rendering comes from it).
         instances: The N instance masks of an (H, W) image.
-        cell_type: Cell type whose appearance to use (one of ``ensemble.CLASSES``).
+        cell_type: Cell type whose appearance to use (one of ``celldata.CLASSES``).
 
     Returns:
         uint8[H, W] image with mean about 128.
@@ -435,7 +423,7 @@ def synthesize_image(
 
     Args:
         rng: Random generator.
-        cell_type: One of ``ensemble.CLASSES``.
+        cell_type: One of ``celldata.CLASSES``.
         density: Factor on the per-image cell count (1.0 = real statistics; e.g. 0.3 for a CPU demo).
         height: Image height.
         width: Image width.

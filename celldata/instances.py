@@ -252,7 +252,7 @@ class InstanceMasks:
         return starts, ends
 
     def to_kaggle_rles(self) -> list[str]:
-        """Kaggle RLE string of every instance (see :mod:`ensemble.rle` for the format)."""
+        """Kaggle RLE string of every instance (see :mod:`celldata.rle` for the format)."""
         out = []
         for i in range(len(self)):
             s, e = self.kaggle_runs(i)

@@ -40,11 +40,11 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
-from ensemble import CLASSES
-from ensemble.dataset import coco_categories, instances_to_coco_annotations
-from ensemble.fileio import atomic_write_json, encode_png
-from ensemble.instances import InstanceMasks
-from ensemble.rle import coco_rle_decode
+from celldata import CLASSES
+from celldata.fileio import atomic_write_json, encode_png
+from celldata.instances import InstanceMasks
+from celldata.prepare import coco_categories, instances_to_coco_annotations
+from celldata.rle import coco_rle_decode
 
 __all__ = ["DEFAULT_CLASS_MAP", "normalize_name", "parse_class_map", "convert_livecell"]
 

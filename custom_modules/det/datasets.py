@@ -3,7 +3,7 @@
 The json's ``file_name`` is relative to the data root (``train/<id>.png``), so the image prefix defaults to the
 data root itself. Every image record also carries the Kaggle id (``kaggle_id`` or ``image_id``, a string) and
 its ``cell_type``; both are copied into the data info (``kaggle_id``, ``cell_type``) so that they can be packed
-as meta keys and reach :class:`custom_modules.metrics.SartoriusMetric` (per-cell-type scores) and
+as meta keys and reach :class:`custom_modules.det.SartoriusMetric` (per-cell-type scores) and
 ``tools/infer.py`` (prediction files keyed by Kaggle id).
 
 Images are 8-bit grayscale PNGs; ``LoadImageFromFile`` (``color_type='color'``, the default) decodes them with
@@ -17,7 +17,7 @@ import os.path as osp
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 
-from ensemble import CLASSES
+from celldata import CLASSES
 
 __all__ = ["SartoriusCocoDataset"]
 

@@ -1,5 +1,0 @@
-"""Datasets registered in the mmdet registry."""
-
-from .sartorius_coco import SartoriusCocoDataset
-
-__all__ = ["SartoriusCocoDataset"]
