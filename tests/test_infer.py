@@ -189,7 +189,6 @@ def test_yolox_inference_boxes_only(tiny_sartorius: Path, val_json: Path, tmp_pa
 SEG_CONFIG = REPO / "configs/upernet/upernet_r18_1xb2-250iter_sartorius-demo-256x256.py"
 
 
-@pytest.mark.skipif(not SEG_CONFIG.is_file(), reason="models-seg demo config not present")
 def test_segmentor_inference_semantic(tiny_sartorius: Path, val_json: Path, tmp_path: Path) -> None:
     model = load_model(SEG_CONFIG, None, "cpu", {"data_root": str(tiny_sartorius)})
     assert model.library == "mmseg"

@@ -107,7 +107,6 @@ def test_yolox_train_validate_and_resume(tiny_sartorius: Path, tmp_path: Path) -
     assert "sartorius/bbox_mAP" in metrics and 0.0 <= metrics["sartorius/bbox_mAP"] <= 1.0
 
 
-@pytest.mark.skipif(not SEG_DEMO.is_file(), reason="models-seg demo config not present")
 def test_same_train_entry_point_trains_an_mmseg_config(tiny_sartorius: Path, tmp_path: Path) -> None:
     cfg = prepare_train_config(SEG_DEMO, tmp_path, {"data_root": str(tiny_sartorius)})
     assert cfg.default_scope == "mmseg"
