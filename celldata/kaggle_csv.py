@@ -30,7 +30,9 @@ __all__ = [
     "KAGGLE_COLUMNS",
     "OPTIONAL_COLUMNS",
     "REQUIRED_COLUMNS",
+    "MAX_REPORTED_ERRORS",
     "KaggleImage",
+    "TrainCsvError",
     "check_images",
     "read_image_size",
     "read_train_csv",
@@ -94,94 +96,144 @@ def _positive_int(csv_path: Path, row: int, fld: str, value: str) -> int:
     return v
 
 
-def read_train_csv(csv_path: str | os.PathLike, show_progress: bool = False) -> list[KaggleImage]:
-    """Read and validate a competition ``train.csv``.
+MAX_REPORTED_ERRORS: int = 50
+"""How many bad rows :func:`read_train_csv` lists in its error before it only counts the rest."""
+
+
+class TrainCsvError(ValueError):
+    """Every problem found in a ``train.csv``, in row order.
+
+    Attributes:
+        path: The csv file.
+        errors: One message per bad row (``"<file>: row N, field 'x': ..."``), at most ``max_reported`` of them.
+        n_errors: How many bad rows were found in all.
+    """
+
+    def __init__(self, path: Path, errors: list[str], n_errors: int) -> None:
+        self.path = path
+        self.errors = errors
+        self.n_errors = n_errors
+        if n_errors == 1:
+            msg = errors[0]
+        else:
+            more = n_errors - len(errors)
+            tail = f"\n  ... and {more} more bad row(s)" if more else ""
+            msg = f"{path}: {n_errors} bad rows:\n  " + "\n  ".join(errors) + tail
+        super().__init__(msg)
+
+
+def _parse_row(csv_path: Path, row_no: int, rec: dict, n_columns: int) -> tuple[str, int, int, str, str]:
+    """Validate one data row on its own; returns ``(image_id, width, height, cell_type, rle)``."""
+    if None in rec or any(rec[c] is None for c in REQUIRED_COLUMNS):
+        raise _row_error(csv_path, row_no, "id", f"wrong number of fields (header has {n_columns} columns)")
+    image_id = rec["id"].strip()
+    if not image_id:
+        raise _row_error(csv_path, row_no, "id", "empty image id")
+    width = _positive_int(csv_path, row_no, "width", rec["width"])
+    height = _positive_int(csv_path, row_no, "height", rec["height"])
+    cell_type = rec["cell_type"].strip().lower()
+    if cell_type not in CLASSES:
+        raise _row_error(
+            csv_path,
+            row_no,
+            "cell_type",
+            f"unknown cell type {rec['cell_type']!r}; expected one of {CLASSES}",
+        )
+    rle = rec["annotation"].strip()
+    try:
+        starts, _ = kaggle_rle_runs(rle, height, width)
+    except ValueError as e:
+        raise _row_error(csv_path, row_no, "annotation", str(e)) from None
+    if starts.size == 0:
+        raise _row_error(csv_path, row_no, "annotation", "empty mask (no runs)")
+    return image_id, width, height, cell_type, rle
+
+
+def read_train_csv(
+    csv_path: str | os.PathLike, show_progress: bool = False, max_errors: int = MAX_REPORTED_ERRORS
+) -> list[KaggleImage]:
+    """Read and validate a competition ``train.csv``, reporting every bad row.
 
     Every row is checked: the required columns exist, ``width``/``height`` are positive integers and equal for all
     rows of an image, ``cell_type`` is one of ``celldata.CLASSES`` (case-insensitive) and the same for all rows of
-    an image, ``annotation`` is a valid non-empty Kaggle RLE inside ``width x height``.
+    an image, ``annotation`` is a valid non-empty Kaggle RLE inside ``width x height``. Reading goes on after a bad
+    row, so one run lists all problems.
 
     Args:
         csv_path: Path of ``train.csv``.
         show_progress: Show a tqdm progress bar over the rows.
+        max_errors: At most this many bad rows are listed in the error (the rest are counted).
 
     Returns:
         One :class:`KaggleImage` per image id, sorted by id.
 
     Raises:
-        ValueError: the first problem found, naming the file, the 1-based data row (the first row after the header
-            is row 1) and the field.
+        TrainCsvError: (a ``ValueError``) listing each bad row as ``"<file>: row N, field 'x': ..."`` (1-based data
+            rows: the first row after the header is row 1); with one bad row the message is that line alone.
+        ValueError: the file is missing, unreadable as UTF-8 CSV, has no data rows or lacks a required column.
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise ValueError(f"{csv_path}: file not found")
     images: dict[str, KaggleImage] = {}
-    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # tolerate a byte-order mark
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        missing = [c for c in REQUIRED_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(
-                f"{csv_path}: header: missing column(s) {', '.join(repr(c) for c in missing)} "
-                f"(found {', '.join(header) or 'no header'}; required {', '.join(REQUIRED_COLUMNS)})"
-            )
-        for row_no, rec in enumerate(
-            tqdm(reader, desc="train.csv", unit="row", disable=not show_progress), 1
-        ):
-            if None in rec or any(rec[c] is None for c in REQUIRED_COLUMNS):
-                raise _row_error(
-                    csv_path, row_no, "id", f"wrong number of fields (header has {len(header)} columns)"
+    errors: list[str] = []
+    n_errors = 0
+    row_no = 0
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # tolerate a byte-order mark
+            reader = csv.DictReader(f)
+            header = reader.fieldnames or []
+            missing = [c for c in REQUIRED_COLUMNS if c not in header]
+            if missing:
+                raise ValueError(
+                    f"{csv_path}: header: missing column(s) {', '.join(repr(c) for c in missing)} "
+                    f"(found {', '.join(header) or 'no header'}; required {', '.join(REQUIRED_COLUMNS)})"
                 )
-            image_id = rec["id"].strip()
-            if not image_id:
-                raise _row_error(csv_path, row_no, "id", "empty image id")
-            width = _positive_int(csv_path, row_no, "width", rec["width"])
-            height = _positive_int(csv_path, row_no, "height", rec["height"])
-            cell_type = rec["cell_type"].strip().lower()
-            if cell_type not in CLASSES:
-                raise _row_error(
-                    csv_path,
-                    row_no,
-                    "cell_type",
-                    f"unknown cell type {rec['cell_type']!r}; expected one of {CLASSES}",
-                )
-            rle = rec["annotation"].strip()
-            try:
-                starts, _ = kaggle_rle_runs(rle, height, width)
-            except ValueError as e:
-                raise _row_error(csv_path, row_no, "annotation", str(e)) from None
-            if starts.size == 0:
-                raise _row_error(csv_path, row_no, "annotation", "empty mask (no runs)")
-            img = images.get(image_id)
-            if img is None:
-                img = KaggleImage(
-                    image_id=image_id,
-                    height=height,
-                    width=width,
-                    cell_type=cell_type,
-                    sample_id=rec["sample_id"].strip(),
-                    meta={c: rec[c].strip() for c in OPTIONAL_COLUMNS if rec.get(c) is not None},
-                )
-                images[image_id] = img
-            else:
-                if (width, height) != (img.width, img.height):
-                    raise _row_error(
-                        csv_path,
-                        row_no,
-                        "width" if width != img.width else "height",
-                        f"image {image_id} is {width}x{height} here but {img.width}x{img.height} in row "
-                        f"{img.rows[0]}",
-                    )
-                if cell_type != img.cell_type:
-                    raise _row_error(
-                        csv_path,
-                        row_no,
-                        "cell_type",
-                        f"image {image_id} has cell type {cell_type!r} here but {img.cell_type!r} in row "
-                        f"{img.rows[0]} (one cell type per image)",
-                    )
-            img.rles.append(rle)
-            img.rows.append(row_no)
+            for row_no, rec in enumerate(
+                tqdm(reader, desc="train.csv", unit="row", disable=not show_progress), 1
+            ):
+                try:
+                    image_id, width, height, cell_type, rle = _parse_row(csv_path, row_no, rec, len(header))
+                    img = images.get(image_id)
+                    if img is None:
+                        img = KaggleImage(
+                            image_id=image_id,
+                            height=height,
+                            width=width,
+                            cell_type=cell_type,
+                            sample_id=rec["sample_id"].strip(),
+                            meta={c: rec[c].strip() for c in OPTIONAL_COLUMNS if rec.get(c) is not None},
+                        )
+                        images[image_id] = img
+                    elif (width, height) != (img.width, img.height):
+                        raise _row_error(
+                            csv_path,
+                            row_no,
+                            "width" if width != img.width else "height",
+                            f"image {image_id} is {width}x{height} here but {img.width}x{img.height} in row "
+                            f"{img.rows[0]}",
+                        )
+                    elif cell_type != img.cell_type:
+                        raise _row_error(
+                            csv_path,
+                            row_no,
+                            "cell_type",
+                            f"image {image_id} has cell type {cell_type!r} here but {img.cell_type!r} in row "
+                            f"{img.rows[0]} (one cell type per image)",
+                        )
+                except ValueError as e:
+                    n_errors += 1
+                    if len(errors) < max_errors:
+                        errors.append(str(e))
+                    continue
+                img.rles.append(rle)
+                img.rows.append(row_no)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{csv_path}: row {row_no + 1}: not UTF-8 text ({e.reason})") from None
+    except csv.Error as e:
+        raise ValueError(f"{csv_path}: row {row_no + 1}: malformed CSV ({e})") from None
+    if n_errors:
+        raise TrainCsvError(csv_path, errors, n_errors)
     if not images:
         raise ValueError(f"{csv_path}: no data rows")
     return [images[k] for k in sorted(images)]

@@ -336,3 +336,37 @@ def test_real_geometry_round_trip(real_coco_path: Path, tmp_path: Path) -> None:
             (a["area"], tuple(a["bbox"])) for a in real["annotations"] if a["image_id"] == image_id
         )
         assert sorted(items) == truth
+
+
+def test_every_bad_row_is_reported(tmp_path: Path) -> None:
+    """read_train_csv goes on after a bad row: one error lists all of them, in row order."""
+    from celldata.kaggle_csv import TrainCsvError, read_train_csv
+
+    rows = build_dataset(tmp_path)
+    rows = _corrupt_row(rows, 1, annotation="5 3 7")
+    rows = _corrupt_row(rows, 3, cell_type="hela")
+    rows = _corrupt_row(rows, 6, width="abc")
+    write_csv(tmp_path, rows)
+    with pytest.raises(TrainCsvError) as err:
+        read_train_csv(tmp_path / "train.csv")
+    assert err.value.n_errors == 3
+    assert [re.search(r"row (\d+), field '(\w+)'", e).groups() for e in err.value.errors] == [
+        ("2", "annotation"),
+        ("4", "cell_type"),
+        ("7", "width"),
+    ]
+    assert str(err.value).startswith(f"{tmp_path / 'train.csv'}: 3 bad rows:")
+
+
+def test_bad_rows_listed_up_to_the_limit_then_counted(tmp_path: Path) -> None:
+    from celldata.kaggle_csv import TrainCsvError, read_train_csv
+
+    rows = build_dataset(tmp_path)
+    for i in range(len(rows)):
+        rows = _corrupt_row(rows, i, annotation="1 0")
+    write_csv(tmp_path, rows)
+    with pytest.raises(TrainCsvError) as err:
+        read_train_csv(tmp_path / "train.csv", max_errors=5)
+    assert err.value.n_errors == len(rows) and len(err.value.errors) == 5
+    assert f"... and {len(rows) - 5} more bad row(s)" in str(err.value)
+    assert "row 5, field 'annotation'" in str(err.value) and "row 6," not in str(err.value)
