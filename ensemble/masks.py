@@ -5,7 +5,10 @@ Pipeline of :func:`fuse_image` (all work happens inside crop windows, never on p
 1. **Boxes.** Weighted Boxes Fusion (`ensemble.boxes.weighted_boxes_fusion`) of the models' normalized boxes
    gives fused boxes, scores and labels and, per fused box, its *cluster*: the input detections fused into it.
 2. **Pixel voting.** Inside a cluster, every member that carries a mask votes with weight
-   ``a = model weight * member score``; members of box-only models (``masks is None``) do not vote. When
+   ``a = model weight * member score``; members of box-only models (``masks is None``) do not vote. A member's
+   vote ``M_i(p)`` is its mask probability when its model provides soft masks (``ImagePredictions.mask_probs``,
+   e.g. Mask R-CNN's mask head sigmoid) and its binary mask (p in {0, 1}) otherwise, so the vote averages
+   probabilities: ``vote = sum a_i p_i / sum a_i``. When
    ``semantic_weight > 0`` and some model provides a semantic foreground map, the map votes too, only inside the
    fused box (pixel window ``floor(x1), floor(y1), ceil(x2), ceil(y2)``), with weight
    ``lambda = semantic_weight * mean(a over all cluster members)`` (so ``semantic_weight = 1`` gives it the say of
@@ -345,7 +348,8 @@ def _vote_kernel(
     """Weighted pixel voting of every cluster inside its union window.
 
     Args:
-        flat: uint8 concatenation of every member mask crop (row-major), member ``g`` at ``offs[g]``.
+        flat: uint8 (binary masks) or float32 (mask probabilities) concatenation of every member's vote crop
+            (row-major), member ``g`` at ``offs[g]``.
         offs: int64 ``(G + 1,)`` crop offsets.
         mboxes: int64 ``(G, 4)`` crop windows ``(x0, y0, x1, y1)``.
         cl_ptr: int64 ``(K + 1,)``: members of cluster k are entries ``cl_ptr[k]:cl_ptr[k + 1]``.
@@ -515,6 +519,26 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, height, width):  # 
     return keep, remain, tight, kept_area
 
 
+def _pack_votes(pred: ImagePredictions) -> tuple[np.ndarray, np.ndarray]:
+    """A model's per-member votes packed row-major as float32: its mask probabilities, else its binary masks."""
+    crops = pred.mask_probs if pred.mask_probs is not None else pred.masks.crops
+    offs = np.zeros(len(crops) + 1, dtype=np.int64)
+    np.cumsum([c.size for c in crops], out=offs[1:])
+    if offs[-1] == 0:
+        return np.zeros(0, dtype=np.float32), offs
+    return np.concatenate([c.reshape(-1) for c in crops]).astype(np.float32, copy=False), offs
+
+
+def _member_vote(pred: ImagePredictions, i: int) -> np.ndarray:
+    """Full-frame vote of detection i of a model with masks: float32 probability or bool mask ``(H, W)``."""
+    if pred.mask_probs is None:
+        return pred.masks.mask(i)
+    out = np.zeros((pred.height, pred.width), dtype=np.float32)
+    x0, y0, x1, y1 = pred.masks.boxes[i]
+    out[y0:y1, x0:x1] = pred.mask_probs[i]
+    return out
+
+
 def _pack_crops(masks: InstanceMasks) -> tuple[np.ndarray, np.ndarray]:
     """Concatenates the crops of ``masks`` row-major: ``(flat uint8, offsets int64 (N + 1,))``."""
     sizes = np.fromiter((c.size for c in masks.crops), dtype=np.int64, count=len(masks))
@@ -623,8 +647,11 @@ def fuse_image(
     h, w_img = prep.height, prep.width
     score_thr = params.score_thr_array()
     min_area = params.min_area_array()
-    # pack every model's mask crops once; member (m, i) has crop index g = first[m] + i (-1: no mask)
-    packs = [(_pack_crops(p.masks), p.masks.boxes) for p in preds if p.masks is not None]
+    # pack every model's mask crops once; member (m, i) has crop index g = first[m] + i (-1: no mask); with soft
+    # masks anywhere every vote is packed as float32 probabilities (binary masks as 0/1), else as uint8 bits
+    soft = any(p.mask_probs is not None for p in preds if p.masks is not None)
+    pack = _pack_votes if soft else (lambda p: _pack_crops(p.masks))
+    packs = [(pack(p), p.masks.boxes) for p in preds if p.masks is not None]
     first = np.full(len(preds), -1, dtype=np.int64)
     start = 0
     for m, p in enumerate(preds):
@@ -754,7 +781,7 @@ def fuse_image_reference(
         for a, (m, i) in zip(a_all, members):
             if preds[m].masks is None:
                 continue
-            num += a * preds[m].masks.mask(i)
+            num += a * _member_vote(preds[m], i)
             den += a
         if semantic is not None:
             lam = params.semantic_weight * a_all.mean()

@@ -1,10 +1,11 @@
 """Per-model prediction files: what ``tools/infer.py`` writes and ``ensemble/run.py`` reads.
 
 One file holds one model's predictions for a set of images (:class:`ImagePredictions` per image: boxes, scores,
-labels, optional instance masks, optional semantic foreground probability). It is a NumPy ``.npz`` archive
-(zip, deflate-compressed, loaded with ``allow_pickle=False``: no pickle anywhere) with these members::
+labels, optional instance masks with optional per-pixel mask probabilities ("soft masks"), optional semantic
+foreground probability). It is a NumPy ``.npz`` archive (zip, deflate-compressed, loaded with
+``allow_pickle=False``: no pickle anywhere) with these members::
 
-    format            str scalar   "sartorius-predictions/1"
+    format            str scalar   "sartorius-predictions/2"
     meta_json         str scalar   JSON object given as ``meta`` (model name, config, checkpoint, ...)
     classes           str (C,)     class names, label i is classes[i]; must equal ensemble.CLASSES
     image_ids         str (I,)     image ids, unique
@@ -20,6 +21,12 @@ labels, optional instance masks, optional semantic foreground probability). It i
     has_semantic      bool (I,)    whether image i carries a semantic foreground map
     semantic_q        uint8 (P,)   concatenated row-major maps of the images with has_semantic, quantized as
                                    q = round(255 * p); loading returns p = q / 255 (float32, error <= 1/510)
+    has_mask_probs    bool (I,)    whether image i carries mask probabilities (only where has_masks)
+    mask_q            uint8 (Q,)   the mask probability crops of the images with has_mask_probs, same windows
+                                   and order as mask_bits, quantized as q = round(255 * p) (error <= 1/510)
+
+Version 1 files (``"sartorius-predictions/1"``, written before soft masks existed) have no ``has_mask_probs`` /
+``mask_q`` members; they still load, with ``mask_probs=None`` everywhere.
 
 A dense image with 800 cells costs ~0.1 MB of mask bits (vs 290 MB as full-frame bool masks), and the quantized
 semantic map ~0.1 MB compressed. Writing is atomic (temp file in the target directory, then ``os.replace``).
@@ -42,9 +49,18 @@ from celldata.instances import InstanceMasks
 
 from . import CLASSES
 
-__all__ = ["FORMAT", "ImagePredictions", "load_predictions", "save_predictions"]
+__all__ = [
+    "FORMAT",
+    "READABLE_FORMATS",
+    "ImagePredictions",
+    "load_predictions",
+    "quantize_probs",
+    "save_predictions",
+]
 
-FORMAT = "sartorius-predictions/1"
+FORMAT = "sartorius-predictions/2"
+READABLE_FORMATS: tuple[str, ...] = ("sartorius-predictions/1", FORMAT)
+"""Format versions :func:`load_predictions` reads (version 1: no mask probabilities)."""
 
 _KEYS = (
     "format",
@@ -62,6 +78,7 @@ _KEYS = (
     "has_semantic",
     "semantic_q",
 )
+_KEYS_V2 = ("has_mask_probs", "mask_q")
 
 _BOX_TOL = 1e-3  # pixels of slack for float boxes at the image border
 
@@ -79,6 +96,10 @@ class ImagePredictions:
         labels: int64 ``(N,)`` 0-based indices into ``ensemble.CLASSES``.
         masks: N instance masks (:class:`InstanceMasks` of an HxW image), or None for a box-only model.
         semantic: float32 ``(H, W)`` foreground probability in ``[0, 1]``, or None.
+        mask_probs: soft masks: N float32 crops in ``[0, 1]``, crop i of shape ``masks.crops[i].shape`` in the
+            same window ``masks.boxes[i]`` (the probability of each pixel of the window to belong to instance i,
+            e.g. Mask R-CNN's mask head sigmoid pasted into the box), or None. ``masks`` then holds the binary
+            masks (probability thresholded by the model). Stored quantized to ``round(255 p)``.
 
     Construction coerces dtypes and validates (``ValueError`` naming the image id).
     """
@@ -91,6 +112,7 @@ class ImagePredictions:
     labels: np.ndarray
     masks: InstanceMasks | None = None
     semantic: np.ndarray | None = None
+    mask_probs: list[np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         self.image_id = str(self.image_id)
@@ -106,6 +128,8 @@ class ImagePredictions:
         self.labels = labels.astype(np.int64).reshape(-1)
         if self.semantic is not None:
             self.semantic = np.asarray(self.semantic, dtype=np.float32)
+        if self.mask_probs is not None:
+            self.mask_probs = [np.asarray(c, dtype=np.float32) for c in self.mask_probs]
         self.validate()
 
     def __len__(self) -> int:
@@ -166,6 +190,27 @@ class ImagePredictions:
                 raise ValueError(f"{p}: semantic map has shape {s.shape}, expected {(h, w)}")
             if not np.isfinite(s).all() or s.min(initial=0.0) < 0.0 or s.max(initial=0.0) > 1.0:
                 raise ValueError(f"{p}: semantic map must hold finite probabilities in [0, 1]")
+        if self.mask_probs is not None:
+            if self.masks is None:
+                raise ValueError(f"{p}: mask_probs need masks (the binary masks in the same windows)")
+            if len(self.mask_probs) != len(self.masks):
+                raise ValueError(
+                    f"{p}: {len(self.mask_probs)} mask probability crops for {len(self.masks)} masks"
+                )
+            for i, (c, m) in enumerate(zip(self.mask_probs, self.masks.crops)):
+                if c.shape != m.shape:
+                    raise ValueError(
+                        f"{p}: mask probability crop {i} has shape {c.shape}, its mask {m.shape}"
+                    )
+                if c.size and not (np.isfinite(c).all() and c.min() >= 0.0 and c.max() <= 1.0):
+                    raise ValueError(
+                        f"{p}: mask probability crop {i} must hold finite probabilities in [0, 1]"
+                    )
+
+
+def quantize_probs(p: np.ndarray) -> np.ndarray:
+    """Probabilities in ``[0, 1]`` as uint8 ``q = round(255 p)`` (same shape); ``q / 255`` is within 1/510 of p."""
+    return np.rint(np.asarray(p, dtype=np.float32) * np.float32(255.0)).astype(np.uint8)
 
 
 def _str_array(values: Sequence[str]) -> np.ndarray:
@@ -203,13 +248,16 @@ def save_predictions(
     boxes = np.concatenate([p.boxes for p in preds]) if preds else np.zeros((0, 4), np.float32)
     mask_boxes = np.zeros((n_total, 4), dtype=np.int32)
     flat_crops = []
+    flat_q = []
     sem = []
     for k, p in enumerate(preds):
         if p.masks is not None and len(p):
             mask_boxes[det_offsets[k] : det_offsets[k + 1]] = p.masks.boxes
             flat_crops.extend(c.ravel() for c in p.masks.crops)
+            if p.mask_probs is not None:
+                flat_q.extend(quantize_probs(c.ravel()) for c in p.mask_probs)
         if p.semantic is not None:
-            sem.append(np.rint(p.semantic.ravel() * 255.0).astype(np.uint8))
+            sem.append(quantize_probs(p.semantic.ravel()))
     bits = np.concatenate(flat_crops) if flat_crops else np.zeros(0, dtype=bool)
     arrays = {
         "format": np.array(FORMAT),
@@ -230,6 +278,8 @@ def save_predictions(
         "mask_bits": np.packbits(bits),
         "has_semantic": np.array([p.semantic is not None for p in preds], dtype=bool),
         "semantic_q": np.concatenate(sem) if sem else np.zeros(0, dtype=np.uint8),
+        "has_mask_probs": np.array([p.mask_probs is not None for p in preds], dtype=bool),
+        "mask_q": np.concatenate(flat_q) if flat_q else np.zeros(0, dtype=np.uint8),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -273,6 +323,16 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
             missing = [k for k in _KEYS if k not in z.files]
             _expect(not missing, path, f"missing member(s) {missing} (not a {FORMAT} file?)")
             a = {k: z[k] for k in _KEYS}
+            fmt = a["format"]
+            _expect(
+                fmt.shape == () and str(fmt) in READABLE_FORMATS,
+                path,
+                f"format is not one of {list(READABLE_FORMATS)} (got {str(fmt)!r})",
+            )
+            if str(fmt) != READABLE_FORMATS[0]:
+                missing = [k for k in _KEYS_V2 if k not in z.files]
+                _expect(not missing, path, f"missing member(s) {missing} of format {str(fmt)!r}")
+                a.update({k: z[k] for k in _KEYS_V2})
     except (zipfile.BadZipFile, OSError, EOFError) as e:
         raise ValueError(f"{path}: not a readable .npz prediction file ({e})") from None
     except ValueError as e:
@@ -280,7 +340,6 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
             raise
         raise ValueError(f"{path}: unreadable prediction file ({e})") from None
 
-    _expect(a["format"].shape == () and str(a["format"]) == FORMAT, path, f"format is not {FORMAT!r}")
     try:
         meta = json.loads(str(a["meta_json"]))
     except json.JSONDecodeError as e:
@@ -317,6 +376,21 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
         a["semantic_q"].dtype == np.uint8 and a["semantic_q"].ndim == 1, path, "semantic_q must be uint8 (P,)"
     )
 
+    if "has_mask_probs" not in a:  # version 1
+        a["has_mask_probs"] = np.zeros(n_img, dtype=bool)
+        a["mask_q"] = np.zeros(0, dtype=np.uint8)
+    _expect(
+        a["has_mask_probs"].shape == (n_img,) and a["has_mask_probs"].dtype == bool,
+        path,
+        f"has_mask_probs must be bool ({n_img},)",
+    )
+    _expect(
+        not (a["has_mask_probs"] & ~a["has_masks"]).any(),
+        path,
+        "has_mask_probs set for an image without masks",
+    )
+    _expect(a["mask_q"].dtype == np.uint8 and a["mask_q"].ndim == 1, path, "mask_q must be uint8 (Q,)")
+
     # mask bit layout
     mb = a["mask_boxes"].astype(np.int64)
     crop_h = mb[:, 3] - mb[:, 1]
@@ -338,6 +412,12 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
         f"mask_bits holds {len(a['mask_bits'])} bytes, mask_boxes need {(n_bits + 7) // 8}",
     )
     bits = np.unpackbits(a["mask_bits"], count=n_bits).view(bool)
+    with_probs = np.zeros(n_total, dtype=bool)
+    for k in np.flatnonzero(a["has_mask_probs"]):
+        with_probs[det[k] : det[k + 1]] = True
+    n_q = int(np.where(with_probs, crop_h * crop_w, 0).sum())
+    _expect(len(a["mask_q"]) == n_q, path, f"mask_q holds {len(a['mask_q'])} values, mask_boxes need {n_q}")
+    probs = a["mask_q"].astype(np.float32) / np.float32(255.0)
     sem_px = int(sum(int(sizes[k, 0]) * int(sizes[k, 1]) for k in np.flatnonzero(a["has_semantic"])))
     _expect(
         len(a["semantic_q"]) == sem_px,
@@ -347,6 +427,7 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
 
     out: dict[str, ImagePredictions] = {}
     bit_pos = 0
+    q_pos = 0
     sem_pos = 0
     for k, image_id in enumerate(ids):
         h, w = int(sizes[k, 0]), int(sizes[k, 1])
@@ -360,13 +441,28 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
                     crops.append(bits[bit_pos : bit_pos + size].reshape(int(crop_h[i]), int(crop_w[i])))
                     bit_pos += size
                 masks = InstanceMasks(h, w, mb[s:e].astype(np.int32), crops)
+            mask_probs = None
+            if a["has_mask_probs"][k]:
+                mask_probs = []
+                for i in range(s, e):
+                    size = int(crop_h[i] * crop_w[i])
+                    mask_probs.append(probs[q_pos : q_pos + size].reshape(int(crop_h[i]), int(crop_w[i])))
+                    q_pos += size
             semantic = None
             if a["has_semantic"][k]:
                 q = a["semantic_q"][sem_pos : sem_pos + h * w].reshape(h, w)
                 semantic = q.astype(np.float32) / np.float32(255.0)
                 sem_pos += h * w
             out[image_id] = ImagePredictions(
-                image_id, h, w, a["boxes"][s:e], a["scores"][s:e], a["labels"][s:e], masks, semantic
+                image_id,
+                h,
+                w,
+                a["boxes"][s:e],
+                a["scores"][s:e],
+                a["labels"][s:e],
+                masks,
+                semantic,
+                mask_probs,
             )
         except ValueError as err:
             msg = str(err)

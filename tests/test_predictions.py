@@ -213,3 +213,113 @@ def test_negative_crop_window_is_named(tmp_path: Path) -> None:
     mb[2] = [10, 10, 5, 20]
     with pytest.raises(ValueError, match="image img00: mask 2 has a negative crop window"):
         load_predictions(_write(tmp_path / "neg.npz", {**a, "mask_boxes": mb}))
+
+
+# ------------------------------------------------------------------------------------------------- soft masks
+def _soft_preds(rng: np.random.Generator) -> list[ImagePredictions]:
+    """Images with soft masks (probabilities incl. exact 0, 1 and the 0.5 rounding edge), binary and none."""
+    out = []
+    for k, (n, soft) in enumerate([(40, True), (0, True), (6, False), (3, True)]):
+        boxes, masks = _random_instances(rng, n)
+        probs = [rng.random(c.shape).astype(np.float32) for c in masks.crops]
+        for c in probs:
+            c.flat[:3] = [0.0, 1.0, 0.5][: c.size]
+        masks = InstanceMasks(H, W, masks.boxes, [c >= 0.5 for c in probs])
+        out.append(
+            ImagePredictions(
+                f"s{k}",
+                H,
+                W,
+                boxes,
+                rng.random(n),
+                rng.integers(0, 3, n),
+                masks,
+                None,
+                probs if soft else None,
+            )
+        )
+    return out
+
+
+def test_soft_mask_round_trip(tmp_path: Path) -> None:
+    """Mask probabilities come back within 1/510 (uint8 q = round(255 p)); binary masks and windows exactly."""
+    preds = _soft_preds(np.random.default_rng(7))
+    path = tmp_path / "soft.npz"
+    save_predictions(path, preds)
+    loaded, _ = load_predictions(path)
+    with np.load(path) as z:
+        assert str(z["format"]) == FORMAT == "sartorius-predictions/2"
+        assert z["mask_q"].dtype == np.uint8
+    worst = 0.0
+    for p in preds:
+        q = loaded[p.image_id]
+        np.testing.assert_array_equal(q.masks.boxes, p.masks.boxes)
+        for a, b in zip(q.masks.crops, p.masks.crops):
+            np.testing.assert_array_equal(a, b)
+        if p.mask_probs is None:
+            assert q.mask_probs is None
+            continue
+        assert q.mask_probs is not None and len(q.mask_probs) == len(p.mask_probs)
+        for a, b in zip(q.mask_probs, p.mask_probs):
+            assert a.dtype == np.float32 and a.shape == b.shape
+            if a.size:
+                worst = max(worst, float(np.abs(a - b).max()))
+                if a.size >= 2:
+                    assert a.flat[0] == 0.0 and a.flat[1] == 1.0  # 0 and 1 stay exact
+    assert 0.0 < worst <= 1 / 510 + 1e-7
+    # a second round trip is exact (already quantized values survive unchanged)
+    save_predictions(tmp_path / "again.npz", list(loaded.values()))
+    again, _ = load_predictions(tmp_path / "again.npz")
+    for k, q in loaded.items():
+        for a, b in zip(again[k].mask_probs or [], q.mask_probs or []):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_version_1_files_still_load(tmp_path: Path) -> None:
+    """A file written before soft masks (format /1, no has_mask_probs / mask_q members) loads unchanged."""
+    a = _valid_arrays(tmp_path)
+    v1 = {k: v for k, v in a.items() if k not in ("has_mask_probs", "mask_q")}
+    v1["format"] = np.array("sartorius-predictions/1")
+    new, _ = load_predictions(tmp_path / "valid.npz")
+    old, meta = load_predictions(_write(tmp_path / "v1.npz", v1))
+    assert meta == {"m": 1} and list(old) == list(new)
+    for k in new:
+        assert old[k].mask_probs is None
+        np.testing.assert_array_equal(old[k].boxes, new[k].boxes)
+        assert (old[k].masks is None) == (new[k].masks is None)
+    # a version 2 file must have the new members
+    with pytest.raises(ValueError, match=r"missing member\(s\) \['mask_q'\]"):
+        load_predictions(_write(tmp_path / "v2_short.npz", {k: v for k, v in a.items() if k != "mask_q"}))
+
+
+def test_malformed_soft_masks(tmp_path: Path) -> None:
+    preds = _soft_preds(np.random.default_rng(8))
+    save_predictions(tmp_path / "soft.npz", preds)
+    with np.load(tmp_path / "soft.npz") as z:
+        a = {k: z[k] for k in z.files}
+    no_masks = a["has_masks"].copy()
+    no_masks[0] = False
+    cases = [
+        ("q_short", {**a, "mask_q": a["mask_q"][:-1]}, "mask_q holds"),
+        ("q_dtype", {**a, "mask_q": a["mask_q"].astype(np.float32)}, "mask_q must be uint8"),
+        (
+            "probs_without_masks",
+            {**a, "has_masks": no_masks},
+            "has_mask_probs set for an image without masks",
+        ),
+        ("flag_shape", {**a, "has_mask_probs": a["has_mask_probs"][:-1]}, "has_mask_probs must be bool"),
+    ]
+    for name, arrays, match in cases:
+        with pytest.raises(ValueError, match=match) as exc:
+            load_predictions(_write(tmp_path / f"{name}.npz", arrays))
+        assert str(tmp_path / f"{name}.npz") in str(exc.value)
+    # in memory: probabilities need masks, one crop per mask of the same shape, values in [0, 1]
+    p = preds[0]
+    with pytest.raises(ValueError, match="mask_probs need masks"):
+        ImagePredictions("x", H, W, p.boxes, p.scores, p.labels, None, None, p.mask_probs)
+    with pytest.raises(ValueError, match="mask probability crop 0 has shape"):
+        ImagePredictions("x", H, W, p.boxes, p.scores, p.labels, p.masks, None, [c.T for c in p.mask_probs])
+    bad = [c.copy() for c in p.mask_probs]
+    bad[1][0, 0] = 1.5
+    with pytest.raises(ValueError, match=r"image x: mask probability crop 1 must hold finite probabilities"):
+        ImagePredictions("x", H, W, p.boxes, p.scores, p.labels, p.masks, None, bad)
