@@ -1,7 +1,7 @@
 """Config loading and Runner construction shared by ``tools/train.py``, ``tools/test.py`` and ``tools/infer.py``.
 
-One entry point for mmdet and mmseg configs: the library is picked from the config's ``default_scope`` and its
-modules are registered before the Runner is built. Extras over plain ``Config.fromfile`` + ``merge_from_dict``:
+One entry point for mmdet, mmseg and plain-mmengine configs (the classifiers of ``custom_modules.cls``): the library
+is picked from the config's ``default_scope`` and its modules are registered before the Runner is built. Extras over plain ``Config.fromfile`` + ``merge_from_dict``:
 
 * ``--cfg-options data_root=DIR`` replaces the data root in every dataset of the config (mmengine only changes
   the top-level variable, which the dataset dicts copied when the file was parsed), and ``fold=K`` switches
@@ -40,7 +40,7 @@ __all__ = [
     "apply_local_rank",
 ]
 
-_LIBRARIES = ("mmdet", "mmseg")
+_LIBRARIES = ("mmdet", "mmseg", "mmengine")
 
 
 def add_runner_args(
@@ -174,7 +174,7 @@ def load_config(cfg_path: str | os.PathLike | Config, cfg_options: Mapping[str, 
 
 
 def library_of(cfg: Config) -> str:
-    """``'mmdet'`` or ``'mmseg'`` from the config's ``default_scope``.
+    """``'mmdet'``, ``'mmseg'`` or ``'mmengine'`` from the config's ``default_scope``.
 
     Raises:
         ValueError: For any other scope.
@@ -186,7 +186,9 @@ def library_of(cfg: Config) -> str:
 
 
 def register_library(cfg: Config) -> str:
-    """Register all modules of the config's library (mmdet or mmseg) and import its ``custom_imports``.
+    """Register all modules of the config's library and import its ``custom_imports``.
+
+    ``'mmengine'`` (the classifiers) has no library modules to register: only ``custom_imports`` are imported.
 
     Returns:
         The library name.
@@ -194,9 +196,12 @@ def register_library(cfg: Config) -> str:
     lib = library_of(cfg)
     if lib == "mmdet":
         from mmdet.utils import register_all_modules
-    else:
+    elif lib == "mmseg":
         from mmseg.utils import register_all_modules
-    register_all_modules(init_default_scope=True)
+    else:
+        register_all_modules = None
+    if register_all_modules is not None:
+        register_all_modules(init_default_scope=True)
     ci = cfg.get("custom_imports")
     if ci:
         from mmengine.utils import import_modules_from_strings
