@@ -11,12 +11,14 @@
 #   WHEELHOUSE=<dir>           a local directory of prebuilt wheels, looked in first (onedl-mmcv)
 #   MMCV_CACHE=~/.cache/sartorius-stack/mmcv   where a built onedl-mmcv wheel is kept, keyed by mmcv+torch
 #   MAX_JOBS=2                 parallel compile jobs for the onedl-mmcv build
+#   EXTRAS=dev                 extras of the project to install (dev: test/dev tools); EXTRAS= installs runtime only
 set -euo pipefail
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 MMCV_VERSION=${MMCV_VERSION:-2.3.6}
+EXTRAS=${EXTRAS-dev}
 MMCV_CACHE=${MMCV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sartorius-stack/mmcv}
 export MAX_JOBS=${MAX_JOBS:-2}
 
@@ -100,10 +102,13 @@ else
   fi
 fi
 
-# 4. the rest, then the project itself (editable, so `ensemble` and `custom_modules` import)
-log "installing requirements.txt"
-"${PIP[@]}" -q -r requirements.txt
-"${PIP[@]}" -q --no-deps --no-build-isolation -e .
+# 4. the project itself (editable, so `celldata`, `ensemble` and `custom_modules` import) with its runtime
+#    requirements (requirements.txt) and, unless EXTRAS is set otherwise, the test/dev tools (requirements-dev.txt).
+#    torch and onedl-mmcv are already satisfied here, so pip changes neither.
+"$PY" -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 4))" \
+  || die "torch $TORCH_VER is older than 2.4 (requirements.txt): pip would replace it; install torch>=2.4 first"
+log "installing the project with requirements.txt${EXTRAS:+ and the [$EXTRAS] extra (requirements-dev.txt)}"
+"${PIP[@]}" -q --no-build-isolation -e ".${EXTRAS:+[$EXTRAS]}"
 # The mmcv wheel ships a stray top-level `docs` package; harmless, but keep the original releases out.
 for orig in mmcv mmdet mmengine mmsegmentation mmcv-full; do
   if "$PY" -m pip show -q "$orig" >/dev/null 2>&1; then
