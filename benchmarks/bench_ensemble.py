@@ -41,13 +41,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from ensemble_reference import fuse_image_reference
 from pycocotools import mask as mask_utils
 
 from celldata import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
 from celldata.fileio import atomic_write_json, atomic_write_png, atomic_write_text
 from celldata.instances import InstanceMasks
 from ensemble.boxes import normalize_boxes, weighted_boxes_fusion
-from ensemble.masks import FusionParams, fuse_image, fuse_image_reference
+from ensemble.masks import FusionParams, fuse_image
 from ensemble.metrics import image_score, precisions_from_iou
 from ensemble.predictions import ImagePredictions
 

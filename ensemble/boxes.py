@@ -32,9 +32,12 @@ from numba import njit
 
 __all__ = [
     "CONF_TYPES",
+    "IMAGE_CLASS_RULES",
     "box_iou",
     "denormalize_boxes",
+    "image_class",
     "normalize_boxes",
+    "relabel_to_image_class",
     "weighted_boxes_fusion",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
@@ -42,6 +45,9 @@ __all__ = [
 
 CONF_TYPES: tuple[str, ...] = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 _CONF_CODE = {name: code for code, name in enumerate(CONF_TYPES)}
+
+IMAGE_CLASS_RULES: tuple[str, ...] = ("majority", "per_instance")
+"""How detections are labelled before fusion: one class per image (``'majority'``) or as predicted."""
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -365,8 +371,6 @@ def _validate_wbf_args(
 ) -> tuple[int, np.ndarray]:
     """Checks the per-model list lengths, ``conf_type`` and ``weights`` of a WBF call.
 
-    Shared by `weighted_boxes_fusion` and `weighted_boxes_fusion_reference` so both raise the same errors.
-
     Returns:
         ``(n_models, w)``: the number of models and the weights as float64 ``(n_models,)`` (ones for ``None``).
 
@@ -572,84 +576,77 @@ def weighted_boxes_fusion(
     return boxes[final], scores[final], labels[final], clusters
 
 
-def weighted_boxes_fusion_reference(
-    boxes_list: Sequence[np.ndarray],
+# ----------------------------------------------------------------------------------------------------------------
+# One cell type per image
+# ----------------------------------------------------------------------------------------------------------------
+def image_class(
     scores_list: Sequence[np.ndarray],
     labels_list: Sequence[np.ndarray],
     weights: Sequence[float] | np.ndarray | None = None,
-    iou_thr: float = 0.55,
-    skip_box_thr: float = 0.0,
-    conf_type: str = "avg",
-    allows_overflow: bool = False,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Straightforward pure-Python WBF with cluster tracking (slow; the reference for tests and benchmarks).
+    n_classes: int | None = None,
+) -> int | None:
+    """The class of an image: the score-weighted majority over every model's detections.
 
-    The textbook loop of ensemble-boxes (per label: sort, compare each box with every fused box, recompute the
-    fused box from its whole member list) with each member's ``(model, box index)`` carried along. Same
-    arguments, returns and errors as `weighted_boxes_fusion` (which must agree with it exactly).
+    A Sartorius image holds one cell type while detectors disagree per instance; fusing per label splits one cell
+    into several clusters. Each detection votes for its label with ``model weight * score``; the label with the
+    largest total wins (ties: the lowest label).
+
+    Args:
+        scores_list: per model, ``(N_m,)`` scores (only positive scores vote).
+        labels_list: per model, ``(N_m,)`` integer labels ``>= 0``.
+        weights: per model weight (``None``: all 1).
+        n_classes: number of classes (default: 1 + the largest label).
+
+    Returns:
+        The winning label, or None when no detection has a positive score.
+
+    Raises:
+        ValueError: on mismatched lengths or negative labels.
     """
-    n_models, w = _validate_wbf_args(boxes_list, scores_list, labels_list, weights, conf_type)
-    rows: dict[int, list[list[float]]] = {}
-    for t in range(n_models):
-        b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])
-        raw = scores_list[t]
-        for j in range(len(b)):
-            score = raw[j] if isinstance(raw, np.ndarray) else s[j]
-            if score < skip_box_thr:
-                continue
-            x1, y1, x2, y2 = (min(max(float(v), 0.0), 1.0) for v in b[j])
-            if (x2 - x1) * (y2 - y1) == 0.0:
-                continue
-            # [label, score * weight, weight, model, x1, y1, x2, y2, box index]
-            rows.setdefault(int(lab[j]), []).append(
-                [int(lab[j]), float(s[j]) * w[t], w[t], t, x1, y1, x2, y2, j]
-            )
-    if not rows:
-        return np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,)), []
-    fused_rows, clusters = [], []
-    for label_rows in rows.values():
-        arr = np.array(label_rows)
-        arr = arr[arr[:, 1].argsort()[::-1]]
-        members: list[list[np.ndarray]] = []
-        fused = np.empty((0, 8))
-        for row in arr:
-            best = -1
-            if len(fused):
-                ious = box_iou(fused[:, 4:8], row[None, 4:8])[:, 0]
-                k = int(np.argmax(ious))
-                if ious[k] > iou_thr:
-                    best = k
-            if best >= 0:
-                members[best].append(row)
-                box = np.zeros(8, dtype=np.float32)  # ensemble-boxes fuses in float32
-                conf = 0.0
-                for m in members[best]:
-                    box[4:] += m[1] * m[4:8]
-                    conf += m[1]
-                box[0] = members[best][0][0]
-                scores_m = [m[1] for m in members[best]]
-                box[1] = max(scores_m) if conf_type == "max" else conf / len(scores_m)
-                box[2] = sum(m[2] for m in members[best])
-                box[4:] /= conf
-                fused[best] = box
-            else:
-                members.append([row])
-                fused = np.vstack([fused, row[:8]])
-        for i, mem in enumerate(members):
-            mem_arr = np.array(mem)
-            n = len(mem_arr)
-            used = np.unique(mem_arr[:, 3]).astype(int)
-            if conf_type == "box_and_model_avg":
-                fused[i, 1] = fused[i, 1] * n / fused[i, 2] * w[used].sum() / w.sum()
-            elif conf_type == "absent_model_aware_avg":
-                absent = np.setdiff1d(np.arange(n_models), used)
-                fused[i, 1] = fused[i, 1] * n / (fused[i, 2] + w[absent].sum())
-            elif conf_type == "max":
-                fused[i, 1] = fused[i, 1] / w.max()
-            else:
-                fused[i, 1] = fused[i, 1] * (n if allows_overflow else min(n_models, n)) / w.sum()
-            clusters.append(mem_arr[:, [3, 8]].astype(np.int64))
-        fused_rows.append(fused)
-    out = np.concatenate(fused_rows)
-    order = out[:, 1].argsort()[::-1]
-    return out[order, 4:8], out[order, 1], out[order, 0], [clusters[i] for i in order]
+    if len(scores_list) != len(labels_list):
+        raise ValueError(f"{len(scores_list)} score arrays but {len(labels_list)} label arrays")
+    w = np.ones(len(scores_list)) if weights is None else np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != len(scores_list):
+        raise ValueError(f"weights has {len(w)} entries but there are {len(scores_list)} models")
+    parts_l, parts_v = [], []
+    for m, (s, lab) in enumerate(zip(scores_list, labels_list)):
+        s = np.asarray(s, dtype=np.float64).reshape(-1)
+        lab = np.asarray(lab).reshape(-1).astype(np.int64)
+        if len(s) != len(lab):
+            raise ValueError(f"model {m}: {len(s)} scores but {len(lab)} labels")
+        if (lab < 0).any():
+            raise ValueError(f"model {m}: negative label {int(lab.min())}")
+        pos = s > 0
+        parts_l.append(lab[pos])
+        parts_v.append(w[m] * s[pos])
+    labels = np.concatenate(parts_l) if parts_l else np.zeros(0, np.int64)
+    if labels.size == 0:
+        return None
+    size = max(int(labels.max()) + 1, n_classes or 0)
+    totals = np.bincount(labels, weights=np.concatenate(parts_v), minlength=size)
+    return int(np.argmax(totals))
+
+
+def relabel_to_image_class(
+    scores_list: Sequence[np.ndarray],
+    labels_list: Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray | None = None,
+) -> tuple[int | None, list[np.ndarray]]:
+    """Relabels every detection of an image to its :func:`image_class` (the ``'majority'`` rule).
+
+    Used before WBF (so one cell predicted ``shsy5y`` by one model and ``astro`` by another forms one cluster)
+    and by flip-TTA merging in ``custom_modules.inference``.
+
+    Args:
+        scores_list: per model (or per TTA view), ``(N_m,)`` scores.
+        labels_list: per model, ``(N_m,)`` integer labels.
+        weights: per model weight (``None``: all 1).
+
+    Returns:
+        ``(label, labels_list)``: the image class (None without positive-score detections, then the labels are
+        returned unchanged) and per model an int64 ``(N_m,)`` array of it.
+    """
+    label = image_class(scores_list, labels_list, weights)
+    if label is None:
+        return None, [np.asarray(lab).reshape(-1).astype(np.int64) for lab in labels_list]
+    return label, [np.full(np.asarray(lab).size, label, dtype=np.int64) for lab in labels_list]

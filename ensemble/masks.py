@@ -1,37 +1,47 @@
 """Mask fusion of several models' instance predictions of one image: WBF clusters + weighted pixel voting.
 
+Models play up to two roles. A *box model* (YOLOX, Mask R-CNN: a file with detections) contributes boxes to WBF
+and, when it has instance masks, votes with them; a *semantic model* (UPerNet, U-Net: a foreground probability
+map) votes with its map inside the fused boxes. A model's ``weight`` is its say in WBF and in the mask vote; a
+semantic map's say is its own ``semantic_weight`` and never enters WBF, so adding a semantic-only model leaves
+every fused box and score unchanged.
+
 Pipeline of :func:`fuse_image` (all work happens inside crop windows, never on per-instance full frames):
 
-1. **Boxes.** Weighted Boxes Fusion (`ensemble.boxes.weighted_boxes_fusion`) of the models' normalized boxes
-   gives fused boxes, scores and labels and, per fused box, its *cluster*: the input detections fused into it.
-2. **Pixel voting.** Inside a cluster, every member that carries a mask votes with weight
-   ``a = model weight * member score``; members of box-only models (``masks is None``) do not vote. A member's
-   vote ``M_i(p)`` is its mask probability when its model provides soft masks (``ImagePredictions.mask_probs``,
-   e.g. Mask R-CNN's mask head sigmoid) and its binary mask (p in {0, 1}) otherwise, so the vote averages
-   probabilities: ``vote = sum a_i p_i / sum a_i``. When
-   ``semantic_weight > 0`` and some model provides a semantic foreground map, the map votes too, only inside the
-   fused box (pixel window ``floor(x1), floor(y1), ceil(x2), ceil(y2)``), with weight
-   ``lambda = semantic_weight * mean(a over all cluster members)`` (so ``semantic_weight = 1`` gives it the say of
-   an average member, independently of the score scale). With several semantic maps their model-weighted mean
-   ``S = sum_m w_m S_m / sum_m w_m`` is used. The vote of pixel p is::
+1. **One cell type per image** (``image_class='majority'``, the default): the image's class is the majority over
+   all box models' detections, each voting with ``model weight * score`` (:func:`ensemble.boxes.image_class`),
+   and every detection is relabelled to it, so one cell predicted ``shsy5y`` by one model and ``astro`` by
+   another forms one cluster. ``'per_instance'`` keeps the predicted labels (WBF then fuses per label).
+2. **Boxes.** Weighted Boxes Fusion (`ensemble.boxes.weighted_boxes_fusion`) of the box models' normalized boxes
+   with their weights gives fused boxes, scores and labels and, per fused box, its *cluster*: the input
+   detections fused into it.
+3. **Pixel voting.** Inside a cluster, every member that carries a mask votes with weight
+   ``a = model weight * member score``: a binary mask votes ``M(p) in {0, 1}``, a soft mask (``mask_probs`` of
+   :class:`~ensemble.predictions.ImagePredictions`, e.g. Mask R-CNN's mask-head probabilities) its probability
+   ``P(p)`` (quantized to ``round(255 P) / 255`` as in prediction files). Members of box-only models do not
+   vote. Each semantic map ``S_m`` with ``semantic_weight_m > 0`` votes too, only inside the fused box (pixel
+   window ``floor(x1), floor(y1), ceil(x2), ceil(y2)``), with weight
+   ``lambda_m = semantic_weight_m * mean(a over all cluster members)`` (so ``semantic_weight = 1`` gives a map
+   the say of an average member, independently of the score scale). The vote of pixel p is::
 
-       vote(p) = (sum_voters a_i * M_i(p) + lambda * S(p) * [p in fused box]) / (sum_voters a_i + lambda)
+       vote(p) = (sum_voters a_i * M_i(p) + sum_m lambda_m * S_m(p) * [p in fused box])
+                 / (sum_voters a_i + sum_m lambda_m)
 
    i.e. normalized by the total weight of the cluster's own voters: a detection found by one model only keeps
    that model's mask (how much an incomplete cluster is trusted is the job of the fused *score*, see
    ``conf_type``), and a cluster of three agreeing models gives the same mask as one of them. Pixel p belongs to
    the fused mask when ``vote(p) >= vote_thr``. A cluster without voters (box-only members and no semantic map)
    yields no instance.
-3. **Rerank** (optional): ``score *= mean(vote(p) for p in the fused mask)``.
-4. **Filters:** per-class ``score_thr``, per-class ``min_area`` (pixels of the fused mask).
-5. **Overlap removal** (:func:`remove_overlaps`): in descending score order every instance keeps only pixels not
-   taken by a higher-scoring kept instance; instances losing more than ``max_lost_frac`` of their pixels are
-   dropped. ``min_area`` is applied again to what remains. The result has no overlapping pixels.
+4. **Rerank** (optional): ``score *= mean(vote(p) for p in the fused mask)``.
+5. **Filters** (before overlap removal): per-class ``score_thr`` and ``min_area`` (pixels of the fused mask).
+6. **Overlap removal** (:func:`remove_overlaps`): in descending score order every instance keeps only the pixels
+   not taken by a higher-scoring *kept* instance; an instance that loses more than ``max_lost_frac`` of its
+   pixels, or keeps fewer than its class's ``min_area``, is dropped and its pixels stay free for the instances
+   below it. The result has no overlapping pixels, and no pixel that a lower instance claimed is left unowned
+   because a dropped instance had taken it.
 
-:func:`fuse_image_reference` computes the same thing the straightforward way (pure-Python WBF, full-frame
-voting and overlap removal); tests and ``benchmarks/bench_ensemble.py`` check that both agree exactly (the numba
-kernels add votes in the same order and reproduce NumPy's pairwise summation for the rerank mean, so scores
-are bit-identical, not merely close). Speed: ~40 ms for 3 models x 700 instances on one CPU core.
+``benchmarks/ensemble_reference.py`` holds a straightforward full-frame implementation of the same rules; the
+tests compare both (masks exactly, scores to 1e-9 relative). Speed: see ``benchmarks/bench_ensemble.py``.
 """
 
 from __future__ import annotations
@@ -48,19 +58,21 @@ from celldata.instances import InstanceMasks
 from . import CLASSES
 from .boxes import (
     CONF_TYPES,
+    IMAGE_CLASS_RULES,
     denormalize_boxes,
+    image_class,
     normalize_boxes,
     weighted_boxes_fusion,
-    weighted_boxes_fusion_reference,
 )
 from .predictions import ImagePredictions
 
 __all__ = [
+    "MIN_FUSED_SCORE",
     "FusionParams",
+    "box_model_flags",
+    "filter_instances",
     "fuse_image",
-    "fuse_image_reference",
     "remove_overlaps",
-    "remove_overlaps_reference",
 ]
 
 
@@ -79,13 +91,18 @@ class FusionParams:
         allows_overflow: WBF 'avg' scores may exceed 1 for clusters with more members than models.
         vote_thr: a pixel is foreground when its weighted vote (a fraction of the voters' total weight) is
             ``>= vote_thr``; in ``(0, 1]``.
-        semantic_weight: weight of the semantic foreground map as one more voter inside the fused box, relative
-            to the mean member weight; 0 disables it.
+        semantic_weight: say of each semantic foreground map in the pixel vote inside a fused box, relative to
+            the mean member weight ``model weight * score`` of the cluster; 0 disables the maps. A model may set
+            its own (``semantic_weights`` of :func:`fuse_image`, ``semantic_weight`` of a config model entry).
+            Never a factor in fused box scores.
         rerank: multiply each fused score by the mean vote inside its mask.
+        image_class: ``'majority'``: one class per image (score-weighted majority of all box models'
+            detections), every detection relabelled to it before WBF; ``'per_instance'``: labels as predicted.
         score_thr: per-class minimum final score (class name -> threshold; missing classes: no threshold).
-        min_area: per-class minimum mask area in pixels (missing classes: 1, i.e. only empty masks dropped).
+        min_area: per-class minimum mask area in pixels, before and after overlap removal (missing classes: 1,
+            i.e. only empty masks dropped).
         max_lost_frac: overlap removal drops an instance that loses more than this fraction of its pixels to
-            higher-scoring instances; in ``[0, 1]`` (1 keeps every non-empty remainder).
+            higher-scoring instances; in ``[0, 1]`` (1 keeps every remainder of at least ``min_area`` pixels).
     """
 
     iou_thr: float = 0.55
@@ -95,6 +112,7 @@ class FusionParams:
     vote_thr: float = 0.5
     semantic_weight: float = 0.0
     rerank: bool = False
+    image_class: str = "majority"
     score_thr: dict[str, float] = field(default_factory=dict)
     min_area: dict[str, int] = field(default_factory=dict)
     max_lost_frac: float = 0.5
@@ -102,6 +120,10 @@ class FusionParams:
     def __post_init__(self) -> None:
         if self.conf_type not in CONF_TYPES:
             raise ValueError(f"FusionParams.conf_type: {self.conf_type!r} is not one of {CONF_TYPES}")
+        if self.image_class not in IMAGE_CLASS_RULES:
+            raise ValueError(
+                f"FusionParams.image_class: {self.image_class!r} is not one of {IMAGE_CLASS_RULES}"
+            )
         if not 0.0 <= self.iou_thr <= 1.0:
             raise ValueError(f"FusionParams.iou_thr must be in [0, 1], got {self.iou_thr}")
         if not 0.0 < self.vote_thr <= 1.0:
@@ -128,34 +150,47 @@ class FusionParams:
         return np.array([max(1, self.min_area.get(c, 1)) for c in CLASSES], dtype=np.int64)
 
 
+def box_model_flags(preds: Sequence[ImagePredictions]) -> list[bool]:
+    """Per-image default of which models are box models: those with detections or without a semantic map.
+
+    A model with a semantic map and no detection in this image is taken as semantic-only. Callers that know the
+    role of a whole prediction file (``ensemble.pipeline.model_roles``) pass it to :func:`fuse_image` instead, so
+    that a box model that found nothing in one image still counts (as a model that saw no cell) in WBF scores.
+    """
+    return [len(p) > 0 or p.semantic is None for p in preds]
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # shared preparation
 # ----------------------------------------------------------------------------------------------------------------
 @dataclass
 class _Prepared:
+    """The inputs of one image, split by role.
+
+    ``box_idx`` lists the box models (model indices); WBF sees only them, with ``box_weights``; its member
+    ``(t, i)`` is detection i of model ``box_idx[t]``. ``labels`` are after the image-class rule.
+    """
+
     image_id: str
     height: int
     width: int
-    weights: np.ndarray  # (M,) float64
-    boxes_norm: list[np.ndarray]
-    scores: list[np.ndarray]  # float64 per model
-    labels: list[np.ndarray]
+    weights: np.ndarray  # (M,) float64, all models
+    box_idx: np.ndarray  # (B,) int64 model index of each box model
+    box_weights: np.ndarray  # (B,) float64
+    boxes_norm: list[np.ndarray]  # per box model
+    scores: list[np.ndarray]  # float64 per box model
+    labels: list[np.ndarray]  # int64 per box model
     sem_maps: np.ndarray | None  # (S, H, W) float32 semantic maps that vote, or None
-    sem_weights: np.ndarray  # (S,) float64 their model weights
-    sem_total: float  # sum of sem_weights (Python left-to-right sum)
-
-    def semantic_full(self) -> np.ndarray | None:
-        """Full-frame weighted mean ``sum_s w_s S_s / sum_s w_s`` (float64 ``(H, W)``), or None."""
-        if self.sem_maps is None:
-            return None
-        out = np.zeros((self.height, self.width), dtype=np.float64)
-        for wm, sm in zip(self.sem_weights, self.sem_maps):
-            out += wm * sm.astype(np.float64)
-        out /= self.sem_total
-        return out
+    sem_weights: np.ndarray  # (S,) float64 their semantic weights
 
 
-def _prepare(preds: Sequence[ImagePredictions], weights: Sequence[float], params: FusionParams) -> _Prepared:
+def _prepare(
+    preds: Sequence[ImagePredictions],
+    weights: Sequence[float],
+    params: FusionParams,
+    semantic_weights: Sequence[float | None] | None = None,
+    box_models: Sequence[bool] | None = None,
+) -> _Prepared:
     if len(preds) == 0:
         raise ValueError("fuse_image needs the predictions of at least one model")
     if len(weights) != len(preds):
@@ -170,28 +205,49 @@ def _prepare(preds: Sequence[ImagePredictions], weights: Sequence[float], params
                 f"model {m} predicts image {p.image_id} ({p.height}x{p.width}), model 0 image "
                 f"{first.image_id} ({first.height}x{first.width})"
             )
+    flags = box_model_flags(preds) if box_models is None else [bool(b) for b in box_models]
+    if len(flags) != len(preds):
+        raise ValueError(f"{len(preds)} models but {len(flags)} box-model flags")
+    sw_in = [None] * len(preds) if semantic_weights is None else list(semantic_weights)
+    if len(sw_in) != len(preds):
+        raise ValueError(f"{len(preds)} models but {len(sw_in)} semantic weights")
     h, w_img = first.height, first.width
     limits = np.array([w_img, h, w_img, h], dtype=np.float64)
-    boxes_norm = [normalize_boxes(np.clip(p.boxes.astype(np.float64), 0, limits), h, w_img) for p in preds]
-    sem_maps, sem_w, sem_total = None, np.zeros(0), 0.0
-    if params.semantic_weight > 0:
-        maps = [(w[m], p.semantic) for m, p in enumerate(preds) if p.semantic is not None]
-        if maps:
-            sem_w = np.array([wm for wm, _ in maps], dtype=np.float64)
-            sem_total = sum(wm for wm, _ in maps)
-            sem_maps = maps[0][1][None] if len(maps) == 1 else np.stack([sm for _, sm in maps])
-            sem_maps = np.ascontiguousarray(sem_maps, dtype=np.float32)
+    box_idx = np.array([m for m, f in enumerate(flags) if f], dtype=np.int64)
+    boxes_norm = [
+        normalize_boxes(np.clip(preds[m].boxes.astype(np.float64), 0, limits), h, w_img) for m in box_idx
+    ]
+    scores = [preds[m].scores.astype(np.float64) for m in box_idx]
+    labels = [preds[m].labels.astype(np.int64) for m in box_idx]
+    if params.image_class == "majority" and len(box_idx):
+        floor = max(params.skip_box_thr, MIN_FUSED_SCORE)
+        voting = [np.where(s >= floor, s, 0.0) for s in scores]  # only detections that enter WBF vote
+        label = image_class(voting, labels, w[box_idx], n_classes=len(CLASSES))
+        if label is not None:
+            labels = [np.full(len(lab), label, dtype=np.int64) for lab in labels]
+    maps, sem_w = [], []
+    for m, p in enumerate(preds):
+        if p.semantic is None:
+            continue
+        sw = params.semantic_weight if sw_in[m] is None else float(sw_in[m])
+        if not (np.isfinite(sw) and sw >= 0):
+            raise ValueError(f"model {m}: semantic weight must be >= 0, got {sw}")
+        if sw > 0:
+            maps.append(p.semantic)
+            sem_w.append(sw)
+    sem_maps = np.ascontiguousarray(np.stack(maps), dtype=np.float32) if maps else None
     return _Prepared(
         first.image_id,
         h,
         w_img,
         w,
+        box_idx,
+        w[box_idx],
         boxes_norm,
-        [p.scores.astype(np.float64) for p in preds],
-        [p.labels for p in preds],
+        scores,
+        labels,
         sem_maps,
-        sem_w,
-        float(sem_total),
+        np.array(sem_w, dtype=np.float64),
     )
 
 
@@ -209,17 +265,9 @@ class _Clock:
             self.t = now
 
 
-def _box_window(box_px: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-    """Integer pixel window ``(x0, y0, x1, y1)`` (exclusive) covering a float pixel box, inside the image."""
-    x0 = min(max(int(np.floor(box_px[0])), 0), width)
-    y0 = min(max(int(np.floor(box_px[1])), 0), height)
-    x1 = min(max(int(np.ceil(box_px[2])), x0), width)
-    y1 = min(max(int(np.ceil(box_px[3])), y0), height)
-    return x0, y0, x1, y1
-
-
 def _box_windows(boxes_px: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Vectorized `_box_window` of ``(K, 4)`` float pixel boxes: int64 ``(K, 4)``."""
+    """Integer pixel windows ``(x0, y0, x1, y1)`` (exclusive, inside the image) of ``(K, 4)`` float pixel boxes:
+    ``floor`` of the top-left and ``ceil`` of the bottom-right corner; int64 ``(K, 4)``."""
     lim = np.array([width, height, width, height])
     lo = np.clip(np.floor(boxes_px[:, :2]).astype(np.int64), 0, lim[:2])
     hi = np.clip(np.ceil(boxes_px[:, 2:]).astype(np.int64), lo, lim[2:])
@@ -227,30 +275,34 @@ def _box_windows(boxes_px: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _fuse_boxes(
-    prep: _Prepared, params: FusionParams, wbf: Callable[..., tuple]
+    prep: _Prepared, params: FusionParams, wbf: Callable[..., tuple] = weighted_boxes_fusion
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
-    """Runs a WBF implementation on the prepared boxes with the fusion parameters.
+    """Runs WBF on the prepared boxes of the box models with the fusion parameters.
 
     Args:
         prep: the prepared inputs of one image.
         params: fusion parameters (``iou_thr``, ``skip_box_thr``, ``conf_type``, ``allows_overflow``).
-        wbf: `weighted_boxes_fusion` or `weighted_boxes_fusion_reference`.
+        wbf: the WBF implementation (``weighted_boxes_fusion``; the tests pass a reference).
 
     Returns:
         ``(boxes_px, scores, labels, clusters)``: fused boxes ``(K, 4)`` float64 xyxy in pixels, scores ``(K,)``,
-        labels ``(K,)`` int64 and the ``(model, box index)`` members of each fused box (descending score).
+        labels ``(K,)`` int64 and the ``(model index, box index)`` members of each fused box (descending score;
+        model indices refer to the ``preds`` of :func:`fuse_image`).
     """
+    if len(prep.box_idx) == 0:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), []
     fb, fs, fl, clusters = wbf(
         prep.boxes_norm,
         prep.scores,
         prep.labels,
-        weights=prep.weights,
+        weights=prep.box_weights,
         iou_thr=params.iou_thr,
         # a zero-score detection has no weight in any fused average (a cluster of them would fuse to 0/0 = NaN)
         skip_box_thr=max(params.skip_box_thr, MIN_FUSED_SCORE),
         conf_type=params.conf_type,
         allows_overflow=params.allows_overflow,
     )
+    clusters = [np.stack([prep.box_idx[c[:, 0]], c[:, 1]], axis=1) for c in clusters]
     return denormalize_boxes(fb, prep.height, prep.width), fs, fl.astype(np.int64), clusters
 
 
@@ -297,71 +349,25 @@ def _finish(
 # numba kernels
 # ----------------------------------------------------------------------------------------------------------------
 @njit(cache=True)
-def _pairwise_sum(a, lo, n):  # pragma: no cover - numba compiled
-    """``sum(a[lo:lo + n])`` with NumPy's pairwise summation (bit-identical to ``np.add.reduce``)."""
-    if n < 8:
-        res = -0.0
-        for i in range(lo, lo + n):
-            res += a[i]
-        return res
-    if n <= 128:
-        r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
-        r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
-        m = n - (n % 8)
-        i = 8
-        while i < m:
-            r0 += a[lo + i]
-            r1 += a[lo + i + 1]
-            r2 += a[lo + i + 2]
-            r3 += a[lo + i + 3]
-            r4 += a[lo + i + 4]
-            r5 += a[lo + i + 5]
-            r6 += a[lo + i + 6]
-            r7 += a[lo + i + 7]
-            i += 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res += a[lo + i]
-            i += 1
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
-
-
-@njit(cache=True)
-def _np_mean(a, lo, n):  # pragma: no cover - numba compiled
-    """``np.mean(a[lo:lo + n])`` bit for bit (NumPy sums contiguous float64 in 8192-element buffers)."""
-    res = -0.0
-    i = 0
-    while i < n:
-        m = min(8192, n - i)
-        res += _pairwise_sum(a, lo + i, m)
-        i += m
-    return res / n
-
-
-@njit(cache=True)
 def _vote_kernel(
-    flat, offs, mboxes, cl_ptr, cl_g, cl_a, fwin, sem, sem_w, sem_total, use_sem, sw, vote_thr
+    flat, offs, mboxes, mscale, cl_ptr, cl_g, cl_a, fwin, sem, sem_w, use_sem, vote_thr
 ):  # pragma: no cover
     """Weighted pixel voting of every cluster inside its union window.
 
     Args:
-        flat: uint8 (binary masks) or float32 (mask probabilities) concatenation of every member's vote crop
-            (row-major), member ``g`` at ``offs[g]``.
+        flat: uint8 concatenation of every member mask crop (row-major), member crop ``g`` at ``offs[g]``; a
+            pixel's vote value is ``flat * mscale[g]`` (binary masks: 0/1 and scale 1; soft masks:
+            ``q = round(255 p)`` and scale 1/255).
         offs: int64 ``(G + 1,)`` crop offsets.
         mboxes: int64 ``(G, 4)`` crop windows ``(x0, y0, x1, y1)``.
+        mscale: float64 ``(G,)`` value scale of each crop.
         cl_ptr: int64 ``(K + 1,)``: members of cluster k are entries ``cl_ptr[k]:cl_ptr[k + 1]``.
         cl_g: int64 member crop index ``g``, or -1 for a member without a mask (does not vote).
         cl_a: float64 member weight ``model weight * score``.
-        fwin: int64 ``(K, 4)`` pixel window of each fused box (semantic voter).
-        sem: float32 ``(S, H, W)`` semantic foreground maps (ignored unless ``use_sem``); the voter is their
-            weighted mean ``sum_s sem_w[s] * sem[s] / sem_total``, computed per pixel as the reference does.
-        sem_w: float64 ``(S,)`` weights of the maps.
-        sem_total: their sum.
-        use_sem: whether the semantic map votes.
-        sw: semantic weight.
+        fwin: int64 ``(K, 4)`` pixel window of each fused box (semantic voters).
+        sem: float32 ``(S, H, W)`` semantic foreground maps (ignored unless ``use_sem``).
+        sem_w: float64 ``(S,)`` their semantic weights; map s votes with ``sem_w[s] * mean(cl_a of the cluster)``.
+        use_sem: whether the semantic maps vote.
         vote_thr: foreground when ``vote >= vote_thr``.
 
     Returns:
@@ -403,6 +409,8 @@ def _vote_kernel(
     fg = np.zeros(fg_off[k_n], dtype=np.uint8)
     area = np.zeros(k_n, dtype=np.int64)
     mean_vote = np.zeros(k_n, dtype=np.float64)
+    n_sem = sem.shape[0]
+    lam = np.zeros(n_sem, dtype=np.float64)
     for k in range(k_n):
         if not valid[k]:
             continue
@@ -418,6 +426,7 @@ def _vote_kernel(
                 continue
             a = cl_a[j]
             den += a
+            av = a * mscale[g]
             bx0 = mboxes[g, 0]
             by0 = mboxes[g, 1]
             bw = mboxes[g, 2] - bx0
@@ -427,38 +436,45 @@ def _vote_kernel(
                 row = (by0 + yy - uy0) * uw + (bx0 - ux0)
                 src = base + yy * bw
                 for xx in range(bw):
-                    num[row + xx] += a * np.float64(flat[src + xx])
+                    q = flat[src + xx]
+                    if q:
+                        num[row + xx] += av * np.float64(q)
         if use_sem:
             n_mem = cl_ptr[k + 1] - cl_ptr[k]
-            lam = sw * _np_mean(cl_a, cl_ptr[k], n_mem)
+            mean_a = 0.0
+            for j in range(cl_ptr[k], cl_ptr[k + 1]):
+                mean_a += cl_a[j]
+            mean_a /= n_mem
+            for si in range(n_sem):
+                lam[si] = sem_w[si] * mean_a
+                den += lam[si]
             for y in range(fwin[k, 1], fwin[k, 3]):
                 row = (y - uy0) * uw - ux0
                 for x in range(fwin[k, 0], fwin[k, 2]):
                     sv = 0.0
-                    for si in range(sem.shape[0]):
-                        sv += sem_w[si] * np.float64(sem[si, y, x])
-                    num[row + x] += lam * (sv / sem_total)
-            den += lam
+                    for si in range(n_sem):
+                        sv += lam[si] * np.float64(sem[si, y, x])
+                    num[row + x] += sv
         if not den > 0:
             valid[k] = False
             continue
-        votes = np.empty(size, dtype=np.float64)
         cnt = 0
+        total = 0.0
         o = fg_off[k]
         for p in range(size):
             v = num[p] / den
             if v >= vote_thr:
                 fg[o + p] = 1
-                votes[cnt] = v
+                total += v
                 cnt += 1
         area[k] = cnt
         if cnt > 0:
-            mean_vote[k] = _np_mean(votes, 0, cnt)
+            mean_vote[k] = total / cnt
     return valid, uwin, fg_off, fg, area, mean_vote
 
 
 @njit(cache=True)
-def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, height, width):  # pragma: no cover
+def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, width):  # pragma: no cover
     """Greedy overlap removal over packed crops (see :func:`remove_overlaps`).
 
     Args:
@@ -467,6 +483,7 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, height, width):  # 
         boxes: int64 ``(N, 4)`` crop windows.
         order: int64 visiting order (descending score).
         max_lost_frac: largest tolerated fraction of lost pixels.
+        min_area: int64 ``(N,)`` smallest number of kept pixels of each instance (at least 1).
         height: image height.
         width: image width.
 
@@ -495,7 +512,7 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, height, width):  # 
                     area += 1
                     if taken[y0 + yy, x0 + xx] == 0:
                         left += 1
-        if area == 0 or left == 0 or (area - left) > max_lost_frac * area:
+        if area == 0 or left == 0 or left < min_area[i] or (area - left) > max_lost_frac * area:
             continue
         keep[i] = True
         kept_area[i] = left
@@ -519,35 +536,26 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, height, width):  # 
     return keep, remain, tight, kept_area
 
 
-def _pack_votes(pred: ImagePredictions) -> tuple[np.ndarray, np.ndarray]:
-    """A model's per-member votes packed row-major as float32: its mask probabilities, else its binary masks."""
-    crops = pred.mask_probs if pred.mask_probs is not None else pred.masks.crops
+def _pack_crops(crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenates crops row-major: ``(flat uint8, offsets int64 (N + 1,))`` (bool crops become 0/1)."""
+    sizes = np.fromiter((c.size for c in crops), dtype=np.int64, count=len(crops))
     offs = np.zeros(len(crops) + 1, dtype=np.int64)
-    np.cumsum([c.size for c in crops], out=offs[1:])
-    if offs[-1] == 0:
-        return np.zeros(0, dtype=np.float32), offs
-    return np.concatenate([c.reshape(-1) for c in crops]).astype(np.float32, copy=False), offs
-
-
-def _member_vote(pred: ImagePredictions, i: int) -> np.ndarray:
-    """Full-frame vote of detection i of a model with masks: float32 probability or bool mask ``(H, W)``."""
-    if pred.mask_probs is None:
-        return pred.masks.mask(i)
-    out = np.zeros((pred.height, pred.width), dtype=np.float32)
-    x0, y0, x1, y1 = pred.masks.boxes[i]
-    out[y0:y1, x0:x1] = pred.mask_probs[i]
-    return out
-
-
-def _pack_crops(masks: InstanceMasks) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenates the crops of ``masks`` row-major: ``(flat uint8, offsets int64 (N + 1,))``."""
-    sizes = np.fromiter((c.size for c in masks.crops), dtype=np.int64, count=len(masks))
-    offs = np.zeros(len(masks) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offs[1:])
-    if len(masks) == 0 or offs[-1] == 0:
+    if len(crops) == 0 or offs[-1] == 0:
         return np.zeros(0, dtype=np.uint8), offs
-    flat = np.concatenate([c.reshape(-1) for c in masks.crops]).view(np.uint8)
-    return flat, offs
+    flat = np.concatenate([c.reshape(-1) for c in crops])
+    return (flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)), offs
+
+
+def _vote_crops(p: ImagePredictions) -> tuple[list[np.ndarray], float]:
+    """The crops a model votes with and their value scale: soft masks as ``round(255 p)`` (scale 1/255) when
+    the model has mask probabilities, else the binary masks (scale 1)."""
+    probs = getattr(p, "mask_probs", None)
+    if probs is not None:
+        return [
+            np.rint(np.asarray(c, np.float32) * np.float32(255.0)).astype(np.uint8) for c in probs
+        ], 1 / 255
+    return list(p.masks.crops), 1.0
 
 
 def _remove_overlaps_packed(
@@ -556,6 +564,7 @@ def _remove_overlaps_packed(
     boxes: np.ndarray,
     scores: np.ndarray,
     max_lost_frac: float,
+    min_area: np.ndarray,
     height: int,
     width: int,
     candidates: np.ndarray | None = None,
@@ -569,7 +578,14 @@ def _remove_overlaps_packed(
     cand = np.arange(len(scores)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     order = cand[np.argsort(-scores[cand], kind="stable")].astype(np.int64)
     keep, remain, tight, kept_area = _overlap_kernel(
-        flat, offs, boxes.astype(np.int64), order, float(max_lost_frac), height, width
+        flat,
+        offs,
+        boxes.astype(np.int64),
+        order,
+        float(max_lost_frac),
+        np.maximum(np.asarray(min_area, dtype=np.int64), 1),
+        height,
+        width,
     )
 
     def crops_of(sel: np.ndarray) -> list[np.ndarray]:
@@ -585,18 +601,22 @@ def _remove_overlaps_packed(
 
 
 def remove_overlaps(
-    instances: InstanceMasks, scores: np.ndarray, max_lost_frac: float = 0.5
+    instances: InstanceMasks,
+    scores: np.ndarray,
+    max_lost_frac: float = 0.5,
+    min_area: int | np.ndarray = 1,
 ) -> tuple[InstanceMasks, np.ndarray]:
     """Makes instance masks non-overlapping: pixels go to the higher-scoring instance.
 
     Instances are visited in descending score order (ties: lower index first); each keeps the pixels not yet
-    taken by a kept instance. An instance that is empty, or loses more than ``max_lost_frac`` of its pixels, is
-    dropped (its pixels stay free for lower-scoring ones).
+    taken by a kept instance. An instance that is empty, loses more than ``max_lost_frac`` of its pixels, or
+    keeps fewer than ``min_area`` pixels is dropped, and its pixels stay free for lower-scoring ones.
 
     Args:
         instances: N masks of one image.
         scores: ``(N,)`` scores.
         max_lost_frac: largest tolerated fraction of lost pixels, in ``[0, 1]``.
+        min_area: smallest number of kept pixels, one for all or int ``(N,)`` per instance.
 
     Returns:
         ``(kept, keep_idx)``: the trimmed kept masks (tight crops) in increasing index order, and their int64
@@ -607,9 +627,48 @@ def remove_overlaps(
         raise ValueError(f"remove_overlaps: {len(instances)} masks but {len(scores)} scores")
     if not 0.0 <= max_lost_frac <= 1.0:
         raise ValueError(f"remove_overlaps: max_lost_frac must be in [0, 1], got {max_lost_frac}")
-    flat, offs = _pack_crops(instances)
+    amin = np.broadcast_to(np.asarray(min_area, dtype=np.int64), scores.shape)
+    flat, offs = _pack_crops(instances.crops)
     idx, crops_of, tight, _ = _remove_overlaps_packed(
-        flat, offs, instances.boxes, scores, max_lost_frac, instances.height, instances.width
+        flat, offs, instances.boxes, scores, max_lost_frac, amin, instances.height, instances.width
+    )
+    return InstanceMasks(instances.height, instances.width, tight[idx].astype(np.int32), crops_of(idx)), idx
+
+
+def filter_instances(
+    instances: InstanceMasks, scores: np.ndarray, labels: np.ndarray, params: FusionParams
+) -> tuple[InstanceMasks, np.ndarray]:
+    """Steps 5 and 6 of the module docstring for instances fused by any means (e.g. box-first fusion).
+
+    Per-class ``score_thr`` and ``min_area`` first, then :func:`remove_overlaps` with ``max_lost_frac`` and the
+    per-class ``min_area``.
+
+    Args:
+        instances: N masks of one image.
+        scores: ``(N,)`` final scores.
+        labels: ``(N,)`` int labels into ``CLASSES``.
+        params: the thresholds (``score_thr``, ``min_area``, ``max_lost_frac``).
+
+    Returns:
+        ``(kept, keep_idx)`` as :func:`remove_overlaps` (increasing index order).
+    """
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if not len(scores) == len(labels) == len(instances):
+        raise ValueError(f"{len(instances)} masks, {len(scores)} scores and {len(labels)} labels")
+    min_area = params.min_area_array()[labels]
+    cand = np.flatnonzero((instances.areas() >= min_area) & ~(scores < params.score_thr_array()[labels]))
+    flat, offs = _pack_crops(instances.crops)
+    idx, crops_of, tight, _ = _remove_overlaps_packed(
+        flat,
+        offs,
+        instances.boxes,
+        scores,
+        params.max_lost_frac,
+        min_area,
+        instances.height,
+        instances.width,
+        cand,
     )
     return InstanceMasks(instances.height, instances.width, tight[idx].astype(np.int32), crops_of(idx)), idx
 
@@ -619,16 +678,21 @@ def fuse_image(
     weights: Sequence[float],
     params: FusionParams | None = None,
     *,
+    semantic_weights: Sequence[float | None] | None = None,
+    box_models: Sequence[bool] | None = None,
     timings: dict[str, float] | None = None,
 ) -> ImagePredictions:
     """Fuses several models' predictions of one image into non-overlapping instances (module docstring).
 
     Args:
         preds: one :class:`ImagePredictions` per model, all of the same image.
-        weights: positive weight per model.
+        weights: positive weight per model (WBF and mask vote; unused for semantic-only models).
         params: fusion parameters (defaults: ``FusionParams()``).
-        timings: if given, seconds spent per stage are added to its keys ``"wbf"``, ``"voting"`` (voting,
-            rerank, filters) and ``"overlaps"`` (overlap removal and packing).
+        semantic_weights: per model, the say of its semantic map (None: ``params.semantic_weight``).
+        box_models: per model, whether it is a box model (its detections enter WBF); default
+            :func:`box_model_flags`.
+        timings: if given, seconds spent per stage are added to its keys ``"wbf"`` (image class and WBF),
+            ``"voting"`` (voting, rerank, filters) and ``"overlaps"`` (overlap removal and packing).
 
     Returns:
         The fused :class:`ImagePredictions` (same image id and size): fused WBF boxes in pixels, final scores
@@ -639,57 +703,54 @@ def fuse_image(
     """
     clock = _Clock(timings)
     params = FusionParams() if params is None else params
-    prep = _prepare(preds, weights, params)
-    boxes_px, fs, labels, clusters = _fuse_boxes(prep, params, weighted_boxes_fusion)
+    prep = _prepare(preds, weights, params, semantic_weights, box_models)
+    boxes_px, fs, labels, clusters = _fuse_boxes(prep, params)
     clock.lap("wbf")
     if len(fs) == 0:
         return _empty_result(prep)
     h, w_img = prep.height, prep.width
     score_thr = params.score_thr_array()
     min_area = params.min_area_array()
-    # pack every model's mask crops once; member (m, i) has crop index g = first[m] + i (-1: no mask); with soft
-    # masks anywhere every vote is packed as float32 probabilities (binary masks as 0/1), else as uint8 bits
-    soft = any(p.mask_probs is not None for p in preds if p.masks is not None)
-    pack = _pack_votes if soft else (lambda p: _pack_crops(p.masks))
-    packs = [(pack(p), p.masks.boxes) for p in preds if p.masks is not None]
+    # pack the voting crops of every model once; member (m, i) has crop index g = first[m] + i (-1: no mask)
     first = np.full(len(preds), -1, dtype=np.int64)
-    start = 0
-    for m, p in enumerate(preds):
-        if p.masks is not None:
-            first[m] = start
-            start += len(p.masks)
-    if packs:
-        base = np.cumsum([0] + [int(pk[0][1][-1]) for pk in packs[:-1]])
-        flat = np.concatenate([pk[0][0] for pk in packs])
-        offs = np.concatenate([pk[0][1][:-1] + b for pk, b in zip(packs, base)] + [[int(flat.size)]])
-        mboxes = np.concatenate([pk[1] for pk in packs]).astype(np.int64).reshape(-1, 4)
-    else:
-        flat, offs, mboxes = np.zeros(0, np.uint8), np.zeros(1, np.int64), np.zeros((0, 4), np.int64)
+    crops: list[np.ndarray] = []
+    scale_parts, box_parts = [], []
+    for m in prep.box_idx.tolist():
+        p = preds[m]
+        if p.masks is None:
+            continue
+        first[m] = len(crops)
+        mc, sc = _vote_crops(p)
+        crops.extend(mc)
+        scale_parts.append(np.full(len(mc), sc))
+        box_parts.append(np.asarray(p.masks.boxes, dtype=np.int64).reshape(-1, 4))
+    flat, offs = _pack_crops(crops)
+    mscale = np.concatenate(scale_parts) if scale_parts else np.zeros(0)
+    mboxes = np.concatenate(box_parts) if box_parts else np.zeros((0, 4), np.int64)
     sizes = np.fromiter((len(c) for c in clusters), dtype=np.int64, count=len(clusters))
     cl_ptr = np.zeros(len(clusters) + 1, dtype=np.int64)
     np.cumsum(sizes, out=cl_ptr[1:])
     members = np.concatenate(clusters)
     mdl, bidx = members[:, 0], members[:, 1]
     cl_g = np.where(first[mdl] >= 0, first[mdl] + bidx, -1)
-    score_of = np.concatenate(prep.scores)
-    score_first = np.cumsum([0] + [len(s) for s in prep.scores[:-1]])
+    score_of = np.concatenate([preds[m].scores.astype(np.float64) for m in range(len(preds))])
+    score_first = np.cumsum([0] + [len(p) for p in preds[:-1]])
     cl_a = prep.weights[mdl] * score_of[score_first[mdl] + bidx]
     fwin = _box_windows(boxes_px, h, w_img)
     use_sem = prep.sem_maps is not None
-    sem = prep.sem_maps if use_sem else np.zeros((1, 1, 1), dtype=np.float32)
+    sem = prep.sem_maps if use_sem else np.zeros((0, 1, 1), dtype=np.float32)
     valid, uwin, fg_off, fg, area, mean_vote = _vote_kernel(
         flat,
         offs,
         mboxes,
+        mscale,
         cl_ptr,
         cl_g,
         cl_a,
         fwin,
         sem,
         prep.sem_weights,
-        prep.sem_total,
         use_sem,
-        float(params.semantic_weight),
         float(params.vote_thr),
     )
     scores = fs * mean_vote if params.rerank else fs.copy()
@@ -698,121 +759,14 @@ def fuse_image(
     clock.lap("voting")
     if len(keep_idx) == 0:
         return _empty_result(prep)
-    idx, crops_of, tight, kept_area = _remove_overlaps_packed(
-        fg, fg_off, uwin, scores, params.max_lost_frac, h, w_img, keep_idx
+    idx, crops_of, tight, _ = _remove_overlaps_packed(
+        fg, fg_off, uwin, scores, params.max_lost_frac, min_area[labels], h, w_img, keep_idx
     )
-    idx = idx[kept_area[idx] >= min_area[labels[idx]]]
 
     def build(order: np.ndarray) -> InstanceMasks:
         sel = idx[order]
         return InstanceMasks(h, w_img, tight[sel].astype(np.int32), crops_of(sel))
 
     out = _finish(prep, boxes_px[idx], scores[idx], labels[idx], build)
-    clock.lap("overlaps")
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# straightforward reference (full frames)
-# ----------------------------------------------------------------------------------------------------------------
-def remove_overlaps_reference(
-    masks: Sequence[np.ndarray], scores: np.ndarray, max_lost_frac: float = 0.5
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Full-frame version of :func:`remove_overlaps`: ``masks`` N bool ``(H, W)`` frames.
-
-    Returns:
-        ``(kept_masks, keep)``: the trimmed full-frame masks and their indices, in increasing index order.
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    if len(masks) == 0:
-        return [], np.zeros(0, dtype=np.int64)
-    taken = np.zeros(masks[0].shape, dtype=bool)
-    kept = {}
-    for i in np.argsort(-scores, kind="stable"):
-        area = int(masks[i].sum())
-        remain = masks[i] & ~taken
-        left = int(remain.sum())
-        if area == 0 or left == 0 or (area - left) > max_lost_frac * area:
-            continue
-        taken |= remain
-        kept[int(i)] = remain
-    keep = np.array(sorted(kept), dtype=np.int64)
-    return [kept[int(i)] for i in keep], keep
-
-
-def _instances_from_frames(frames: Sequence[np.ndarray], height: int, width: int) -> InstanceMasks:
-    """Tight-crop :class:`InstanceMasks` from full-frame bool masks ``(H, W)``, one frame at a time."""
-    boxes, crops = [], []
-    for m in frames:
-        one = InstanceMasks.from_full(m[None])
-        boxes.append(one.boxes[0])
-        crops.append(one.crops[0])
-    return InstanceMasks(height, width, np.array(boxes, dtype=np.int32).reshape(-1, 4), crops)
-
-
-def fuse_image_reference(
-    preds: Sequence[ImagePredictions],
-    weights: Sequence[float],
-    params: FusionParams | None = None,
-    *,
-    timings: dict[str, float] | None = None,
-) -> ImagePredictions:
-    """Straightforward full-frame implementation of :func:`fuse_image` (slow; for tests and benchmarks).
-
-    Uses the pure-Python `weighted_boxes_fusion_reference`, decodes every member mask to a full ``(H, W)``
-    frame, votes on full frames and removes overlaps on full frames. Same arguments and result.
-    """
-    clock = _Clock(timings)
-    params = FusionParams() if params is None else params
-    prep = _prepare(preds, weights, params)
-    semantic = prep.semantic_full()
-    boxes_px, fs, labels, clusters = _fuse_boxes(prep, params, weighted_boxes_fusion_reference)
-    clock.lap("wbf")
-    if len(fs) == 0:
-        return _empty_result(prep)
-    h, w_img = prep.height, prep.width
-    score_thr = params.score_thr_array()
-    min_area = params.min_area_array()
-    keep_idx, masks, scores = [], [], []
-    for k, members in enumerate(clusters):
-        a_all = np.array([prep.weights[m] * prep.scores[m][i] for m, i in members])
-        num = np.zeros((h, w_img), dtype=np.float64)
-        den = 0.0
-        for a, (m, i) in zip(a_all, members):
-            if preds[m].masks is None:
-                continue
-            num += a * _member_vote(preds[m], i)
-            den += a
-        if semantic is not None:
-            lam = params.semantic_weight * a_all.mean()
-            inside = np.zeros((h, w_img), dtype=bool)
-            x0, y0, x1, y1 = _box_window(boxes_px[k], h, w_img)
-            inside[y0:y1, x0:x1] = True
-            num[inside] += lam * semantic[inside]
-            den += lam
-        if den <= 0:
-            continue
-        vote = num / den
-        fg = vote >= params.vote_thr
-        lab = int(labels[k])
-        if fg.sum() < min_area[lab]:
-            continue
-        score = float(fs[k])
-        if params.rerank:
-            score = score * float(vote[fg].mean())
-        if score < score_thr[lab]:
-            continue
-        keep_idx.append(k)
-        masks.append(fg)
-        scores.append(score)
-    clock.lap("voting")
-    if not keep_idx:
-        return _empty_result(prep)
-    scores_arr = np.array(scores)
-    kept, sel = remove_overlaps_reference(masks, scores_arr, params.max_lost_frac)
-    idx = np.array(keep_idx, dtype=np.int64)[sel]
-    big = np.array([m.sum() for m in kept], dtype=np.int64) >= min_area[labels[idx]]
-    inst = _instances_from_frames([m for m, b in zip(kept, big) if b], h, w_img)
-    out = _finish(prep, boxes_px[idx[big]], scores_arr[sel[big]], labels[idx[big]], inst)
     clock.lap("overlaps")
     return out

@@ -22,7 +22,7 @@ of ``precision(t)``.
 
 Speed: masks are packed once into one flat ``uint8`` buffer per image (:class:`PackedMasks`); candidate pairs are
 pre-filtered by bounding-box overlap, and intersections are counted only over the overlap window of the two boxes
-(numba kernel; a numpy fallback is used when numba is unavailable).
+(numba kernel; numba is a required dependency).
 """
 
 from __future__ import annotations
@@ -33,18 +33,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 
 from celldata import CLASSES
 from celldata.instances import InstanceMasks
-
-try:  # numba is a declared dependency; the fallback keeps the metric usable without it.
-    import numba
-
-    _HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only without numba
-    numba = None
-    _HAVE_NUMBA = False
 
 THRESHOLDS: np.ndarray = np.round(np.arange(0.5, 1.0, 0.05), 2)
 """float64[10]: IoU thresholds 0.50, 0.55, ..., 0.95 of the competition metric."""
@@ -131,127 +124,63 @@ def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
     return PackedMasks(int(masks.height), int(masks.width), boxes, flat_all, offsets, areas)
 
 
-def _candidate_pairs_np(boxes_t: np.ndarray, boxes_p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs (i, j) whose boxes overlap by at least one pixel.
-
-    Args:
-        boxes_t: int64[Nt, 4] xyxy (exclusive) boxes.
-        boxes_p: int64[Np, 4] xyxy (exclusive) boxes.
-
-    Returns:
-        Two int64[K] arrays of truth and prediction indices.
-    """
-    if len(boxes_t) == 0 or len(boxes_p) == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return empty, empty
-    # Dense broadcast in row chunks (~1M pair tests per chunk): a 800 x 800 image costs ~2 ms.
-    chunk = max(1, 1_000_000 // max(1, len(boxes_p)))
-    ii: list[np.ndarray] = []
-    jj: list[np.ndarray] = []
-    bp = boxes_p[None, :, :]
-    for lo in range(0, len(boxes_t), chunk):
-        bt = boxes_t[lo : lo + chunk, None, :]
-        ok = (np.minimum(bt[..., 2], bp[..., 2]) > np.maximum(bt[..., 0], bp[..., 0])) & (
-            np.minimum(bt[..., 3], bp[..., 3]) > np.maximum(bt[..., 1], bp[..., 1])
-        )
-        i, j = np.nonzero(ok)
-        ii.append(i + lo)
-        jj.append(j)
-    return np.concatenate(ii).astype(np.int64), np.concatenate(jj).astype(np.int64)
+@numba.njit(cache=True, nogil=True)
+def _candidate_pairs(boxes_t, boxes_p):  # pragma: no cover - jit
+    """Index pairs ``(i, j)`` (int64[K] each, row-major order) whose boxes overlap by at least one pixel."""
+    nt = boxes_t.shape[0]
+    np_ = boxes_p.shape[0]
+    count = 0
+    for i in range(nt):
+        for j in range(np_):
+            if min(boxes_t[i, 2], boxes_p[j, 2]) > max(boxes_t[i, 0], boxes_p[j, 0]) and min(
+                boxes_t[i, 3], boxes_p[j, 3]
+            ) > max(boxes_t[i, 1], boxes_p[j, 1]):
+                count += 1
+    pi = np.empty(count, dtype=np.int64)
+    pj = np.empty(count, dtype=np.int64)
+    k = 0
+    for i in range(nt):
+        for j in range(np_):
+            if min(boxes_t[i, 2], boxes_p[j, 2]) > max(boxes_t[i, 0], boxes_p[j, 0]) and min(
+                boxes_t[i, 3], boxes_p[j, 3]
+            ) > max(boxes_t[i, 1], boxes_p[j, 1]):
+                pi[k] = i
+                pj[k] = j
+                k += 1
+    return pi, pj
 
 
-def _pair_intersections_py(
-    flat_t: np.ndarray,
-    off_t: np.ndarray,
-    boxes_t: np.ndarray,
-    flat_p: np.ndarray,
-    off_p: np.ndarray,
-    boxes_p: np.ndarray,
-    pi: np.ndarray,
-    pj: np.ndarray,
-) -> np.ndarray:
-    """Numpy reference of :func:`_pair_intersections` (used when numba is missing).
-
-    Returns:
-        int64[K] intersection pixel counts of the pairs ``(pi[k], pj[k])``.
-    """
+@numba.njit(cache=True, nogil=True)
+def _pair_intersections(flat_t, off_t, boxes_t, flat_p, off_p, boxes_p, pi, pj):  # pragma: no cover - jit
+    """int64[K] intersection pixel counts of the pairs ``(pi[k], pj[k])``, counted over their box overlap."""
     out = np.zeros(pi.size, dtype=np.int64)
     for k in range(pi.size):
-        i, j = int(pi[k]), int(pj[k])
-        tx0, ty0, tx1, ty1 = (int(v) for v in boxes_t[i])
-        px0, py0, px1, py1 = (int(v) for v in boxes_p[j])
-        x0, y0, x1, y1 = max(tx0, px0), max(ty0, py0), min(tx1, px1), min(ty1, py1)
+        i = pi[k]
+        j = pj[k]
+        tx0 = boxes_t[i, 0]
+        ty0 = boxes_t[i, 1]
+        tx1 = boxes_t[i, 2]
+        ty1 = boxes_t[i, 3]
+        px0 = boxes_p[j, 0]
+        py0 = boxes_p[j, 1]
+        px1 = boxes_p[j, 2]
+        py1 = boxes_p[j, 3]
+        x0 = max(tx0, px0)
+        y0 = max(ty0, py0)
+        x1 = min(tx1, px1)
+        y1 = min(ty1, py1)
         if x1 <= x0 or y1 <= y0:
             continue
-        ct = flat_t[off_t[i] : off_t[i] + (ty1 - ty0) * (tx1 - tx0)].reshape(ty1 - ty0, tx1 - tx0)
-        cp = flat_p[off_p[j] : off_p[j] + (py1 - py0) * (px1 - px0)].reshape(py1 - py0, px1 - px0)
-        wt = ct[y0 - ty0 : y1 - ty0, x0 - tx0 : x1 - tx0]
-        wp = cp[y0 - py0 : y1 - py0, x0 - px0 : x1 - px0]
-        out[k] = int(np.count_nonzero(wt & wp))
+        wt = tx1 - tx0
+        wp = px1 - px0
+        s = 0
+        for y in range(y0, y1):
+            rt = off_t[i] + (y - ty0) * wt - tx0
+            rp = off_p[j] + (y - py0) * wp - px0
+            for x in range(x0, x1):
+                s += flat_t[rt + x] & flat_p[rp + x]
+        out[k] = s
     return out
-
-
-if _HAVE_NUMBA:
-
-    @numba.njit(cache=True, nogil=True)
-    def _candidate_pairs(boxes_t, boxes_p):  # pragma: no cover - jit
-        """Numba version of :func:`_candidate_pairs_np` (same pairs, same order)."""
-        nt = boxes_t.shape[0]
-        np_ = boxes_p.shape[0]
-        count = 0
-        for i in range(nt):
-            for j in range(np_):
-                if min(boxes_t[i, 2], boxes_p[j, 2]) > max(boxes_t[i, 0], boxes_p[j, 0]) and min(
-                    boxes_t[i, 3], boxes_p[j, 3]
-                ) > max(boxes_t[i, 1], boxes_p[j, 1]):
-                    count += 1
-        pi = np.empty(count, dtype=np.int64)
-        pj = np.empty(count, dtype=np.int64)
-        k = 0
-        for i in range(nt):
-            for j in range(np_):
-                if min(boxes_t[i, 2], boxes_p[j, 2]) > max(boxes_t[i, 0], boxes_p[j, 0]) and min(
-                    boxes_t[i, 3], boxes_p[j, 3]
-                ) > max(boxes_t[i, 1], boxes_p[j, 1]):
-                    pi[k] = i
-                    pj[k] = j
-                    k += 1
-        return pi, pj
-
-    @numba.njit(cache=True, nogil=True)
-    def _pair_intersections(flat_t, off_t, boxes_t, flat_p, off_p, boxes_p, pi, pj):  # pragma: no cover - jit
-        out = np.zeros(pi.size, dtype=np.int64)
-        for k in range(pi.size):
-            i = pi[k]
-            j = pj[k]
-            tx0 = boxes_t[i, 0]
-            ty0 = boxes_t[i, 1]
-            tx1 = boxes_t[i, 2]
-            ty1 = boxes_t[i, 3]
-            px0 = boxes_p[j, 0]
-            py0 = boxes_p[j, 1]
-            px1 = boxes_p[j, 2]
-            py1 = boxes_p[j, 3]
-            x0 = max(tx0, px0)
-            y0 = max(ty0, py0)
-            x1 = min(tx1, px1)
-            y1 = min(ty1, py1)
-            if x1 <= x0 or y1 <= y0:
-                continue
-            wt = tx1 - tx0
-            wp = px1 - px0
-            s = 0
-            for y in range(y0, y1):
-                rt = off_t[i] + (y - ty0) * wt - tx0
-                rp = off_p[j] + (y - py0) * wp - px0
-                for x in range(x0, x1):
-                    s += flat_t[rt + x] & flat_p[rp + x]
-            out[k] = s
-        return out
-
-else:  # pragma: no cover
-    _candidate_pairs = _candidate_pairs_np
-    _pair_intersections = _pair_intersections_py
 
 
 def iou_matrix(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedMasks) -> np.ndarray:

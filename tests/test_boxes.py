@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,10 +16,12 @@ from ensemble.boxes import (
     denormalize_boxes,
     normalize_boxes,
     weighted_boxes_fusion,
-    weighted_boxes_fusion_reference,
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ensemble_reference import weighted_boxes_fusion_reference  # noqa: E402
 
 ensemble_boxes = pytest.importorskip("ensemble_boxes")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from celldata.instances import InstanceMasks
 from ensemble.metrics import (
     THRESHOLD_KEYS,
     THRESHOLDS,
-    _pair_intersections_py,
     coco_map,
     evaluate,
     image_precisions,
@@ -23,6 +23,9 @@ from ensemble.metrics import (
     pack_masks,
     precisions_from_iou,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from ensemble_reference import candidate_pairs_reference, pair_intersections_reference  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ reference
 
@@ -136,19 +139,19 @@ def test_numba_kernel_matches_numpy_fallback() -> None:
     pi, pj = _candidate_pairs(truth.boxes, pred.boxes)
     assert pi.size > 0
     args = (truth.flat, truth.offsets, truth.boxes, pred.flat, pred.offsets, pred.boxes, pi, pj)
-    np.testing.assert_array_equal(_pair_intersections(*args), _pair_intersections_py(*args))
+    np.testing.assert_array_equal(_pair_intersections(*args), pair_intersections_reference(*args))
 
 
 def test_candidate_pairs_cover_every_overlapping_pair() -> None:
     rng = np.random.default_rng(3)
-    from ensemble.metrics import _candidate_pairs, _candidate_pairs_np
+    from ensemble.metrics import _candidate_pairs
 
     bt = rng.integers(0, 50, size=(30, 2))
     bt = np.concatenate([bt, bt + rng.integers(1, 15, size=(30, 2))], axis=1)
     bp = rng.integers(0, 50, size=(25, 2))
     bp = np.concatenate([bp, bp + rng.integers(1, 15, size=(25, 2))], axis=1)
     pi, pj = _candidate_pairs(bt.astype(np.int64), bp.astype(np.int64))
-    pi2, pj2 = _candidate_pairs_np(bt.astype(np.int64), bp.astype(np.int64))
+    pi2, pj2 = candidate_pairs_reference(bt.astype(np.int64), bp.astype(np.int64))
     np.testing.assert_array_equal(pi, pi2)
     np.testing.assert_array_equal(pj, pj2)
     got = set(zip(pi.tolist(), pj.tolist()))
