@@ -21,10 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
+import numpy as np
 from tqdm import tqdm
 
 from celldata import CLASSES
-from celldata.rle import kaggle_rle_runs
+from celldata.instances import InstanceMasks
+from celldata.rle import kaggle_rle_runs, runs_to_crop
 
 __all__ = [
     "KAGGLE_COLUMNS",
@@ -70,6 +72,8 @@ class KaggleImage:
         rles: Kaggle RLE string of every instance, in file order.
         rows: 1-based data row number of every instance.
         meta: Optional columns (``plate_time``, ``sample_date``, ``elapsed_timedelta``) of the first row.
+        runs: Parsed runs of every instance, ``(starts, lengths)`` int64 arrays (0-based row-major starts), kept
+            from validation so that the RLE strings are parsed once.
     """
 
     image_id: str
@@ -80,6 +84,17 @@ class KaggleImage:
     rles: list[str] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     meta: dict[str, str] = field(default_factory=dict)
+    runs: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list, repr=False)
+
+    def to_instances(self) -> InstanceMasks:
+        """The image's instance masks as tight crops (decoded from the parsed runs, no full frames)."""
+        boxes = np.zeros((len(self.runs), 4), dtype=np.int32)
+        crops = []
+        for i, (starts, lengths) in enumerate(self.runs):
+            box, crop = runs_to_crop(starts, starts + lengths, self.width)
+            boxes[i] = box
+            crops.append(crop)
+        return InstanceMasks(self.height, self.width, boxes, crops)
 
 
 def _row_error(csv_path: Path, row: int, fld: str, msg: str) -> ValueError:
@@ -122,8 +137,10 @@ class TrainCsvError(ValueError):
         super().__init__(msg)
 
 
-def _parse_row(csv_path: Path, row_no: int, rec: dict, n_columns: int) -> tuple[str, int, int, str, str]:
-    """Validate one data row on its own; returns ``(image_id, width, height, cell_type, rle)``."""
+def _parse_row(
+    csv_path: Path, row_no: int, rec: dict, n_columns: int
+) -> tuple[str, int, int, str, str, tuple[np.ndarray, np.ndarray]]:
+    """Validate one data row on its own; returns ``(image_id, width, height, cell_type, rle, runs)``."""
     if None in rec or any(rec[c] is None for c in REQUIRED_COLUMNS):
         raise _row_error(csv_path, row_no, "id", f"wrong number of fields (header has {n_columns} columns)")
     image_id = rec["id"].strip()
@@ -141,12 +158,12 @@ def _parse_row(csv_path: Path, row_no: int, rec: dict, n_columns: int) -> tuple[
         )
     rle = rec["annotation"].strip()
     try:
-        starts, _ = kaggle_rle_runs(rle, height, width)
+        starts, lengths = kaggle_rle_runs(rle, height, width)
     except ValueError as e:
         raise _row_error(csv_path, row_no, "annotation", str(e)) from None
     if starts.size == 0:
         raise _row_error(csv_path, row_no, "annotation", "empty mask (no runs)")
-    return image_id, width, height, cell_type, rle
+    return image_id, width, height, cell_type, rle, (starts, lengths)
 
 
 def read_train_csv(
@@ -193,7 +210,9 @@ def read_train_csv(
                 tqdm(reader, desc="train.csv", unit="row", disable=not show_progress), 1
             ):
                 try:
-                    image_id, width, height, cell_type, rle = _parse_row(csv_path, row_no, rec, len(header))
+                    image_id, width, height, cell_type, rle, runs = _parse_row(
+                        csv_path, row_no, rec, len(header)
+                    )
                     img = images.get(image_id)
                     if img is None:
                         img = KaggleImage(
@@ -227,6 +246,7 @@ def read_train_csv(
                         errors.append(str(e))
                     continue
                 img.rles.append(rle)
+                img.runs.append(runs)
                 img.rows.append(row_no)
     except UnicodeDecodeError as e:
         raise ValueError(f"{csv_path}: row {row_no + 1}: not UTF-8 text ({e.reason})") from None

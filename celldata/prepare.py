@@ -48,13 +48,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from celldata import CLASSES
 from celldata.fileio import atomic_write_json, encode_png
 from celldata.instances import InstanceMasks
 from celldata.kaggle_csv import check_images, read_image_size, read_train_csv
+from celldata.rle import coco_rle_encode_crop
 
 __all__ = [
     "make_folds",
@@ -144,21 +144,18 @@ def instances_to_coco_annotations(
         N annotation dicts (empty masks are skipped; ids stay consecutive over the ones kept).
     """
     inst = instances.tighten()
-    buf = np.zeros((inst.height, inst.width), dtype=np.uint8, order="F")
     out = []
     for (x0, y0, x1, y1), crop, cat in zip(inst.boxes.tolist(), inst.crops, category_ids):
         area = int(crop.sum())
         if area == 0:
             continue
-        buf[y0:y1, x0:x1] = crop
-        rle = mask_utils.encode(buf)
-        buf[y0:y1, x0:x1] = 0
+        rle = coco_rle_encode_crop(crop, (x0, y0, x1, y1), inst.height, inst.width)
         out.append(
             {
                 "id": first_ann_id + len(out),
                 "image_id": image_int_id,
                 "category_id": int(cat),
-                "segmentation": {"size": [inst.height, inst.width], "counts": rle["counts"].decode("ascii")},
+                "segmentation": rle,
                 "area": area,
                 "bbox": [x0, y0, x1 - x0, y1 - y0],
                 "iscrowd": 0,
@@ -288,7 +285,7 @@ def prepare_sartorius(
         for k, im in enumerate(tqdm(images, desc="prepare", unit="img", disable=not show_progress)):
             int_id = k + 1
             label = CLASSES.index(im.cell_type) + 1
-            instances = InstanceMasks.from_kaggle_rles(im.rles, im.height, im.width)
+            instances = im.to_instances()
             anns = instances_to_coco_annotations(
                 instances, int_id, [label] * len(instances), len(coco_anns) + 1
             )

@@ -76,7 +76,7 @@ def load_dataset(data_root: str | os.PathLike) -> list[dict]:
     if not csv_path.is_file():
         raise ValueError(f"{root}: neither annotations/train_all.json nor train.csv found")
     for im in read_train_csv(csv_path):
-        inst = InstanceMasks.from_kaggle_rles(im.rles, im.height, im.width)
+        inst = im.to_instances()
         out.append(
             {
                 "image_id": im.image_id,
