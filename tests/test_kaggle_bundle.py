@@ -1,0 +1,240 @@
+"""tools/kaggle/make_bundle.py and custom_modules.bundle: what goes into a Kaggle bundle, and what is refused."""
+
+from __future__ import annotations
+
+import json
+import runpy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+pytest.importorskip("mmdet")
+import torch  # noqa: E402
+
+from custom_modules.bundle import (  # noqa: E402
+    BundleError,
+    inference_plan,
+    load_bundle,
+    make_bundle,
+    paths_outside,
+    validate_submission,
+)
+from ensemble.predictions import ImagePredictions, save_predictions  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+YOLOX_DEMO = REPO / "configs/yolox/yolox_tiny_demo-cpu_sartorius.py"
+MRCNN_DEMO = REPO / "configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py"
+
+
+def test_demo_configs_exist() -> None:
+    assert YOLOX_DEMO.is_file() and MRCNN_DEMO.is_file()
+
+
+@pytest.fixture(scope="module")
+def yolox_state() -> dict[str, torch.Tensor]:
+    from custom_modules.inference import load_model
+
+    torch.manual_seed(0)
+    return {k: v.clone() for k, v in load_model(YOLOX_DEMO, None, "cpu").model.state_dict().items()}
+
+
+def _training_checkpoint(path: Path, sd: dict[str, torch.Tensor], ema: bool = True) -> Path:
+    """A checkpoint shaped like an mmengine Runner's (EMAHook: averaged weights under state_dict)."""
+    ckpt = {
+        "meta": {"iter": 7, "epoch": 0, "dataset_meta": {"classes": ["shsy5y", "astro", "cort"]}},
+        "state_dict": sd,
+        "optimizer": {"state": {i: {"momentum_buffer": v.clone()} for i, v in enumerate(sd.values())}},
+        "message_hub": {"log_scalars": {}},
+    }
+    if ema:
+        ckpt["ema_state_dict"] = {f"module.{k}": v + 1 for k, v in sd.items()} | {"steps": torch.tensor(7)}
+    torch.save(ckpt, path)
+    return path
+
+
+def _pred_file(path: Path, meta: dict) -> Path:
+    p = ImagePredictions("img0", 64, 64, np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64))
+    save_predictions(path, [p], meta={"library": "mmdet", "has_masks": False, **meta})
+    return path
+
+
+def _ensemble(path: Path, models: list[tuple[str, Path]]) -> Path:
+    cfg = {
+        "name": "tuned",
+        "models": [{"name": n, "predictions": str(p), "weight": 1.5} for n, p in models],
+        "fusion": {"iou_thr": 0.6},
+        "class_thresholds": {"astro": {"score": 0.4, "min_area": 30}},
+        "truth": str(path.parent / "fold0_val.json"),
+        "images_dir": str(path.parent),
+        "out_dir": str(path.parent / "subs"),
+    }
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_bundle_holds_stripped_weights_and_bundle_relative_paths(tmp_path: Path, yolox_state: dict) -> None:
+    ckpt = _training_checkpoint(tmp_path / "iter_7.pth", yolox_state)
+    pred = _pred_file(
+        tmp_path / "yolox_val.npz",
+        {
+            "config": str(YOLOX_DEMO),
+            "checkpoint": str(ckpt),
+            "tta": True,
+            "score_thr": 0.01,
+            "max_per_img": 300,
+        },
+    )
+    ens = _ensemble(tmp_path / "tuned.yaml", [("yolox", pred)])
+    out = tmp_path / "bundle"
+    bundle = make_bundle(ens, out)
+
+    assert bundle == load_bundle(out)  # every listed file present with its sha256
+    (m,) = bundle["models"]
+    assert (m["name"], m["role"], m["tta"], m["score_thr"], m["max_per_img"]) == (
+        "yolox",
+        "boxes",
+        True,
+        0.01,
+        300,
+    )
+    assert m["ema_weights"] is True and m["trained_iter"] == 7
+    # weights only (EMA = state_dict under mmengine's EMAHook), no optimizer / message hub / raw copy
+    saved = torch.load(out / m["checkpoint"], map_location="cpu", weights_only=True)
+    assert set(saved) == {"state_dict", "meta"}
+    assert set(saved["state_dict"]) == set(yolox_state)
+    assert all(torch.equal(saved["state_dict"][k], yolox_state[k]) for k in yolox_state)
+    assert m["checkpoint_bytes"] < ckpt.stat().st_size
+    # the rewritten ensemble: same tuned parameters, prediction files named relative to the notebook's folder
+    tuned = yaml.safe_load((out / "ensemble.yaml").read_text())
+    assert tuned["models"] == [{"name": "yolox", "predictions": "yolox.npz", "weight": 1.5}]
+    assert tuned["fusion"]["iou_thr"] == 0.6 and tuned["class_thresholds"]["astro"] == {
+        "score": 0.4,
+        "min_area": 30,
+    }
+    assert "truth" not in tuned and "images_dir" not in tuned
+    assert paths_outside(tuned, out) == []
+    # the config is resolved and references nothing outside the bundle
+    text = (out / m["config"]).read_text()
+    assert "_base_" not in text and "data_root" not in text and "load_from" not in text
+    from mmengine.config import Config
+
+    assert paths_outside(Config.fromfile(str(out / m["config"])).to_dict(), out) == []
+
+
+def test_paths_outside_flags_absolute_and_parent_paths(tmp_path: Path) -> None:
+    obj = {"a": "x.npz", "b": ["models/m/config.py", {"c": "/abs/file.pth"}], "d": "../up/file.npz"}
+    assert paths_outside(obj, tmp_path) == ["/abs/file.pth", "../up/file.npz"]
+
+
+def test_refuses_missing_checkpoint(tmp_path: Path) -> None:
+    pred = _pred_file(
+        tmp_path / "y.npz", {"config": str(YOLOX_DEMO), "checkpoint": str(tmp_path / "gone.pth")}
+    )
+    ens = _ensemble(tmp_path / "t.yaml", [("yolox", pred)])
+    with pytest.raises(BundleError, match=r"model 'yolox'.*checkpoint .*gone\.pth not found"):
+        make_bundle(ens, tmp_path / "b")
+    # random-weight predictions record no checkpoint
+    pred2 = _pred_file(tmp_path / "y2.npz", {"config": str(YOLOX_DEMO), "checkpoint": None})
+    ens2 = _ensemble(tmp_path / "t2.yaml", [("yolox", pred2)])
+    with pytest.raises(BundleError, match="no checkpoint recorded"):
+        make_bundle(ens2, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_refuses_checkpoint_that_does_not_load_into_its_config(tmp_path: Path, yolox_state: dict) -> None:
+    bad = dict(yolox_state)
+    key = next(k for k, v in bad.items() if v.ndim == 4)
+    bad[key] = torch.zeros(3, *bad[key].shape[1:])  # wrong number of output channels
+    ckpt = _training_checkpoint(tmp_path / "bad.pth", bad, ema=False)
+    pred = _pred_file(tmp_path / "y.npz", {"config": str(YOLOX_DEMO), "checkpoint": str(ckpt)})
+    ens = _ensemble(tmp_path / "t.yaml", [("yolox", pred)])
+    with pytest.raises(BundleError, match=r"does not load into the config.*size mismatch"):
+        make_bundle(ens, tmp_path / "b")
+    # a checkpoint of another architecture: names missing
+    missing = {k: v for k, v in yolox_state.items() if not k.startswith("bbox_head")}
+    ckpt2 = _training_checkpoint(tmp_path / "other.pth", missing, ema=False)
+    pred2 = _pred_file(tmp_path / "y2.npz", {"config": str(YOLOX_DEMO), "checkpoint": str(ckpt2)})
+    with pytest.raises(BundleError, match="Missing key"):
+        make_bundle(_ensemble(tmp_path / "t2.yaml", [("yolox", pred2)]), tmp_path / "b")
+    assert not (tmp_path / "b").exists() and not list(tmp_path.glob(".b.*"))
+
+
+def test_cli_exits_2_with_one_message(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    main = runpy.run_path(str(REPO / "tools/kaggle/make_bundle.py"), run_name="tool_under_test")["main"]
+    pred = _pred_file(tmp_path / "y.npz", {"config": str(YOLOX_DEMO), "checkpoint": str(tmp_path / "no.pth")})
+    ens = _ensemble(tmp_path / "t.yaml", [("yolox", pred)])
+    assert main(["--ensemble", str(ens), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("make_bundle.py: error: model 'yolox'")
+    # --model names a model the ensemble does not have
+    assert (
+        main(["--ensemble", str(ens), "--out", str(tmp_path / "b"), "--model", "nope", "a.py", "b.pth"]) == 2
+    )
+    assert "not models of" in capsys.readouterr().err
+
+
+def test_mask_head_provider_is_bundled_and_planned_first(tmp_path: Path, yolox_state: dict) -> None:
+    """Masks predicted on another file's boxes: the box model joins the bundle and runs before the mask model."""
+    ckpt = _training_checkpoint(tmp_path / "y.pth", yolox_state, ema=False)
+    boxes = _pred_file(
+        tmp_path / "yolox_val.npz", {"config": str(YOLOX_DEMO), "checkpoint": str(ckpt), "name": "yolox"}
+    )
+    # the "mask head" model here is the same YOLOX (the planner only needs the recorded provenance)
+    heads = _pred_file(
+        tmp_path / "heads_val.npz",
+        {"config": str(YOLOX_DEMO), "checkpoint": str(ckpt), "mask_head_on": str(boxes), "has_masks": True},
+    )
+    ens = _ensemble(tmp_path / "t.yaml", [("heads", heads)])
+    bundle = make_bundle(ens, tmp_path / "b")
+    names = [(m["name"], m["role"], m["in_ensemble"], m["masks_from"]) for m in bundle["models"]]
+    assert names == [("yolox", "boxes", False, None), ("heads", "mask_head", True, "yolox")]
+    images = tmp_path / "test"
+    images.mkdir()
+    infer = tmp_path / "infer.py"
+    infer.write_text("")
+    plan = inference_plan(
+        tmp_path / "b", images, tmp_path / "work", tmp_path / "sub.csv", infer, device="cpu"
+    )
+    assert [s.name for s in plan] == ["yolox", "heads", "ensemble"]
+    assert plan[1].argv[plan[1].argv.index("--mask-head-on") + 1] == str(
+        (tmp_path / "work" / "yolox.npz").resolve()
+    )
+    assert "--tta" not in plan[0].argv and plan[0].argv[plan[0].argv.index("--device") + 1] == "cpu"
+    assert plan[2].argv[1:3] == ["-m", "ensemble.run"] and plan[2].cwd == str((tmp_path / "work").resolve())
+
+
+def test_load_bundle_detects_a_corrupted_file(tmp_path: Path, yolox_state: dict) -> None:
+    ckpt = _training_checkpoint(tmp_path / "y.pth", yolox_state, ema=False)
+    pred = _pred_file(tmp_path / "y.npz", {"config": str(YOLOX_DEMO), "checkpoint": str(ckpt)})
+    make_bundle(_ensemble(tmp_path / "t.yaml", [("yolox", pred)]), tmp_path / "b")
+    cfg = tmp_path / "b/models/yolox/config.py"
+    cfg.write_text(cfg.read_text().replace("YOLOX", "YOLOY"))
+    with pytest.raises(BundleError, match="does not match its sha256"):
+        load_bundle(tmp_path / "b")
+    data = json.loads((tmp_path / "b/bundle.json").read_text())
+    data["models"][0]["role"] = "oracle"
+    (tmp_path / "b/bundle.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="role 'oracle'"):
+        load_bundle(tmp_path / "b", verify=False)
+
+
+def test_validate_submission_needs_every_test_image(tmp_path: Path) -> None:
+    import cv2
+
+    images = tmp_path / "test"
+    images.mkdir()
+    for i in ("a", "b"):
+        cv2.imwrite(str(images / f"{i}.png"), np.zeros((8, 10), np.uint8))
+    sub = tmp_path / "s.csv"
+    sub.write_text("id,predicted\na,1 3 11 3\nb,\n")
+    assert validate_submission(sub, images) == {
+        "images": 2, "instances": 1, "empty_images": 1, "per_image": {"a": 1, "b": 0},
+    }  # fmt: skip
+    sub.write_text("id,predicted\na,1 3\n")
+    with pytest.raises(ValueError, match=r"1 test image\(s\) without any row.*'b'"):
+        validate_submission(sub, images)
+    sub.write_text("id,predicted\na,1 3\na,2 3\nb,\n")
+    with pytest.raises(ValueError, match="overlaps"):
+        validate_submission(sub, images)
