@@ -7,12 +7,14 @@ from .datasets import SartoriusBoundarySemanticDataset, SartoriusSemanticDataset
 from .fre import FeatureRandomEnhancement
 from .hooks import FRERedrawHook
 from .metrics import ForegroundIoUMetric
+from .per_class_metric import PerClassIoUMetric
 from .precise_bn import PreciseBNHook, recompute_norm_stats
 from .se import SEBlock
 from .se_unet import SEUNet
 
 __all__ = [
     'BatchRenorm2d',
+    'PerClassIoUMetric',
     'PreciseBNHook',
     'SartoriusCellBoundaryDataset',
     'SartoriusCellDataset',

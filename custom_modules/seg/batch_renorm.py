@@ -17,6 +17,7 @@ state dict of this layer loads into ``nn.BatchNorm2d`` and back. Eval mode uses 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import nn
 
@@ -124,31 +125,27 @@ class BatchRenorm2d(nn.BatchNorm2d):
         if not self.training:
             return super().forward(x)
         r_max, d_max = self.current_limits() if self.renorm else (1.0, 0.0)
-        dims = (0, 2, 3)
-        n = x.numel() // x.shape[1]
-        if n < 2:
+        if x.numel() // x.shape[1] < 2:
             raise ValueError(
                 f'BatchRenorm2d: need more than 1 value per channel in training, got {tuple(x.shape)}'
             )
-        mean = x.mean(dim=dims)
-        var = x.var(dim=dims, unbiased=False)
-        std = torch.sqrt(var + self.eps)
-        x_hat = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
-        if r_max != 1.0 or d_max != 0.0:
-            with torch.no_grad():
-                running_std = torch.sqrt(self.running_var + self.eps)
-                r = (std / running_std).clamp(1.0 / r_max, r_max)
-                d = ((mean - self.running_mean) / running_std).clamp(-d_max, d_max)
-            x_hat = x_hat * r.view(1, -1, 1, 1) + d.view(1, -1, 1, 1)
+        self.num_batches_tracked.add_(1)
+        momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        if r_max == 1.0 and d_max == 0.0:  # exactly batch normalization
+            return F.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, True, momentum, self.eps
+            )
+        with torch.no_grad():  # r and d are constants for backpropagation
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+            running_std = torch.sqrt(self.running_var + self.eps)
+            r = (torch.sqrt(var + self.eps) / running_std).clamp(1.0 / r_max, r_max)
+            d = ((mean - self.running_mean) / running_std).clamp(-d_max, d_max)
+        # (x - mu_B) / sigma_B with the running statistics updated as BatchNorm2d updates them
+        x_hat = F.batch_norm(x, self.running_mean, self.running_var, None, None, True, momentum, self.eps)
+        scale, shift = r, d
         if self.affine:
-            x_hat = x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            unbiased = var.detach() * (n / (n - 1))
-            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), momentum)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
-        return x_hat
+            scale, shift = self.weight * r, self.weight * d + self.bias
+        return x_hat * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return (
