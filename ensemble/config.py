@@ -6,21 +6,26 @@ YAML layout (see ``configs/ensemble/sartorius_ensemble.yaml`` for a documented e
     models:                           # one entry per model; a single model works too
       - name: mask_rcnn               # optional label (default: file stem)
         predictions: work_dirs/mask_rcnn/predictions_val.npz   # ensemble.predictions file
-        weight: 2.0                   # positive
+        weight: 2.0                   # positive: say in WBF and in the mask vote (box models)
+      - name: upernet
+        predictions: work_dirs/upernet/predictions_val.npz     # semantic-only: no detections, a map per image
+        semantic_weight: 0.5          # optional: this map's say in the pixel vote (default fusion.semantic_weight)
     fusion:                           # scalar fields of ensemble.masks.FusionParams (all optional)
       iou_thr: 0.55
       skip_box_thr: 0.05
       conf_type: avg                  # avg | max | box_and_model_avg | absent_model_aware_avg
       allows_overflow: false
       vote_thr: 0.5
-      semantic_weight: 0.0
+      semantic_weight: 0.0            # say of each semantic map in the pixel vote (never in fused box scores)
       rerank: false
+      image_class: majority           # majority (one cell type per image) | per_instance
       max_lost_frac: 0.5
     class_thresholds:                 # per class name, both keys optional
       shsy5y: {score: 0.3, min_area: 40}
     truth: data/sartorius/annotations/fold0_val.json   # optional: train.csv-format .csv or COCO .json
     images_dir: data/sartorius        # optional: where <id>.png (or train/<id>.png) live, for overlays
     out_dir: submissions              # optional (default: submissions)
+    tuning: {...}                     # written by ensemble.tune: images tuned on, in-sample / held-out scores
 
 Relative paths are relative to the current working directory (the repository root when the tools are run as
 documented). Unknown keys are errors, so a typo never silently falls back to a default.
@@ -47,8 +52,8 @@ FUSION_SCALARS: tuple[str, ...] = tuple(
 )
 """Names of the scalar FusionParams fields accepted under ``fusion:``."""
 
-_TOP_KEYS = {"name", "models", "fusion", "class_thresholds", "truth", "images_dir", "out_dir"}
-_MODEL_KEYS = {"name", "predictions", "weight"}
+_TOP_KEYS = {"name", "models", "fusion", "class_thresholds", "truth", "images_dir", "out_dir", "tuning"}
+_MODEL_KEYS = {"name", "predictions", "weight", "semantic_weight"}
 _CLASS_KEYS = {"score", "min_area"}
 
 
@@ -59,12 +64,15 @@ class ModelEntry:
     Attributes:
         name: Label used in reports.
         predictions: Path of its prediction file (:mod:`ensemble.predictions` format).
-        weight: Positive fusion weight.
+        weight: Positive fusion weight of its boxes (WBF) and instance masks (pixel vote); unused for a
+            semantic-only model.
+        semantic_weight: Say of its semantic map in the pixel vote (None: ``fusion.semantic_weight``).
     """
 
     name: str
     predictions: str
     weight: float = 1.0
+    semantic_weight: float | None = None
 
 
 @dataclass
@@ -78,6 +86,8 @@ class EnsembleConfig:
         truth: Optional ground-truth path (train.csv-format or COCO json).
         images_dir: Optional directory of the images (for overlays).
         out_dir: Directory of the outputs.
+        tuning: What ``ensemble.tune`` recorded (``images``: the ids tuned on, ``truth``, ``score_in_sample``,
+            ``score_held_out``, ...); scores of these images are labelled in-sample.
     """
 
     name: str
@@ -86,6 +96,7 @@ class EnsembleConfig:
     truth: str | None = None
     images_dir: str | None = None
     out_dir: str = "submissions"
+    tuning: dict[str, Any] | None = None
 
     @property
     def weights(self) -> list[float]:
@@ -106,9 +117,7 @@ class EnsembleConfig:
                 class_thr[c] = entry
         out: dict[str, Any] = {
             "name": self.name,
-            "models": [
-                {"name": m.name, "predictions": m.predictions, "weight": float(m.weight)} for m in self.models
-            ],
+            "models": [_model_dict(m) for m in self.models],
             "fusion": {k: _plain(getattr(f, k)) for k in FUSION_SCALARS},
             "class_thresholds": class_thr,
         }
@@ -116,7 +125,38 @@ class EnsembleConfig:
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         out["out_dir"] = self.out_dir
+        if self.tuning is not None:
+            out["tuning"] = self.tuning
         return out
+
+    def with_predictions_dir(
+        self, predictions_dir: str | os.PathLike, pattern: str = "{file}"
+    ) -> EnsembleConfig:
+        """The same ensemble applied to another prediction set (e.g. the test images of a tuned config).
+
+        Args:
+            predictions_dir: Directory of the other prediction files.
+            pattern: File name of each model inside it, with fields ``{name}`` (model name), ``{file}`` (file name
+                of its current predictions) and ``{stem}`` (that name without extension), e.g.
+                ``"{name}_test.npz"``.
+
+        Returns:
+            A copy whose models read ``<predictions_dir>/<pattern>``.
+
+        Raises:
+            ValueError: An unknown field in ``pattern``.
+        """
+        models = []
+        for m in self.models:
+            cur = Path(m.predictions)
+            try:
+                fname = pattern.format(name=m.name, file=cur.name, stem=cur.stem)
+            except (KeyError, IndexError, ValueError) as e:
+                raise ValueError(
+                    f"predictions pattern {pattern!r}: {e!r}; fields are {{name}}, {{file}}, {{stem}}"
+                ) from None
+            models.append(dataclasses.replace(m, predictions=str(Path(predictions_dir) / fname)))
+        return dataclasses.replace(self, models=models)
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<config>") -> EnsembleConfig:
@@ -152,7 +192,12 @@ class EnsembleConfig:
             weight = _number(m.get("weight", 1.0), f"{where}.weight")
             if not weight > 0:
                 raise ValueError(f"{where}.weight: must be > 0, got {weight}")
-            models.append(ModelEntry(str(m.get("name") or Path(pred).stem), pred, weight))
+            sw = m.get("semantic_weight")
+            if sw is not None:
+                sw = _number(sw, f"{where}.semantic_weight")
+                if not sw >= 0:
+                    raise ValueError(f"{where}.semantic_weight: must be >= 0, got {sw}")
+            models.append(ModelEntry(str(m.get("name") or Path(pred).stem), pred, weight, sw))
         fusion_raw = data.get("fusion") or {}
         if not isinstance(fusion_raw, dict):
             raise ValueError(f"{source}: 'fusion' must be a mapping")
@@ -190,6 +235,14 @@ class EnsembleConfig:
             if v is not None and (not isinstance(v, str) or not v):
                 raise ValueError(f"{source}: '{key}' must be a path string, got {v!r}")
             out[key] = v
+        tuning = data.get("tuning")
+        if tuning is not None and not isinstance(tuning, dict):
+            raise ValueError(f"{source}: 'tuning' must be a mapping (written by ensemble.tune)")
+        if tuning is not None and not (
+            isinstance(tuning.get("images", []), list)
+            and all(isinstance(i, str) for i in tuning.get("images", []))
+        ):
+            raise ValueError(f"{source}: tuning.images must be a list of image id strings")
         return cls(
             name=name.strip(),
             models=models,
@@ -197,7 +250,15 @@ class EnsembleConfig:
             truth=out["truth"],
             images_dir=out["images_dir"],
             out_dir=out["out_dir"] or "submissions",
+            tuning=tuning,
         )
+
+
+def _model_dict(m: ModelEntry) -> dict[str, Any]:
+    d: dict[str, Any] = {"name": m.name, "predictions": m.predictions, "weight": float(m.weight)}
+    if m.semantic_weight is not None:
+        d["semantic_weight"] = float(m.semantic_weight)
+    return d
 
 
 def _reject_unknown_keys(data: dict, allowed: list[str], where: str) -> None:

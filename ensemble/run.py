@@ -5,6 +5,8 @@ Usage::
     python -m ensemble.run --config configs/ensemble/sartorius_ensemble.yaml
     python -m ensemble.run --config cfg.yaml --truth data/sartorius/annotations/fold0_val.json --overlays 6
     python -m ensemble.run --predictions a.npz b.npz --weights 1 2 --name quick      # no config
+    python -m ensemble.run --config tuned.yaml --predictions-dir work_dirs/preds_test \
+        --predictions-pattern '{name}_test.npz' --out submissions/test.csv     # a tuned config on other images
 
 For every image: WBF boxes -> weighted pixel voting masks -> rerank, per-class thresholds, overlap removal
 (:func:`ensemble.masks.fuse_image`). Outputs (nothing is written unless every step succeeded; each file atomically):
@@ -13,7 +15,12 @@ For every image: WBF boxes -> weighted pixel voting masks -> rerank, per-class t
 * with ground truth: ``<out_dir>/<name>_score.json`` (competition score, per class, per IoU threshold, per image,
   plus the configuration) and a short table on stdout. The images of the prediction files are scored; extra
   ground-truth images (e.g. other folds of a full ``train.csv``) are ignored and counted
-  (``n_truth_images_ignored``);
+  (``n_truth_images_ignored``). Every score is labelled (``evaluation``): ``in-sample`` when the config was tuned
+  on these images (its ``tuning.images``), ``held-out`` when it was tuned on other images, ``untuned`` when it
+  was not tuned, ``partly in-sample`` for a mix;
+* ground truth from the config's ``truth:`` that does not hold the predicted images (e.g. a tuned config applied
+  to test images with ``--predictions-dir``) is ignored with a note; ``--truth`` given on the command line must
+  hold them;
 * with ground truth and ``--overlays N > 0``: ``<out_dir>/<name>_overlays/<rank>_<id>.png`` for N images spread
   over the score range (worst to best): truth contours in green, predicted contours in red, on the image when it
   can be found (``--images-dir``, ``images_dir:`` of the config, or next to a COCO truth file), else on black.
@@ -26,26 +33,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from celldata.fileio import atomic_write_bytes, encode_png
 from celldata.instances import InstanceMasks
 from ensemble.config import EnsembleConfig, ModelEntry, load_config
-from ensemble.masks import FusionParams, fuse_image
 from ensemble.metrics import ScoreReport, evaluate
-from ensemble.predictions import ImagePredictions, load_predictions
+from ensemble.pipeline import FuseState, common_image_ids, fuse_predictions, load_models
 from ensemble.submission import load_truth, write_submission
 
 __all__ = [
-    "load_models",
-    "common_image_ids",
-    "fuse_predictions",
+    "evaluation_label",
     "find_image",
     "draw_overlay",
     "run_ensemble",
@@ -55,69 +58,6 @@ __all__ = [
 
 TRUTH_COLOR = (0, 220, 0)  # BGR green
 PRED_COLOR = (40, 40, 255)  # BGR red
-
-
-def load_models(models: Sequence[ModelEntry]) -> list[dict[str, ImagePredictions]]:
-    """Load every model's prediction file.
-
-    Raises:
-        ValueError: A missing or invalid file (the message names it).
-    """
-    out = []
-    for m in models:
-        if not Path(m.predictions).is_file():
-            raise ValueError(f"{m.predictions}: prediction file of model '{m.name}' not found")
-        preds, _ = load_predictions(m.predictions)
-        out.append(preds)
-    return out
-
-
-def common_image_ids(models: Sequence[Mapping[str, ImagePredictions]], names: Sequence[str]) -> list[str]:
-    """The image ids every model predicts (the first model's order).
-
-    Raises:
-        ValueError: If the models' image sets differ (naming the model and some ids).
-    """
-    ids = list(models[0])
-    ref = set(ids)
-    for m, name in zip(models[1:], names[1:]):
-        if set(m) != ref:
-            missing = sorted(ref - set(m))
-            extra = sorted(set(m) - ref)
-            detail = f"missing {missing[:3]}" if missing else f"extra {extra[:3]}"
-            raise ValueError(
-                f"model '{name}' predicts a different image set than model '{names[0]}' ({detail}); every model "
-                "must cover the same images"
-            )
-    if not ids:
-        raise ValueError(f"model '{names[0]}' holds no images")
-    return ids
-
-
-def fuse_predictions(
-    models: Sequence[Mapping[str, ImagePredictions]],
-    weights: Sequence[float],
-    params: FusionParams,
-    image_ids: Sequence[str] | None = None,
-    progress: bool = False,
-) -> dict[str, ImagePredictions]:
-    """Fuse the models' predictions image by image.
-
-    Args:
-        models: Per model, image id -> predictions.
-        weights: Per model, positive weight.
-        params: Fusion parameters.
-        image_ids: Images to fuse (default: the first model's).
-        progress: Show a tqdm progress bar.
-
-    Returns:
-        Image id -> fused, non-overlapping predictions.
-    """
-    ids = list(models[0]) if image_ids is None else list(image_ids)
-    out = {}
-    for image_id in tqdm(ids, desc="fusing", unit="img", disable=not progress):
-        out[image_id] = fuse_image([m[image_id] for m in models], weights, params)
-    return out
 
 
 def find_image(
@@ -187,6 +127,18 @@ def _overlay_ids(report: ScoreReport, n: int) -> list[str]:
     return [ranked[i] for i in idx]
 
 
+def evaluation_label(config: EnsembleConfig, image_ids: Sequence[str]) -> str:
+    """How a score of ``config`` on ``image_ids`` must be read: ``'in-sample'`` (tuned on all of them),
+    ``'held-out'`` (tuned on none of them), ``'partly in-sample'`` or ``'untuned'`` (no ``tuning`` record)."""
+    if not config.tuning or "images" not in config.tuning:
+        return "untuned"
+    tuned = set(config.tuning["images"])
+    n_in = sum(k in tuned for k in image_ids)
+    if n_in == 0:
+        return "held-out"
+    return "in-sample" if n_in == len(image_ids) else "partly in-sample"
+
+
 def run_ensemble(
     config: EnsembleConfig,
     out_csv: str | Path | None = None,
@@ -194,47 +146,64 @@ def run_ensemble(
     images_dir: str | Path | None = None,
     overlays: int = 4,
     progress: bool = True,
+    workers: int | None = 1,
 ) -> dict[str, Any]:
     """Fuse, write the submission and (with ground truth) the score report and overlays.
 
     Args:
         config: The ensemble configuration.
         out_csv: Submission path (default ``<config.out_dir>/<config.name>.csv``).
-        truth_path: Ground truth overriding ``config.truth``.
+        truth_path: Ground truth overriding ``config.truth``; it must hold every predicted image. A
+            ``config.truth`` that does not is ignored (with a note).
         images_dir: Image directory overriding ``config.images_dir`` (for overlays).
         overlays: Number of overlay PNGs (only with ground truth).
         progress: Show progress bars.
+        workers: Fusion processes (``None``/0: all cores; same result for any number).
 
     Returns:
-        Summary dict: ``submission`` path, ``n_images``, ``n_instances``, and with truth ``score_json``,
-        ``overlays`` (paths) and ``report`` (:class:`ScoreReport`).
+        Summary dict: ``submission`` path, ``n_images``, ``n_instances``, ``notes`` (lines for the user), and with
+        truth ``score_json``, ``evaluation`` (:func:`evaluation_label`), ``overlays`` (paths) and ``report``
+        (:class:`ScoreReport`).
 
     Raises:
         ValueError: Invalid prediction files, truth or configuration; nothing is written then.
     """
     out_csv = Path(out_csv) if out_csv is not None else Path(config.out_dir) / f"{config.name}.csv"
     out_dir = out_csv.parent
-    truth_path = truth_path if truth_path is not None else config.truth
+    explicit_truth = truth_path is not None
+    truth_path = truth_path if explicit_truth else config.truth
     images_dir = images_dir if images_dir is not None else config.images_dir
+    notes: list[str] = []
     # load and validate everything before computing or writing anything
     models = load_models(config.models)
     ids = common_image_ids(models, [m.name for m in config.models])
+    state = FuseState.from_config(config, models)
     truth: dict[str, InstanceMasks] | None = None
     cell_types: dict[str, str] = {}
     if truth_path is not None:
-        truth, cell_types = load_truth(truth_path)
-        unknown = [k for k in ids if k not in truth]
-        if unknown:
-            raise ValueError(
-                f"{truth_path}: {len(unknown)} predicted image(s) have no ground truth, e.g. {unknown[:3]}"
-            )
+        if not explicit_truth and not Path(truth_path).is_file():
+            notes.append(f"note: the config's truth {truth_path} does not exist; not scoring")
+        else:
+            truth, cell_types = load_truth(truth_path)
+            unknown = [k for k in ids if k not in truth]
+            if unknown and not explicit_truth:
+                notes.append(
+                    f"note: {len(unknown)} of the {len(ids)} predicted images are not in the config's truth "
+                    f"{truth_path} (e.g. {unknown[:3]}); it is ignored and nothing is scored"
+                )
+                truth = None
+            elif unknown:
+                raise ValueError(
+                    f"{truth_path}: {len(unknown)} predicted image(s) have no ground truth, e.g. {unknown[:3]}"
+                )
+    if truth is not None:
         for k in ids:
             p, t = models[0][k], truth[k]
             if (p.height, p.width) != (t.height, t.width):
                 raise ValueError(
                     f"image {k}: predictions are {p.height}x{p.width} but the ground truth is {t.height}x{t.width}"
                 )
-    fused = fuse_predictions(models, config.weights, config.fusion, ids, progress=progress)
+    fused = fuse_predictions(state, config.weights, config.fusion, ids, workers=workers, progress=progress)
     instances = {
         k: v.masks if v.masks is not None else InstanceMasks.empty(v.height, v.width)
         for k, v in fused.items()
@@ -243,6 +212,7 @@ def run_ensemble(
         "submission": str(out_csv),
         "n_images": len(ids),
         "n_instances": int(sum(len(m) for m in instances.values())),
+        "notes": notes,
     }
     pending: list[tuple[Path, bytes]] = []
     if truth is not None:
@@ -250,12 +220,13 @@ def run_ensemble(
         # train.csv); ground-truth images without predictions are left out and counted in the report.
         ignored = [k for k in truth if k not in instances]
         if ignored:
-            print(
-                f"note: scoring the {len(ids)} predicted images; {len(ignored)} other ground-truth image(s) ignored",
-                file=sys.stderr,
+            notes.append(
+                f"note: scoring the {len(ids)} predicted images; {len(ignored)} other ground-truth image(s) ignored"
             )
         report = evaluate({k: truth[k] for k in ids}, instances, cell_types=cell_types, progress=progress)
+        label = evaluation_label(config, ids)
         payload = report.to_dict()
+        payload["evaluation"] = label
         payload["n_truth_images_ignored"] = len(ignored)
         payload["name"] = config.name
         payload["submission"] = str(out_csv)
@@ -263,7 +234,7 @@ def run_ensemble(
         payload["config"] = config.to_dict()
         score_json = out_dir / f"{config.name}_score.json"
         pending.append((score_json, json.dumps(payload, indent=2).encode()))
-        summary.update(score_json=str(score_json), report=report, overlays=[])
+        summary.update(score_json=str(score_json), report=report, evaluation=label, overlays=[])
         for rank, image_id in enumerate(_overlay_ids(report, overlays)):
             path = find_image(image_id, images_dir, truth_path)
             image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path is not None else None
@@ -292,6 +263,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overlays", type=int, default=4, help="number of overlay PNGs with ground truth (default 4)"
     )
+    p.add_argument(
+        "--predictions-dir",
+        type=Path,
+        help="apply the config to the prediction files in this directory instead (see --predictions-pattern)",
+    )
+    p.add_argument(
+        "--predictions-pattern",
+        default="{file}",
+        help="file name of each model in --predictions-dir; fields {name} (model name), {file} (current file name), "
+        "{stem} (its stem), e.g. '{name}_test.npz' (default: {file})",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="fusion processes (default 0: all cores; same result for any number)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
@@ -314,6 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 name=args.name,
                 models=[ModelEntry(Path(p).stem, p, w) for p, w in zip(args.predictions, weights)],
             )
+        if args.predictions_dir is not None:
+            config = config.with_predictions_dir(args.predictions_dir, args.predictions_pattern)
+        if args.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {args.workers}")
         summary = run_ensemble(
             config,
             out_csv=args.out,
@@ -321,12 +313,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             images_dir=args.images_dir,
             overlays=args.overlays,
             progress=not args.no_progress,
+            workers=args.workers,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for line in summary["notes"]:
+        print(line, file=sys.stderr)
     print(f"wrote {summary['submission']} ({summary['n_images']} images, {summary['n_instances']} instances)")
     if "report" in summary:
+        print(f"evaluation: {summary['evaluation']}")
         print(summary["report"].format_table())
         print(
             f"wrote {summary['score_json']}"

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from celldata import IMAGE_HEIGHT, IMAGE_WIDTH
+from celldata.coco import kaggle_id
 from celldata.fileio import atomic_write_text
 from celldata.instances import InstanceMasks
 from celldata.rle import coco_rle_to_crop, kaggle_rle_runs, runs_to_crop
@@ -35,6 +36,7 @@ __all__ = [
     "read_kaggle_truth",
     "read_coco_truth",
     "load_truth",
+    "read_sample_ids",
     "find_overlap",
 ]
 
@@ -296,8 +298,7 @@ def read_kaggle_truth(train_csv_path: str | os.PathLike) -> tuple[dict[str, Inst
 def read_coco_truth(coco_json_path: str | os.PathLike) -> tuple[dict[str, InstanceMasks], dict[str, str]]:
     """Read ground truth from a COCO instance json (as written by ``tools/prepare_sartorius.py``).
 
-    Image ids are the Kaggle ids: ``kaggle_id``/``image_id`` of the image when present, else its ``id`` as a
-    string. The cell type of an image is its ``cell_type`` field, else the most frequent category of its
+    Image ids are the Kaggle ids (:func:`celldata.coco.kaggle_id`: ``kaggle_id``, ``image_id``, file stem). The cell type of an image is its ``cell_type`` field, else the most frequent category of its
     annotations (Sartorius images hold one cell type). Images without annotations have zero instances.
 
     Args:
@@ -323,7 +324,7 @@ def read_coco_truth(coco_json_path: str | os.PathLike) -> tuple[dict[str, Instan
     sizes: dict[str, tuple[int, int]] = {}
     cell_types: dict[str, str] = {}
     for im in data["images"]:
-        key = str(im.get("kaggle_id") or im.get("image_id") or im["id"])
+        key = kaggle_id(im)
         key_of[im["id"]] = key
         sizes[key] = (int(im["height"]), int(im["width"]))
         if im.get("cell_type"):
@@ -370,3 +371,47 @@ def load_truth(path: str | os.PathLike) -> tuple[dict[str, InstanceMasks], dict[
     if suffix == ".json":
         return read_coco_truth(path)
     raise ValueError(f"{path}: ground truth must be a train.csv-format .csv or a COCO .json file")
+
+
+def read_sample_ids(path: str | os.PathLike) -> dict[str, str]:
+    """The ``sample_id`` of every image of a ground-truth file (for grouped cross-validation).
+
+    Images of one sample (e.g. time-lapse frames of one well) are near-duplicates and must not be split between
+    tuning and held-out parts. Read from the ``sample_id`` column of a ``train.csv``-format file or the
+    ``sample_id`` field of COCO images; an image without one is its own group (its id).
+
+    Args:
+        path: ``.csv`` or ``.json`` ground truth (already validated by :func:`load_truth`).
+
+    Returns:
+        Image id -> sample id.
+
+    Raises:
+        ValueError: Unreadable file or an image whose sample id changes between rows.
+    """
+    path = Path(path)
+    out: dict[str, str] = {}
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(path.read_text())
+            images = data["images"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: cannot read COCO images ({e})") from None
+        for im in images:
+            key = kaggle_id(im)
+            out[key] = str(im.get("sample_id") or key)
+        return out
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        reader.fieldnames = header
+        for row_no, rec in enumerate(reader, start=1):
+            image_id = (rec.get("id") or "").strip()
+            if not image_id:
+                continue
+            sid = (rec.get("sample_id") or "").strip() or image_id
+            if out.setdefault(image_id, sid) != sid:
+                raise ValueError(
+                    f"{_where(path, row_no, image_id)}, field 'sample_id': {sid!r} here but {out[image_id]!r} earlier"
+                )
+    return out

@@ -5,10 +5,19 @@ Usage::
     python -m ensemble.tune --config configs/ensemble/val.yaml --truth data/sartorius/annotations/fold0_val.json \
         --out configs/ensemble/tuned.yaml                       # coordinate search (default)
     python -m ensemble.tune --config val.yaml --method tpe --trials 100 --out tuned.yaml   # optuna TPE
+    python -m ensemble.tune --config val.yaml --cv 3 --workers 2 --out tuned.yaml     # + held-out estimate
 
 The config's models must be predictions of the validation images (ground truth from ``--truth`` or the config's
-``truth:``). Searched: each model's weight (only with several models), WBF ``iou_thr``, ``vote_thr``,
-``semantic_weight`` (only when a model has a semantic map) and per-class ``score`` / ``min_area`` thresholds.
+``truth:``). Searched: each box model's weight (only with several box models), WBF ``iou_thr``, ``vote_thr``,
+``semantic_weight`` (only when a model file has semantic maps) and per-class ``score`` / ``min_area`` thresholds.
+
+Held-out estimate (``--cv K``): the validation images are split into K parts, all images of one ``sample_id`` in
+one part; for each part the search runs on the other K-1 parts and the tuned parameters are scored on the held-out
+part. The cross-validated (held-out) score is reported next to the in-sample score of the parameters tuned on all
+images, which are what the YAML holds (with a ``tuning:`` record of the images, both scores and the folds, so
+that ``ensemble.run`` labels later scores in-sample or held-out). Decide "A beats B" on held-out scores.
+
+Images are fused in ``--workers`` processes (default: all cores; results are identical for any number).
 
 Coordinate search (``--method coord``): starting from the config, each structural parameter in turn is set to
 every value of its grid, keeping a change only when the exact score (full fusion of every image + competition
@@ -44,7 +53,7 @@ from tqdm import tqdm
 from celldata import CLASSES
 from celldata.instances import InstanceMasks
 from ensemble.config import load_config, save_config
-from ensemble.masks import FusionParams, fuse_image
+from ensemble.masks import FusionParams
 from ensemble.metrics import (
     THRESHOLDS,
     PackedMasks,
@@ -53,11 +62,20 @@ from ensemble.metrics import (
     precisions_from_iou,
     precisions_from_pairs,
 )
-from ensemble.predictions import ImagePredictions
-from ensemble.run import common_image_ids, load_models
-from ensemble.submission import load_truth
+from ensemble.pipeline import FuseState, ImagePool, common_image_ids, load_models
+from ensemble.submission import load_truth, read_sample_ids
 
-__all__ = ["SearchSpace", "TuneResult", "Tuner", "tune", "build_parser", "main"]
+__all__ = [
+    "CrossValidation",
+    "SearchSpace",
+    "TuneResult",
+    "Tuner",
+    "build_parser",
+    "cross_validate",
+    "group_folds",
+    "main",
+    "tune",
+]
 
 
 @dataclass
@@ -123,77 +141,118 @@ class _ThresholdCache:
     n_true: list[int]
 
 
+@dataclass
+class _TuneData:
+    """What the tuning workers read: the models (with roles) and the packed truth of every image."""
+
+    fuse: FuseState
+    truth: dict[str, PackedMasks]
+
+
+def _fused_masks(data: _TuneData, image_id: str, weights: Sequence[float], params: FusionParams):
+    fused = data.fuse.fuse(image_id, weights, params)
+    pred = fused.masks if fused.masks is not None else InstanceMasks.empty(fused.height, fused.width)
+    return fused, pred
+
+
+def _image_score(data: _TuneData, image_id: str, weights: Sequence[float], params: FusionParams) -> float:
+    _, pred = _fused_masks(data, image_id, weights, params)
+    return float(precisions_from_iou(iou_matrix(data.truth[image_id], pred)).mean())
+
+
+def _image_cache(data: _TuneData, image_id: str, weights: Sequence[float], params: FusionParams) -> tuple:
+    fused, pred = _fused_masks(data, image_id, weights, params)
+    iou = iou_matrix(data.truth[image_id], pred)
+    ti, pj = np.nonzero(iou > THRESHOLDS.min())
+    return (
+        (ti, pj, iou[ti, pj]),
+        fused.scores.astype(np.float64),
+        fused.labels.astype(np.int64),
+        pred.areas(),
+        len(data.truth[image_id]),
+    )
+
+
 class Tuner:
     """Scores ensemble parameter sets on a validation set, with caches that make repeated trials cheap.
 
+    Images are fused in ``workers`` processes (:class:`ensemble.pipeline.ImagePool`); per-image results come back
+    in image order and are summed in that order, so any number of workers gives identical scores.
+
     Args:
-        models: Per model, image id -> predictions.
+        state: The models (per model, image id -> predictions), their roles and semantic weights.
         truth: Image id -> true masks (every image of ``image_ids``).
         image_ids: Validation images (default: the first model's).
         progress: Show progress bars.
+        workers: Processes (``None``/0: all cores).
     """
 
     def __init__(
         self,
-        models: Sequence[Mapping[str, ImagePredictions]],
+        state: FuseState,
         truth: Mapping[str, InstanceMasks],
         image_ids: Sequence[str] | None = None,
         progress: bool = False,
+        workers: int | None = 1,
+        _pool: ImagePool | None = None,
     ) -> None:
-        self.models = list(models)
+        self.state = state
+        self.models = state.models
         self.ids = list(self.models[0]) if image_ids is None else list(image_ids)
+        if not self.ids:
+            raise ValueError("no validation images to tune on")
         missing = [k for k in self.ids if k not in truth]
         if missing:
             raise ValueError(f"{len(missing)} image(s) have no ground truth, e.g. {missing[:3]}")
-        # IoU-independent per-image work, done once: packed truth crops (flat buffer, offsets, areas)
-        self.truth: dict[str, PackedMasks] = {k: pack_masks(truth[k]) for k in self.ids}
-        self.has_semantic = any(
-            m[k].semantic is not None for m in self.models for k in self.ids[: min(3, len(self.ids))]
-        )
+        if _pool is None:
+            # IoU-independent per-image work, done once: packed truth crops (flat buffer, offsets, areas)
+            packed = {k: pack_masks(truth[k]) for k in self.ids}
+            _pool = ImagePool(_TuneData(state, packed), workers)
+        self.pool = _pool
+        self.truth = truth
+        # roles come from whole prediction files (every image), not from a few images
+        self.has_semantic = any(r.semantic for r in state.roles)
+        self.box_models = [m for m, r in enumerate(state.roles) if r.boxes]
         self.progress = progress
-        self._memo: dict[tuple, float] = {}
+        self._memo: dict[tuple, np.ndarray] = {}
         self._thr_cache: OrderedDict[tuple, _ThresholdCache] = OrderedDict()
         self.n_evaluations = 0
         self.n_proxy_evaluations = 0
 
-    def fuse(self, weights: Sequence[float], params: FusionParams) -> dict[str, ImagePredictions]:
-        """Fused predictions of every validation image."""
-        return {k: fuse_image([m[k] for m in self.models], weights, params) for k in self.ids}
+    def subset(self, image_ids: Sequence[str]) -> Tuner:
+        """A tuner of some of the images, sharing the workers and the packed truth (for cross-validation)."""
+        return Tuner(self.state, self.truth, image_ids, self.progress, _pool=self.pool)
 
-    def score(self, weights: Sequence[float], params: FusionParams) -> float:
-        """Exact competition score of a parameter set (memoized)."""
+    def close(self) -> None:
+        """Stops the workers."""
+        self.pool.close()
+
+    def image_scores(self, weights: Sequence[float], params: FusionParams) -> np.ndarray:
+        """Exact competition score of every image (float64 ``(n_images,)``, memoized)."""
         key = _key(weights, params)
         if key not in self._memo:
-            total = 0.0
-            for k in self.ids:
-                fused = fuse_image([m[k] for m in self.models], weights, params)
-                pred = (
-                    fused.masks if fused.masks is not None else InstanceMasks.empty(fused.height, fused.width)
-                )
-                total += float(precisions_from_iou(iou_matrix(self.truth[k], pred)).mean())
-            self._memo[key] = total / len(self.ids)
+            self._memo[key] = np.array(
+                self.pool.map(_image_score, self.ids, list(weights), params), dtype=np.float64
+            )
             self.n_evaluations += 1
         return self._memo[key]
 
+    def score(self, weights: Sequence[float], params: FusionParams) -> float:
+        """Exact competition score of a parameter set (mean over images, summed in image order)."""
+        total = 0.0
+        for v in self.image_scores(weights, params).tolist():
+            total += v
+        return total / len(self.ids)
+
     def threshold_cache(self, weights: Sequence[float], params: FusionParams) -> _ThresholdCache:
-        """Fuse once without per-class thresholds and cache IoU matrices, scores, labels and areas."""
+        """Fuse once without per-class thresholds and cache IoU pairs, scores, labels and areas."""
         base = dataclasses.replace(params, score_thr={}, min_area={})
         key = _key(weights, base)
         if key in self._thr_cache:
             self._thr_cache.move_to_end(key)
             return self._thr_cache[key]
-        pairs, scores, labels, areas, n_true = [], [], [], [], []
-        for k in self.ids:
-            fused = fuse_image([m[k] for m in self.models], weights, base)
-            pred = fused.masks if fused.masks is not None else InstanceMasks.empty(fused.height, fused.width)
-            iou = iou_matrix(self.truth[k], pred)
-            ti, pj = np.nonzero(iou > THRESHOLDS.min())
-            pairs.append((ti, pj, iou[ti, pj]))
-            scores.append(fused.scores.astype(np.float64))
-            labels.append(fused.labels.astype(np.int64))
-            areas.append(pred.areas())
-            n_true.append(len(self.truth[k]))
-        cache = _ThresholdCache(pairs, scores, labels, areas, n_true)
+        rows = self.pool.map(_image_cache, self.ids, list(weights), base)
+        cache = _ThresholdCache(*(list(col) for col in zip(*rows)))
         self._thr_cache[key] = cache
         while len(self._thr_cache) > 4:
             self._thr_cache.popitem(last=False)
@@ -230,10 +289,9 @@ def _coordinate_search(
     result: TuneResult,
 ) -> tuple[list[float], FusionParams, float]:
     best = tuner.score(weights, params)
-    n_models = len(weights)
     coords: list[tuple[str, Sequence[float]]] = []
-    if n_models > 1:
-        coords += [(f"weight[{m}]", space.weights) for m in range(n_models)]
+    if len(tuner.box_models) > 1:  # weights only matter relative to other box models
+        coords += [(f"weight[{m}]", space.weights) for m in tuner.box_models]
     coords += [("iou_thr", space.iou_thr), ("vote_thr", space.vote_thr)]
     if tuner.has_semantic:
         coords.append(("semantic_weight", space.semantic_weight))
@@ -303,15 +361,13 @@ def _tpe_search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    n_models = len(weights)
     w_lo, w_hi = min(space.weights), max(space.weights)
+    tuned_w = tuner.box_models if len(tuner.box_models) > 1 else []
 
     def build(trial: Any) -> tuple[list[float], FusionParams]:
-        w = (
-            [trial.suggest_float(f"w{m}", w_lo, w_hi) for m in range(n_models)]
-            if n_models > 1
-            else list(weights)
-        )
+        w = list(weights)
+        for m in tuned_w:
+            w[m] = trial.suggest_float(f"w{m}", w_lo, w_hi)
         changes: dict[str, Any] = {
             "iou_thr": trial.suggest_float("iou_thr", min(space.iou_thr), max(space.iou_thr)),
             "vote_thr": trial.suggest_float("vote_thr", min(space.vote_thr), max(space.vote_thr)),
@@ -332,8 +388,7 @@ def _tpe_search(
         return w, _with(params, **changes)
 
     start: dict[str, Any] = {"iou_thr": params.iou_thr, "vote_thr": params.vote_thr}
-    if n_models > 1:
-        start.update({f"w{m}": float(np.clip(w, w_lo, w_hi)) for m, w in enumerate(weights)})
+    start.update({f"w{m}": float(np.clip(weights[m], w_lo, w_hi)) for m in tuned_w})
     if tuner.has_semantic:
         start["semantic_weight"] = params.semantic_weight
     if tune_thresholds:
@@ -401,12 +456,115 @@ def tune(
         w, p, s = _coordinate_search(tuner, weights, params, space, rounds, tune_thresholds, result)
     else:
         w, p, s = _tpe_search(tuner, weights, params, space, trials, tune_thresholds, seed, result)
-    if s < start_score:  # cannot happen (only improvements are accepted); kept as a guarantee
-        w, p, s = weights, params, start_score
     result.weights, result.params, result.score = list(w), p, s
     result.n_evaluations = tuner.n_evaluations
     result.n_proxy_evaluations = tuner.n_proxy_evaluations
     return result
+
+
+@dataclass
+class CrossValidation:
+    """Held-out estimate of a tuning run (K-fold over the validation images, grouped by sample).
+
+    Attributes:
+        k: Number of folds.
+        folds: Per fold ``{"n_tune", "n_held_out", "score_in_sample", "score_held_out", "score_start_held_out"}``:
+            the tuned parameters' score on the images they were tuned on (in-sample) and on the held-out part,
+            and the starting config's score on the held-out part.
+        per_image: Image id -> held-out score (from the fold that held it out).
+        score_held_out: Mean over all images of their held-out scores (the cross-validated score).
+        score_start: Starting config on all images (nothing tuned: no in-sample bias).
+    """
+
+    k: int
+    folds: list[dict[str, float | int]]
+    per_image: dict[str, float]
+    score_held_out: float
+    score_start: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON/YAML-ready summary (per-image scores left out)."""
+        return {
+            "k": self.k,
+            "grouped_by": "sample_id",
+            "score_held_out": round(self.score_held_out, 6),
+            "score_start": round(self.score_start, 6),
+            "folds": self.folds,
+        }
+
+
+def group_folds(image_ids: Sequence[str], groups: Mapping[str, str], k: int) -> list[list[str]]:
+    """Splits images into ``k`` parts with all images of one group (sample) in the same part.
+
+    Deterministic: groups are assigned largest first to the currently smallest part (ties: lower part index), so
+    the parts are balanced in images. Image order inside a part follows ``image_ids``.
+
+    Raises:
+        ValueError: ``k < 2`` or fewer groups than ``k``.
+    """
+    by_group: dict[str, list[str]] = {}
+    for i in image_ids:
+        by_group.setdefault(groups.get(i, i), []).append(i)
+    if k < 2:
+        raise ValueError(f"--cv needs at least 2 folds, got {k}")
+    if len(by_group) < k:
+        raise ValueError(f"--cv {k}: only {len(by_group)} sample group(s) among {len(image_ids)} images")
+    parts: list[list[str]] = [[] for _ in range(k)]
+    for g in sorted(by_group, key=lambda g: (-len(by_group[g]), g)):
+        target = min(range(k), key=lambda f: (len(parts[f]), f))
+        parts[target].extend(by_group[g])
+    order = {i: n for n, i in enumerate(image_ids)}
+    return [sorted(p, key=order.__getitem__) for p in parts]
+
+
+def cross_validate(
+    tuner: Tuner,
+    weights: Sequence[float],
+    params: FusionParams,
+    groups: Mapping[str, str],
+    k: int,
+    **tune_kwargs: Any,
+) -> CrossValidation:
+    """K-fold held-out score of :func:`tune`: tune on K-1 parts, score the tuned parameters on the held-out one.
+
+    Args:
+        tuner: Tuner of all validation images.
+        weights: Starting weights.
+        params: Starting parameters.
+        groups: Image id -> sample id (images of one sample stay in one part).
+        k: Number of parts.
+        **tune_kwargs: Passed to :func:`tune` (method, space, rounds, ...).
+
+    Returns:
+        The cross-validation summary.
+    """
+    parts = group_folds(tuner.ids, groups, k)
+    per_image: dict[str, float] = {}
+    folds = []
+    start_all = tuner.image_scores(weights, params)
+    start_of = dict(zip(tuner.ids, start_all.tolist()))
+    for f, held in enumerate(parts):
+        held_set = set(held)
+        fit_ids = [i for i in tuner.ids if i not in held_set]
+        fit = tuner.subset(fit_ids)
+        res = tune(fit, weights, params, **tune_kwargs)
+        ev = tuner.subset(held)
+        scores = ev.image_scores(res.weights, res.params)
+        per_image.update(zip(held, scores.tolist()))
+        folds.append(
+            {
+                "fold": f,
+                "n_tune": len(fit_ids),
+                "n_held_out": len(held),
+                "score_in_sample": round(res.score, 6),
+                "score_held_out": round(ev.score(res.weights, res.params), 6),
+                "score_start_held_out": round(float(np.mean([start_of[i] for i in held])), 6),
+            }
+        )
+    total = 0.0
+    for i in tuner.ids:
+        total += per_image[i]
+    return CrossValidation(k, folds, per_image, total / len(tuner.ids), tuner.score(weights, params))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,6 +581,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=50, help="TPE trials (default 50)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-thresholds", action="store_true", help="keep the per-class thresholds as they are")
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also estimate the held-out score: K folds grouped by sample_id, tune on K-1, score the rest "
+        "(the written YAML is still tuned on all images)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="processes fusing images (default 0: all cores; same result)"
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -431,7 +600,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 2 invalid input)."""
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
+    tuner = None
     try:
+        if args.workers < 0:
+            raise ValueError(f"--workers must be >= 0, got {args.workers}")
         config = load_config(args.config)
         truth_path = args.truth or config.truth
         if truth_path is None:
@@ -439,37 +611,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         models = load_models(config.models)
         ids = common_image_ids(models, [m.name for m in config.models])
         truth, _ = load_truth(truth_path)
-        tuner = Tuner(models, truth, ids, progress=not args.no_progress)
-        result = tune(
-            tuner,
-            config.weights,
-            config.fusion,
+        groups = read_sample_ids(truth_path) if args.cv else {}
+        state = FuseState.from_config(config, models)
+        tuner = Tuner(state, truth, ids, progress=not args.no_progress, workers=args.workers)
+        kwargs = dict(
             method=args.method,
             rounds=args.rounds,
             trials=args.trials,
             tune_thresholds=not args.no_thresholds,
             seed=args.seed,
         )
+        cv = None
+        if args.cv:
+            cv = cross_validate(tuner, config.weights, config.fusion, groups, args.cv, **kwargs)
+        result = tune(tuner, config.weights, config.fusion, **kwargs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if tuner is not None:
+            tuner.close()
+    tuning: dict[str, Any] = {
+        "method": args.method,
+        "truth": str(truth_path),
+        "n_images": len(ids),
+        "score_start": round(result.start_score, 6),
+        "score_in_sample": round(result.score, 6),
+    }
+    if cv is not None:
+        tuning["cv"] = cv.to_dict()
+    tuning["images"] = list(ids)
     tuned = dataclasses.replace(
         config,
         name=args.name or f"{config.name}_tuned",
         models=[dataclasses.replace(m, weight=round(w, 6)) for m, w in zip(config.models, result.weights)],
         fusion=result.params,
         truth=str(truth_path),
+        tuning=tuning,
+    )
+    held = (
+        f"; held-out ({cv.k}-fold CV grouped by sample_id) {cv.score_held_out:.5f}" if cv is not None else ""
     )
     header = (
         f"Tuned by python -m ensemble.tune --method {args.method} from {args.config} on {len(ids)} images of "
-        f"{truth_path}\nvalidation score: start {result.start_score:.5f} -> tuned {result.score:.5f} "
-        f"({result.n_evaluations} exact and {result.n_proxy_evaluations} cached evaluations)"
+        f"{truth_path}\nscore: start (untuned) {result.start_score:.5f} -> tuned {result.score:.5f} (in-sample){held}"
+        f"\n({result.n_evaluations} exact and {result.n_proxy_evaluations} cached evaluations)"
     )
     save_config(tuned, args.out, header=header)
     for what, s in result.history:
         print(f"  {s:.5f}  {what}")
+    if cv is not None:
+        for f in cv.folds:
+            print(
+                f"  cv fold {f['fold']}: tuned on {f['n_tune']} images {f['score_in_sample']:.5f} (in-sample), "
+                f"held-out {f['n_held_out']} images {f['score_held_out']:.5f} (start config "
+                f"{f['score_start_held_out']:.5f})"
+            )
     print(
-        f"score {result.start_score:.5f} -> {result.score:.5f} in {time.perf_counter() - t0:.1f}s; wrote {args.out}"
+        f"score {result.start_score:.5f} (untuned) -> {result.score:.5f} (in-sample){held} "
+        f"in {time.perf_counter() - t0:.1f}s; wrote {args.out}"
     )
     return 0
 

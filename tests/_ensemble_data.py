@@ -108,9 +108,9 @@ def make_model(
 def write_truth_csv(path: Path, truth: dict[str, InstanceMasks], types: dict[str, str]) -> Path:
     """Ground truth in the train.csv format."""
     lines = ["id,annotation,width,height,cell_type,plate_time,sample_date,sample_id,elapsed_timedelta"]
-    for image_id, t in truth.items():
-        for rle in t.to_kaggle_rles():
-            lines.append(f"{image_id},{rle},{W},{H},{types[image_id]},,,s0,")
+    for k, (image_id, t) in enumerate(truth.items()):
+        for rle in t.to_kaggle_rles():  # two images per sample (time-lapse frames of one well)
+            lines.append(f"{image_id},{rle},{W},{H},{types[image_id]},,,s{k // 2},")
     path.write_text("\n".join(lines) + "\n")
     return path
 
