@@ -23,6 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from celldata import CLASSES
+from celldata.coco import kaggle_id
 from celldata.fileio import atomic_write_bytes, atomic_write_json, atomic_write_png, atomic_write_text
 from celldata.instances import InstanceMasks
 from celldata.prepare import read_train_csv
@@ -51,14 +52,14 @@ def load_dataset(data_root: str | os.PathLike) -> list[dict]:
             anns: dict[int, list[dict]] = defaultdict(list)
             for a in coco["annotations"]:
                 anns[a["image_id"]].append(a)
-            for im in sorted(coco["images"], key=lambda r: str(r.get("kaggle_id", r["id"]))):
+            for im in sorted(coco["images"], key=kaggle_id):
                 a_list = anns[im["id"]]
                 cell_type = im.get("cell_type") or (
                     cat_name[a_list[0]["category_id"]] if a_list else "unknown"
                 )
                 out.append(
                     {
-                        "image_id": str(im.get("kaggle_id", im["id"])),
+                        "image_id": kaggle_id(im),
                         "file": root / im["file_name"],
                         "cell_type": cell_type,
                         "fold": im.get("fold"),

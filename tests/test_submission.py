@@ -239,3 +239,33 @@ def test_real_truth_readers_agree(real_coco_path: Path, tmp_path: Path) -> None:
     for k in ids:
         np.testing.assert_array_equal(truth2[k].boxes, truth[k].boxes)
         assert all(np.array_equal(x, y) for x, y in zip(truth2[k].crops, truth[k].crops))
+
+
+def test_kaggle_id_one_rule_for_coco_images() -> None:
+    """kaggle_id, then image_id, then file stem, then the numeric id; empty values are skipped."""
+    from celldata.coco import kaggle_id
+
+    assert kaggle_id({"id": 3, "kaggle_id": "abc", "image_id": "zzz", "file_name": "train/q.png"}) == "abc"
+    assert kaggle_id({"id": 3, "kaggle_id": "", "image_id": "zzz", "file_name": "train/q.png"}) == "zzz"
+    assert kaggle_id({"id": 3, "file_name": "train/0a6ecc5fe78a.png"}) == "0a6ecc5fe78a"
+    assert kaggle_id({"id": 3}) == "3"
+    with pytest.raises(ValueError, match="without kaggle_id"):
+        kaggle_id({"height": 5})
+
+
+def test_coco_truth_ids_follow_kaggle_id(tmp_path: Path) -> None:
+    from ensemble.submission import read_coco_truth
+
+    seg = {"size": [4, 5], "counts": [2, 3, 15]}
+    data = {
+        "images": [
+            {"id": 1, "height": 4, "width": 5, "file_name": "train/stem_only.png"},
+            {"id": 2, "height": 4, "width": 5, "image_id": "by_image_id", "file_name": "train/x.png"},
+        ],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": seg}],
+        "categories": [{"id": 1, "name": "shsy5y"}],
+    }
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data))
+    truth, _ = read_coco_truth(path)
+    assert sorted(truth) == ["by_image_id", "stem_only"] and len(truth["stem_only"]) == 1

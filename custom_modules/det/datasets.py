@@ -12,12 +12,11 @@ OpenCV as 3 identical BGR channels, so ImageNet-style 3-channel backbones and no
 
 from __future__ import annotations
 
-import os.path as osp
-
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 
 from celldata import CLASSES
+from celldata.coco import kaggle_id
 
 __all__ = ["SartoriusCocoDataset"]
 
@@ -60,13 +59,6 @@ class SartoriusCocoDataset(CocoDataset):
         """
         info = super().parse_data_info(raw_data_info)
         img = raw_data_info["raw_img_info"]
-        kid = img.get("kaggle_id", img.get("image_id"))
-        if kid is None:
-            kid = (
-                osp.splitext(osp.basename(img["file_name"]))[0]
-                if img.get("file_name")
-                else str(img["img_id"])
-            )
-        info["kaggle_id"] = str(kid)
+        info["kaggle_id"] = kaggle_id(img)
         info["cell_type"] = str(img.get("cell_type", "") or "")
         return info
