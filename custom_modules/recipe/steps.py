@@ -1,0 +1,366 @@
+"""The recipe steps that are Python calls rather than one tool command.
+
+Each is a small callable object holding its paths; ``step(ctx)`` does the work, running project tools through
+``ctx.run`` (output into the step's log) where a tool exists, and writing every file atomically. None imports
+torch except :class:`MergeFolds` (which reuses the TTA merge of :mod:`custom_modules.inference` when several
+fold models predicted the same images).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import yaml
+
+from celldata.fileio import atomic_write_json, atomic_write_text
+from custom_modules.recipe.config import REPO, Recipe
+
+__all__ = [
+    "StepContext",
+    "ensemble_start_dict",
+    "FuseBoxes",
+    "JoinFolds",
+    "MergeFolds",
+    "SemanticScore",
+    "ScoreSingle",
+    "Tune",
+    "Submission",
+    "Bundle",
+    "Summary",
+]
+
+
+class StepContext(Protocol):
+    """What a step may use from the runner."""
+
+    def run(self, cmd: list[str]) -> str:
+        """Run a command (output to the step log); returns its output; raises ``RuntimeError`` on failure."""
+
+    def log(self, text: str) -> None:
+        """Write a line to the step log (and the console when verbose)."""
+
+
+def ensemble_start_dict(recipe: Recipe, name: str, files: dict[str, Path]) -> dict[str, Any]:
+    """Starting ensemble config (the ``ensemble.config`` YAML layout) for the members ``files``.
+
+    Fusion parameters and class thresholds come from the recipe's ``ensemble.start`` file (if any) with the
+    recipe's ``ensemble.fusion`` / ``ensemble.class_thresholds`` on top; weights from the recipe's models.
+    """
+    base: dict[str, Any] = {}
+    if recipe.ensemble.start:
+        p = Path(recipe.ensemble.start)
+        base = yaml.safe_load((p if p.is_absolute() else REPO / p).read_text()) or {}
+    fusion = {**(base.get("fusion") or {}), **recipe.ensemble.fusion}
+    thr = {**(base.get("class_thresholds") or {}), **recipe.ensemble.class_thresholds}
+    weights = {n: w for n, _, w in recipe.members()}
+    semantic = {n for n, kind, _ in recipe.members() if kind == "semantic"}
+    if recipe.ensemble.mode == "box_first":
+        fusion.setdefault("mode", "box_first")
+    if not semantic & set(files):
+        fusion.pop("semantic_weight", None)
+    out: dict[str, Any] = {
+        "name": name,
+        "models": [
+            {"name": n, "predictions": str(p), "weight": float(weights.get(n, 1.0))} for n, p in files.items()
+        ],
+        "fusion": fusion,
+        "class_thresholds": thr,
+    }
+    return out
+
+
+def _write_yaml(path: Path, data: dict[str, Any], header: str | None = None) -> None:
+    text = yaml.safe_dump(data, sort_keys=False)
+    if header:
+        text = "".join(f"# {line}\n" for line in header.splitlines()) + text
+    atomic_write_text(path, text)
+
+
+def _validate_ensemble_yaml(path: Path) -> None:
+    from ensemble.config import load_config
+
+    load_config(path)
+
+
+@dataclass
+class FuseBoxes:
+    """Box-first step 1: WBF of the box models' boxes into one prediction file (``ensemble.fuse_boxes``)."""
+
+    recipe: Recipe
+    files: dict[str, Path]
+    out: Path
+    config_path: Path
+    python: str
+
+    def __call__(self, ctx: StepContext) -> None:
+        data = ensemble_start_dict(self.recipe, "fused_boxes", self.files)
+        weights = {m.name: m.weight for m in self.recipe.models}
+        for m in data["models"]:
+            m["weight"] = float(weights[m["name"]])
+        _write_yaml(self.config_path, data)
+        ctx.run(
+            [
+                self.python,
+                "-m",
+                "ensemble.fuse_boxes",
+                "--config",
+                str(self.config_path),
+                "--out",
+                str(self.out),
+            ]
+        )
+
+
+@dataclass
+class JoinFolds:
+    """Join the per-fold validation predictions of one member (disjoint images) into one file."""
+
+    parts: list[Path]
+    out: Path
+
+    def __call__(self, ctx: StepContext) -> None:
+        from ensemble.predictions import load_predictions, save_predictions
+
+        merged: dict[str, Any] = {}
+        meta: dict[str, Any] = {}
+        for p in self.parts:
+            preds, m = load_predictions(p)
+            dup = sorted(set(preds) & set(merged))
+            if dup:
+                raise RuntimeError(
+                    f"{p}: images {dup[:3]} already predicted by another fold (folds overlap?)"
+                )
+            merged.update(preds)
+            meta = meta or dict(m)
+        meta["folds_joined"] = [str(p) for p in self.parts]
+        save_predictions(self.out, list(merged.values()), meta=meta)
+        ctx.log(f"joined {len(self.parts)} fold file(s): {len(merged)} images -> {self.out}")
+
+
+@dataclass
+class MergeFolds:
+    """Merge the test predictions of several fold models of one member (flip-TTA merge rule across folds)."""
+
+    parts: list[Path]
+    out: Path
+    python: str
+
+    def __call__(self, ctx: StepContext) -> None:
+        if len(self.parts) == 1:
+            self.out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.out.with_suffix(".tmp.npz")
+            shutil.copyfile(self.parts[0], tmp)
+            tmp.replace(self.out)
+            ctx.log(f"one fold model: {self.parts[0]} -> {self.out}")
+            return
+        from custom_modules.inference import merge_tta
+        from ensemble.predictions import load_predictions, save_predictions
+
+        loaded = [load_predictions(p) for p in self.parts]
+        ids = list(loaded[0][0])
+        for (preds, _), p in zip(loaded[1:], self.parts[1:]):
+            if set(preds) != set(ids):
+                raise RuntimeError(f"{p}: predicts other images than {self.parts[0]}")
+        merged = [merge_tta([preds[i] for preds, _ in loaded]) for i in ids]
+        meta = dict(loaded[0][1], folds_merged=[str(p) for p in self.parts])
+        save_predictions(self.out, merged, meta=meta)
+        ctx.log(f"merged {len(self.parts)} fold models over {len(ids)} images -> {self.out}")
+
+
+def _read_label(path: Path) -> np.ndarray:
+    import cv2
+
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise RuntimeError(f"cannot read the semantic label {path}")
+    return lab
+
+
+@dataclass
+class SemanticScore:
+    """Foreground IoU (cells vs background, map thresholded at 0.5) of a semantic member on its images."""
+
+    predictions: Path
+    data_root: Path
+    out: Path
+
+    def __call__(self, ctx: StepContext) -> None:
+        from ensemble.predictions import load_predictions
+
+        preds, _ = load_predictions(self.predictions)
+        inter = union = 0
+        per_image: dict[str, float] = {}
+        for iid, p in preds.items():
+            if p.semantic is None:
+                raise RuntimeError(f"{self.predictions}: image {iid} has no semantic map")
+            fg_true = _read_label(self.data_root / "semantic" / "train" / f"{iid}.png") > 0
+            fg_pred = p.semantic >= 0.5
+            i = int(np.logical_and(fg_true, fg_pred).sum())
+            u = int(np.logical_or(fg_true, fg_pred).sum())
+            inter, union = inter + i, union + u
+            per_image[iid] = i / u if u else 1.0
+        report = {
+            "metric": "foreground IoU (map >= 0.5 vs any cell), pooled over the images",
+            "fg_iou": inter / union if union else 1.0,
+            "fg_iou_mean_per_image": float(np.mean(list(per_image.values()))) if per_image else float("nan"),
+            "n_images": len(per_image),
+            "per_image": per_image,
+        }
+        atomic_write_json(self.out, report, indent=2)
+        ctx.log(f"fgIoU {report['fg_iou']:.4f} on {len(per_image)} images")
+
+
+@dataclass
+class ScoreSingle:
+    """One member alone with the starting parameters on the out-of-fold images (``ensemble.run``)."""
+
+    recipe: Recipe
+    name: str
+    predictions: Path
+    truth: Path
+    data_root: Path
+    config_path: Path
+    out_dir: Path
+    python: str
+
+    def __call__(self, ctx: StepContext) -> None:
+        data = ensemble_start_dict(self.recipe, self.name, {self.name: self.predictions})
+        _write_yaml(self.config_path, data)
+        _validate_ensemble_yaml(self.config_path)
+        ctx.run(
+            [self.python, "-m", "ensemble.run", "--config", str(self.config_path), "--truth", str(self.truth),
+             "--out", str(self.out_dir / f"{self.name}.csv"), "--images-dir", str(self.data_root / "train"),
+             "--overlays", str(self.recipe.outputs.overlays), "--no-progress"]
+        )  # fmt: skip
+
+
+def _heldout_from_output(text: str) -> dict[str, Any] | None:
+    """The held-out (cross-validated) report printed / written by ``ensemble.tune --cv``, if any."""
+    for line in text.splitlines()[::-1]:
+        line = line.strip()
+        if line.startswith("{") and "held" in line:
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return None
+
+
+@dataclass
+class Tune:
+    """Tune one ensemble (or one member alone) on the out-of-fold predictions, then score the result there."""
+
+    recipe: Recipe
+    run_name: str
+    files: dict[str, Path]
+    truth: Path
+    data_root: Path
+    out_dir: Path
+    python: str
+
+    def __call__(self, ctx: StepContext) -> None:
+        from custom_modules.recipe.plan import tool_supports
+
+        t = self.recipe.ensemble.tune
+        start = self.out_dir / f"{self.run_name}.yaml"
+        tuned = self.out_dir / f"{self.run_name}_tuned.yaml"
+        _write_yaml(start, ensemble_start_dict(self.recipe, self.run_name, self.files))
+        _validate_ensemble_yaml(start)
+        common = ["--truth", str(self.truth), "--images-dir", str(self.data_root / "train"), "--no-progress"]
+        # the starting parameters, nothing fitted on these images
+        ctx.run([self.python, "-m", "ensemble.run", "--config", str(start), "--out", str(start.with_suffix(".csv")),
+                 "--overlays", "0", *common])  # fmt: skip
+        cmd = [self.python, "-m", "ensemble.tune", "--config", str(start), "--truth", str(self.truth),
+               "--out", str(tuned), "--method", t.method, "--rounds", str(t.rounds), "--trials", str(t.trials),
+               "--seed", str(t.seed), "--no-progress"]  # fmt: skip
+        heldout_json = self.out_dir / f"{self.run_name}_heldout.json"
+        if t.cv:
+            if not tool_supports("ensemble.tune", "--cv"):
+                ctx.log("note: this ensemble.tune has no --cv; no held-out report")
+            else:
+                cmd += ["--cv", str(t.cv)]
+                if tool_supports("ensemble.tune", "--cv-report"):
+                    cmd += ["--cv-report", str(heldout_json)]
+        if t.workers is not None and tool_supports("ensemble.tune", "--workers"):
+            cmd += ["--workers", str(t.workers)]
+        out = ctx.run(cmd)
+        if t.cv and not heldout_json.is_file():
+            rep = _heldout_from_output(out)
+            if rep is not None:
+                atomic_write_json(heldout_json, rep, indent=2)
+        ctx.run([self.python, "-m", "ensemble.run", "--config", str(tuned), "--out", str(tuned.with_suffix(".csv")),
+                 "--overlays", str(self.recipe.outputs.overlays), *common])  # fmt: skip
+
+
+@dataclass
+class Submission:
+    """The tuned ensemble retargeted to the test predictions -> the submission CSV."""
+
+    tuned: Path
+    test_files: dict[str, Path]
+    test_config: Path
+    submission: Path
+    images_dir: Path
+    python: str
+
+    def __call__(self, ctx: StepContext) -> None:
+        data = yaml.safe_load(self.tuned.read_text())
+        missing = [m["name"] for m in data["models"] if m["name"] not in self.test_files]
+        if missing:
+            raise RuntimeError(f"{self.tuned}: no test predictions for member(s) {missing}")
+        for m in data["models"]:
+            m["predictions"] = str(self.test_files[m["name"]])
+        data.pop("truth", None)
+        data["name"] = f"{data['name'].removesuffix('_tuned')}_test"
+        data["images_dir"] = str(self.images_dir)
+        _write_yaml(self.test_config, data, header=f"{self.tuned} retargeted to the test predictions")
+        _validate_ensemble_yaml(self.test_config)
+        ctx.run([self.python, "-m", "ensemble.run", "--config", str(self.test_config), "--out", str(self.submission),
+                 "--no-progress"])  # fmt: skip
+        from ensemble.submission import read_submission
+
+        read_submission(self.submission)  # valid CSV or a clear error
+
+
+@dataclass
+class Bundle:
+    """Kaggle bundle of the tuned ensemble (``tools/kaggle/make_bundle.py``)."""
+
+    recipe: Recipe
+    test_config: Path
+    bundle_config: Path
+    checkpoints: dict
+    out: Path
+    python: str
+
+    def __call__(self, ctx: StepContext) -> None:
+        ctx.run(
+            [
+                self.python,
+                "tools/kaggle/make_bundle.py",
+                "--ensemble",
+                str(self.test_config),
+                "--out",
+                str(self.out),
+            ]
+        )
+
+
+@dataclass
+class Summary:
+    """``summary.md`` / ``summary.json`` + plots (see :mod:`custom_modules.recipe.summary`)."""
+
+    recipe: Recipe
+    work_dir: Path
+    data_root: Path
+
+    def __call__(self, ctx: StepContext) -> None:
+        from custom_modules.recipe.summary import write_summary
+
+        s = write_summary(self.recipe, self.work_dir, self.data_root)
+        ctx.log(s["markdown"])
