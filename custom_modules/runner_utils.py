@@ -4,8 +4,10 @@ One entry point for mmdet, mmseg and plain-mmengine configs (the classifiers of 
 is picked from the config's ``default_scope`` and its modules are registered before the Runner is built. Extras over plain ``Config.fromfile`` + ``merge_from_dict``:
 
 * ``--cfg-options data_root=DIR`` replaces the data root in every dataset of the config (mmengine only changes
-  the top-level variable, which the dataset dicts copied when the file was parsed), and ``fold=K`` switches
-  ``fold0_`` annotation/split files to ``fold{K}_``.
+  the top-level variable, which the dataset dicts copied when the file was parsed), ``fold=K`` switches
+  ``fold0_`` annotation/split files to ``fold{K}_``, and ``pretrained=CKPT`` (a local file or e.g.
+  ``torchvision://resnet50``) makes the backbone start from those ImageNet weights
+  (``init_cfg=dict(type='Pretrained', checkpoint=CKPT)``; ``pretrained=None`` turns it off).
 * ``launcher='pytorch'`` on a machine without CUDA initialises a ``gloo`` process group and wraps the model in
   DDP without device ids (mmengine assumes CUDA there).
 * torch >= 2.6 checkpoints: onedl-mmengine loads its own checkpoints with ``weights_only`` and an allow-list, so
@@ -33,6 +35,7 @@ __all__ = [
     "register_library",
     "set_data_root",
     "set_fold",
+    "set_pretrained",
     "prepare_train_config",
     "build_runner",
     "build_test_runner",
@@ -140,13 +143,46 @@ def set_fold(cfg: Config, fold: int) -> int:
     return count
 
 
+def set_pretrained(cfg: Config, checkpoint: str | None) -> None:
+    """Start the backbone of ``cfg`` from ``checkpoint`` (ImageNet weights), or from random weights for ``None``.
+
+    Sets the top-level ``pretrained`` variable and ``model.backbone.init_cfg`` (mmseg's ``model.pretrained`` is
+    cleared: the backbone's ``init_cfg`` carries the checkpoint).
+
+    Args:
+        cfg: Loaded config (modified in place).
+        checkpoint: Checkpoint path or URL-like name (``torchvision://resnet50``), or ``None``.
+
+    Raises:
+        ValueError: If the config has no backbone, or its backbone normalises with GroupNorm while ImageNet
+            checkpoints hold BatchNorm statistics (use the family's ``*_pretrained`` leaf).
+    """
+    model = cfg.get("model")
+    if not isinstance(model, Mapping) or not isinstance(model.get("backbone"), Mapping):
+        raise ValueError("pretrained=...: the config has no model.backbone to initialise")
+    cfg.pretrained = checkpoint
+    if "pretrained" in model:
+        model["pretrained"] = None
+    if checkpoint in (None, "", "None"):
+        model["backbone"]["init_cfg"] = None
+        cfg.pretrained = None
+        return
+    norm = (model["backbone"].get("norm_cfg") or {}).get("type")
+    if norm == "GN":
+        raise ValueError(
+            f"pretrained={checkpoint}: this config's backbone uses GroupNorm (from-scratch set-up) but ImageNet "
+            "checkpoints hold BatchNorm layers; use the family's *_pretrained leaf config"
+        )
+    model["backbone"]["init_cfg"] = ConfigDict(type="Pretrained", checkpoint=str(checkpoint))
+
+
 def load_config(cfg_path: str | os.PathLike | Config, cfg_options: Mapping[str, Any] | None = None) -> Config:
     """Load a config file and apply ``--cfg-options``-style overrides.
 
     Args:
         cfg_path: Config file path (or an already loaded :class:`Config`, copied).
-        cfg_options: Dotted-key overrides; ``data_root`` and ``fold`` get the special handling described in the
-            module docstring.
+        cfg_options: Dotted-key overrides; ``data_root``, ``fold`` and ``pretrained`` get the special handling
+            described in the module docstring.
 
     Returns:
         The config.
@@ -164,12 +200,16 @@ def load_config(cfg_path: str | os.PathLike | Config, cfg_options: Mapping[str, 
     opts = dict(cfg_options or {})
     data_root = opts.pop("data_root", None)
     fold = opts.pop("fold", None)
+    has_pretrained = "pretrained" in opts
+    pretrained = opts.pop("pretrained", None)
     if opts:
         cfg.merge_from_dict(opts)
     if data_root is not None:
         set_data_root(cfg, str(data_root))
     if fold is not None:
         set_fold(cfg, int(fold))
+    if has_pretrained:
+        set_pretrained(cfg, None if pretrained is None else str(pretrained))
     return cfg
 
 

@@ -28,5 +28,6 @@ visualizer = dict(type='DetLocalVisualizer', vis_backends=vis_backends, name='vi
 log_processor = dict(type='LogProcessor', window_size=50, by_epoch=True)
 
 log_level = 'INFO'
+randomness = dict(seed=0)  # reproducible runs by default (--cfg-options randomness.seed=N to vary)
 load_from = None  # a checkpoint to initialise from, e.g. --cfg-options load_from=path/to/coco_pretrained.pth
 resume = False

@@ -15,6 +15,10 @@ Reported keys (prefix ``sartorius/`` added by mmengine):
 * ``bbox_mAP``, ``bbox_mAP_50``, ``bbox_mAP_75``, ``segm_mAP``, ... — COCO mAP over all predictions (pycocotools
   via :func:`ensemble.metrics.coco_map`, per-class categories, up to ``max_dets`` detections per image).
 
+Cost: the competition score is computed at every evaluation; COCO mAP (pycocotools over up to ``max_dets``
+detections per image, the slow part on dense images) only at every ``coco_interval``-th evaluation during
+training and always at the last one (and in ``tools/test.py``), so ``save_best`` should use ``sartorius/score``.
+
 Box-only detectors (YOLOX): with ``box_as_mask=True`` the competition score is computed on filled boxes (a lower
 bound that tracks localisation quality); ``segm`` is then skipped.
 """
@@ -87,6 +91,9 @@ class SartoriusMetric(BaseMetric):
         box_as_mask: Score box-only predictions as filled rectangles (else the competition score is skipped
             for predictions without masks).
         max_dets: Max detections per image for COCO mAP.
+        coco_interval: During training, compute COCO mAP only at every ``coco_interval``-th evaluation and at the
+            last one (training's last iteration); ``0`` = only at the last one. Outside training (test loop,
+            direct use) it is always computed.
         collect_device: ``'cpu'`` or ``'gpu'`` for collecting results across ranks.
         prefix: Key prefix of the reported metrics.
     """
@@ -100,6 +107,7 @@ class SartoriusMetric(BaseMetric):
         iou_types: Sequence[str] = ("bbox", "segm"),
         box_as_mask: bool = False,
         max_dets: int = 1000,
+        coco_interval: int = 1,
         collect_device: str = "cpu",
         prefix: str | None = None,
     ) -> None:
@@ -112,6 +120,23 @@ class SartoriusMetric(BaseMetric):
         self.iou_types = tuple(iou_types)
         self.box_as_mask = bool(box_as_mask)
         self.max_dets = int(max_dets)
+        if int(coco_interval) < 0:
+            raise ValueError(f"SartoriusMetric: coco_interval must be >= 0, got {coco_interval}")
+        self.coco_interval = int(coco_interval)
+        self._n_evals = 0
+
+    def _coco_due(self) -> bool:
+        """Whether this evaluation computes COCO mAP (see ``coco_interval``)."""
+        self._n_evals += 1
+        from mmengine.logging import MessageHub
+
+        hub = MessageHub.get_current_instance()
+        if hub.get_info("loop_stage") != "val":
+            return True  # test loop or direct use
+        it, max_iters = hub.get_info("iter"), hub.get_info("max_iters")
+        if it is None or max_iters is None or int(it) + 1 >= int(max_iters):
+            return True  # unknown progress, or the last evaluation of training
+        return self.coco_interval > 0 and self._n_evals % self.coco_interval == 0
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
         """Convert one batch of predictions and ground truths to compact numpy records.
@@ -191,6 +216,9 @@ class SartoriusMetric(BaseMetric):
                 out[f"score@{key}"] = report.per_threshold[key]
             logger.info("competition metric (score_thr=%s):\n%s", self.score_thr, report.format_table())
         types = [t for t in self.iou_types if t == "bbox" or has_masks]
+        if types and not self._coco_due():
+            logger.info("COCO mAP skipped at this evaluation (coco_interval=%d)", self.coco_interval)
+            types = []
         if types:
             scores = {r["image_id"]: r["scores"] for r in results}
             coco = coco_map(

@@ -77,6 +77,9 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader
 
-# Competition metric (score_thr + overlap removal, as a submission) and COCO bbox/segm mAP (1000 dets/img).
-val_evaluator = dict(type='SartoriusMetric', score_thr=0.3, iou_types=('bbox', 'segm'), max_dets=1000)
+# Competition metric (score_thr + overlap removal, as a submission) at every validation; COCO bbox/segm mAP (1000
+# dets/img, the slow part) only at every 5th validation and at the last one (coco_interval; tools/test.py: always).
+val_evaluator = dict(
+    type='SartoriusMetric', score_thr=0.3, iou_types=('bbox', 'segm'), max_dets=1000, coco_interval=5
+)
 test_evaluator = val_evaluator
