@@ -39,6 +39,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,7 +334,7 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
                 missing = [k for k in _KEYS_V2 if k not in z.files]
                 _expect(not missing, path, f"missing member(s) {missing} of format {str(fmt)!r}")
                 a.update({k: z[k] for k in _KEYS_V2})
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, KeyError) as e:
         raise ValueError(f"{path}: not a readable .npz prediction file ({e})") from None
     except ValueError as e:
         if str(e).startswith(str(path)):
