@@ -331,3 +331,123 @@ def test_zero_score_detections_never_fuse_to_nan() -> None:
     fused = fuse_image(preds, [1.0, 1.0], FusionParams(skip_box_thr=0.0, max_lost_frac=1.0))
     assert np.isfinite(fused.boxes).all()
     assert len(fused.boxes) == 1 and np.allclose(fused.boxes[0], [30, 20, 40, 30])
+
+
+# ---------------------------------------------------------------------------------------- ensemble v2 rules
+
+
+def test_semantic_only_model_leaves_fused_box_scores_unchanged() -> None:
+    """WBF sees only box models: two agreeing box models at 0.9 fuse to 0.9 with or without a semantic model."""
+    sem = np.zeros((H, W), dtype=np.float32)
+    sem[10:20, 10:20] = 1.0
+    a = _pred([(10, 10, 20, 20), (30, 5, 40, 15)], [0.9, 0.6])
+    b = _pred([(10, 10, 20, 20), (30, 5, 40, 15)], [0.9, 0.6])
+    semantic_only = _pred([], [], with_masks=False, semantic=sem)
+    base = fuse_image([a, b], [1.0, 1.0], FusionParams(max_lost_frac=1.0))
+    for sw in (0.0, 0.5, 2.0):
+        params = FusionParams(max_lost_frac=1.0, semantic_weight=sw)
+        out = fuse_image([a, b, semantic_only], [1.0, 1.0, 5.0], params)
+        np.testing.assert_array_equal(out.scores, base.scores)
+        np.testing.assert_array_equal(out.boxes, base.boxes)
+    assert base.scores[0] == pytest.approx(0.9, rel=1e-6)
+    # the map still votes in the masks with its own semantic weight (here: it removes nothing, adds nothing
+    # outside the box, and at weight 2 a pixel both masks and the map agree on stays)
+    out = fuse_image([a, b, semantic_only], [1.0, 1.0, 1.0], FusionParams(semantic_weight=2.0, vote_thr=0.6))
+    np.testing.assert_array_equal(_full(out)[0], _rect_mask(10, 10, 20, 20))
+    # per-model semantic weight overrides the ensemble's: 0 for this model switches its map off
+    sem2 = np.ones((H, W), dtype=np.float32)
+    bg = _pred([], [], with_masks=False, semantic=sem2)
+    out = fuse_image([a, bg], [1.0, 1.0], FusionParams(semantic_weight=3.0), semantic_weights=[None, 0.0])
+    np.testing.assert_array_equal(_full(out)[0], _rect_mask(10, 10, 20, 20))
+    out = fuse_image([a, bg], [1.0, 1.0], FusionParams(semantic_weight=0.0), semantic_weights=[None, 3.0])
+    assert _full(out)[0].sum() == 100  # the map fills only the fused box, which is the mask
+
+
+def test_majority_fuses_disagreeing_labels_into_one_instance() -> None:
+    """The same cell labelled shsy5y by one model and astro by the other: one cluster, the full score."""
+    a = _pred([(10, 10, 20, 20)], [0.9], labels=[0])
+    b = _pred([(10, 10, 20, 20)], [0.9], labels=[1])
+    c = _pred([(30, 10, 40, 20)], [0.5], labels=[1])  # tips the image to astro
+    out = fuse_image([a, b], [1.0, 1.0], FusionParams())
+    assert len(out) == 1 and out.scores[0] == pytest.approx(0.9, rel=1e-6)
+    assert out.labels.tolist() == [0]  # tie 0.9 vs 0.9: the lower label
+    out = fuse_image([a, b, c], [1.0, 1.0, 1.0], FusionParams())
+    assert out.labels.tolist() == [1, 1]
+    assert out.scores[0] == pytest.approx(0.9 * 2 / 3, rel=1e-6)
+    # per_instance: two clusters with halved scores, overlap removal keeps one
+    out = fuse_image([a, b], [1.0, 1.0], FusionParams(image_class="per_instance"))
+    assert len(out) == 1 and out.scores[0] == pytest.approx(0.45, rel=1e-6)
+    # model weights count in the majority; per-class thresholds apply to the image's class
+    out = fuse_image([a, b], [1.0, 3.0], FusionParams(score_thr={"astro": 0.95}))
+    assert len(out) == 0
+    with pytest.raises(ValueError, match="image_class"):
+        FusionParams(image_class="vote")
+
+
+def test_relabel_to_image_class() -> None:
+    from ensemble.boxes import image_class, relabel_to_image_class
+
+    label, labs = relabel_to_image_class(
+        [np.array([0.9, 0.2]), np.array([0.5, 0.5])], [np.array([0, 2]), np.array([2, 2])]
+    )
+    assert label == 2 and [x.tolist() for x in labs] == [[2, 2], [2, 2]]
+    assert image_class([np.array([0.9, 0.2])], [np.array([0, 2])], weights=[1.0]) == 0
+    assert image_class([np.zeros(2)], [np.array([0, 1])]) is None  # no positive score: no class
+    label, labs = relabel_to_image_class([np.zeros(0)], [np.zeros(0, np.int64)])
+    assert label is None and labs[0].shape == (0,)
+
+
+def test_no_pixel_unowned_after_overlap_removal_and_min_area() -> None:
+    """A (0.9) keeps its 100 px; B (0.8) keeps only 60 px after A, under min_area 90, so it is dropped *inside*
+    overlap removal and never takes the 20 px it shares with C (0.7): C keeps all of its pixels. (Dropping B only
+    after overlap removal, as before, left those 20 px owned by nobody.)"""
+    a = _rect_mask(0, 0, 10, 10)
+    b = _rect_mask(0, 4, 10, 16)  # 120 px, 60 of them in A
+    c = _rect_mask(0, 14, 10, 26)  # 120 px, shares rows 14-15 with B
+    frames = np.stack([a, b, c])
+    p = ImagePredictions(
+        "img",
+        H,
+        W,
+        np.array([[0, 0, 10, 10], [0, 4, 10, 16], [0, 14, 10, 26]], np.float32),
+        np.array([0.9, 0.8, 0.7], np.float32),
+        np.zeros(3, np.int64),
+        InstanceMasks.from_full(frames),
+    )
+    params = FusionParams(iou_thr=0.9, max_lost_frac=1.0, min_area={"shsy5y": 90})
+    out = fuse_image([p], [1.0], params)
+    full = _full(out)
+    assert len(out) == 2 and full.sum(axis=0).max() <= 1
+    np.testing.assert_array_equal(full[0], a)
+    np.testing.assert_array_equal(full[1], c)
+    # no pixel is unowned that a kept-or-lower instance claimed
+    assert not ((a | c) & ~full.any(axis=0)).any()
+    kept, keep = remove_overlaps(InstanceMasks.from_full(frames), np.array([0.9, 0.8, 0.7]), 1.0, 90)
+    assert keep.tolist() == [0, 2] and kept.areas().tolist() == [100, 120]
+    ref = fuse_image_reference([p], [1.0], params)
+    np.testing.assert_array_equal(_full(ref), full)
+
+
+def test_soft_masks_vote_with_probabilities() -> None:
+    """vote = sum a_i p_i / sum a_i with binary masks as p in {0, 1}; rerank uses the soft vote."""
+    probs = np.zeros((10, 10), np.float32)
+    probs[:, :5] = 0.8
+    probs[:, 5:] = 0.4
+    soft = _pred([(10, 10, 20, 20)], [1.0])
+    if not hasattr(soft, "mask_probs"):
+        pytest.skip("ImagePredictions.mask_probs (soft masks) not available yet")
+    soft = ImagePredictions("img", H, W, soft.boxes, soft.scores, soft.labels, soft.masks, None, [probs])
+    hard = _pred([(10, 10, 20, 20)], [1.0])
+    out = fuse_image([soft], [1.0], FusionParams(vote_thr=0.5, rerank=True))
+    np.testing.assert_array_equal(_full(out)[0], _rect_mask(10, 10, 15, 20))
+    q = np.round(0.8 * 255) / 255  # probabilities are quantized to round(255 p) as in prediction files
+    assert out.scores[0] == pytest.approx(1.0 * q, rel=1e-6)  # WBF score 1 x mean vote inside the mask
+    out = fuse_image([soft, hard], [1.0, 1.0], FusionParams(vote_thr=0.65))
+    # left half (0.8 + 1) / 2 = 0.9, right half (0.4 + 1) / 2 = 0.7: all foreground at 0.65, left only at 0.8
+    np.testing.assert_array_equal(_full(out)[0], _rect_mask(10, 10, 20, 20))
+    out = fuse_image([soft, hard], [1.0, 1.0], FusionParams(vote_thr=0.8))
+    np.testing.assert_array_equal(_full(out)[0], _rect_mask(10, 10, 15, 20))
+    ref = fuse_image_reference([soft, hard], [1.0, 1.0], FusionParams(vote_thr=0.8, rerank=True))
+    out = fuse_image([soft, hard], [1.0, 1.0], FusionParams(vote_thr=0.8, rerank=True))
+    np.testing.assert_array_equal(_full(ref), _full(out))
+    np.testing.assert_allclose(out.scores, ref.scores, rtol=1e-6)

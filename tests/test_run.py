@@ -285,3 +285,74 @@ def test_run_scores_only_the_predicted_images(
     assert report["score"] == pytest.approx(
         evaluate({k: data["truth"][k] for k in fused}, fused).score, abs=1e-12
     )
+
+
+def test_model_without_boxes_or_semantic_map_is_an_error(data: dict, tmp_path: Path, capsys) -> None:
+    from ensemble.predictions import ImagePredictions, save_predictions
+
+    empty = [
+        ImagePredictions(k, H, W, np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), None, None)
+        for k in data["truth"]
+    ]
+    bad = tmp_path / "nothing.npz"
+    save_predictions(bad, empty)
+    out = tmp_path / "o.csv"
+    code = main(["--predictions", str(data["models"][1]), str(bad), "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and "neither detections" in err
+    assert not out.exists()
+
+
+def test_predictions_dir_applies_a_config_to_test_images(data: dict, tmp_path: Path, capsys) -> None:
+    """A tuned config (truth: the validation csv) applied to test predictions: truth ignored with a note."""
+    truth, types = make_truth(2, seed=7)
+    truth = {f"test{k}": v for k, v in zip(range(2), truth.values())}
+    types = {f"test{k}": v for k, v in zip(range(2), types.values())}
+    test_dir = tmp_path / "preds_test"
+    test_dir.mkdir()
+    for p in write_models(test_dir, truth, types):
+        p.rename(test_dir / f"{p.stem}_test.npz")
+    cfg = _config(data, tmp_path / "tuned.yaml")
+    out = tmp_path / "sub" / "test.csv"
+    argv = [
+        "--config",
+        str(cfg),
+        "--predictions-dir",
+        str(test_dir),
+        "--predictions-pattern",
+        "{name}_test.npz",
+    ]
+    assert main([*argv, "--out", str(out), "--no-progress", "--workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "note:" in err and "not in the config's truth" in err
+    assert set(read_submission(out, H, W)) == {"test0", "test1"}
+    assert not (tmp_path / "sub" / "ens_score.json").exists()
+    # the same truth given explicitly must hold the images
+    assert main([*argv, "--out", str(out), "--truth", str(data["truth_csv"]), "--no-progress"]) == 2
+    assert "have no ground truth" in capsys.readouterr().err
+    # an unknown field in the pattern is one clear error
+    assert main([*argv[:4], "--predictions-pattern", "{model}.npz", "--out", str(out)]) == 2
+    assert "fields are {name}, {file}, {stem}" in capsys.readouterr().err
+
+
+def test_per_model_semantic_weight_and_evaluation_label(data: dict, tmp_path: Path) -> None:
+    from ensemble.run import evaluation_label, run_ensemble
+
+    cfg = yaml.safe_load(_config(data, tmp_path / "c.yaml").read_text())
+    cfg["models"][2]["semantic_weight"] = 2.0
+    parsed = EnsembleConfig.from_dict(cfg, "c.yaml")
+    assert parsed.models[2].semantic_weight == 2.0 and parsed.models[0].semantic_weight is None
+    assert EnsembleConfig.from_dict(parsed.to_dict(), "again") == parsed
+    cfg["models"][2]["semantic_weight"] = -1
+    with pytest.raises(ValueError, match=r"models\[2\].semantic_weight: must be >= 0"):
+        EnsembleConfig.from_dict(cfg, "c.yaml")
+    ids = list(data["truth"])
+    assert evaluation_label(parsed, ids) == "untuned"
+    tuned = EnsembleConfig.from_dict({**parsed.to_dict(), "tuning": {"images": ids[:3]}}, "t")
+    assert evaluation_label(tuned, ids[:3]) == "in-sample"
+    assert evaluation_label(tuned, ids[3:]) == "held-out"
+    assert evaluation_label(tuned, ids) == "partly in-sample"
+    summary = run_ensemble(tuned, out_csv=tmp_path / "r" / "e.csv", overlays=0, progress=False)
+    assert summary["evaluation"] == "partly in-sample"
+    saved = json.loads((tmp_path / "r" / "ens_score.json").read_text())
+    assert saved["evaluation"] == "partly in-sample"
