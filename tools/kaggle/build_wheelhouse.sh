@@ -160,8 +160,10 @@ for root, _, names in os.walk(out):
         files.append(entry)
 try:
     commit = subprocess.run(["git", "-C", repo, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True).stdout.strip())
 except OSError:
-    commit = ""
+    commit, dirty = "", None
 project = next(f for f in files if f.get("name") == "sartorius-cellseg-stack")
 mmcv = next(f for f in files if f.get("name") == "onedl-mmcv")
 manifest = {
@@ -173,7 +175,8 @@ manifest = {
     "torch": torch.__version__,
     "cuda": torch.version.cuda,
     "with_torch": with_torch,
-    "project": {"name": project["name"], "version": project["version"], "git_commit": commit or None},
+    "project": {"name": project["name"], "version": project["version"], "git_commit": commit or None,
+                "git_dirty": dirty if commit else None},
     "onedl_mmcv": {"file": mmcv["file"], "version": mmcv["version"], "built_against_torch": torch.__version__,
                    "built_against_cuda": torch.version.cuda, "source": mmcv_source},
     "files": files,
