@@ -22,6 +22,7 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m "slow" $(PYTEST_ARGS)
+	$(PY) -m pytest tests/test_fuzz_parsers.py --hypothesis-profile=thorough --hypothesis-show-statistics $(PYTEST_ARGS)
 
 bench: install
 	$(PY) benchmarks/bench_ensemble.py $(BENCH_ARGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -25,6 +26,13 @@ def _fix_mmseg_scope() -> None:
 
 
 _fix_mmseg_scope()
+
+# Property-based fuzzing profiles (tests/test_fuzz_parsers.py): ``fast`` bounds `make test`, ``thorough`` is chosen by
+# `make test-slow` (``--hypothesis-profile=thorough``) and runs at least 10,000 examples per parser. A per-example
+# deadline turns a hang into a failure.
+settings.register_profile("fast", max_examples=150, deadline=5000, derandomize=True)
+settings.register_profile("thorough", max_examples=10_000, deadline=5000)
+settings.load_profile("fast")
 
 
 @pytest.fixture(scope="session")
