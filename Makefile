@@ -15,7 +15,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml tools/install.sh
 	@touch $(STAMP)
 
 demo: install
-	$(PY) tools/demo.py --work-dir work_dirs/demo
+	$(PY) tools/run_recipe.py configs/recipes/demo_cpu.yaml
 
 test: install
 	$(PY) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
