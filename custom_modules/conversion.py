@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from celldata.instances import InstanceMasks
+from ensemble.masks import remove_overlaps as _remove_overlaps
 
 __all__ = [
     "to_numpy",
     "masks_to_instances",
     "boxes_to_instances",
-    "greedy_remove_overlaps",
     "remove_overlaps",
 ]
 
@@ -102,48 +102,11 @@ def boxes_to_instances(boxes: Any, height: int, width: int) -> InstanceMasks:
     return InstanceMasks(height, width, r.astype(np.int32), crops)
 
 
-def greedy_remove_overlaps(
-    masks: InstanceMasks, scores: np.ndarray, min_area: int = 1
-) -> tuple[InstanceMasks, np.ndarray]:
-    """Make masks disjoint as a submission must be: in decreasing score order, each mask keeps only the pixels
-    not already taken by a higher-scoring one; masks left with fewer than ``min_area`` pixels are dropped.
-
-    Local fallback used when ``ensemble.masks.remove_overlaps`` is unavailable.
-
-    Args:
-        masks: N instance masks of one image.
-        scores: float (N,) confidences.
-        min_area: Minimum remaining pixel count to keep an instance.
-
-    Returns:
-        ``(kept_masks, kept_indices)``: disjoint masks in decreasing score order and their indices (int64) into
-        the input.
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(scores) != len(masks):
-        raise ValueError(f"{len(scores)} scores for {len(masks)} masks")
-    order = np.argsort(-scores, kind="stable")
-    taken = np.zeros((masks.height, masks.width), dtype=bool)
-    boxes, crops, kept = [], [], []
-    for i in order:
-        x0, y0, x1, y1 = masks.boxes[i]
-        crop = masks.crops[i] & ~taken[y0:y1, x0:x1]
-        if int(crop.sum()) < min_area:
-            continue
-        taken[y0:y1, x0:x1] |= crop
-        boxes.append((x0, y0, x1, y1))
-        crops.append(crop)
-        kept.append(int(i))
-    out = InstanceMasks(masks.height, masks.width, np.asarray(boxes, dtype=np.int32).reshape(-1, 4), crops)
-    return out.tighten() if len(out) else out, np.asarray(kept, dtype=np.int64)
-
-
 def remove_overlaps(
     masks: InstanceMasks, scores: np.ndarray, max_lost_frac: float = 0.5
 ) -> tuple[InstanceMasks, np.ndarray]:
-    """Overlap removal as a submission does it: :func:`ensemble.masks.remove_overlaps` (pixels go to the
-    higher-scoring instance; an instance losing more than ``max_lost_frac`` of its pixels is dropped), or
-    :func:`greedy_remove_overlaps` (drops only emptied instances) when the ensemble package lacks it.
+    """Overlap removal as a submission does it, by :func:`ensemble.masks.remove_overlaps` (pixels go to the
+    higher-scoring instance; an instance losing more than ``max_lost_frac`` of its pixels is dropped).
 
     Args:
         masks: N instance masks of one image.
@@ -153,8 +116,4 @@ def remove_overlaps(
     Returns:
         ``(kept_masks, kept_indices)`` (int64 indices into the input).
     """
-    try:
-        from ensemble.masks import remove_overlaps as _remove
-    except ImportError:  # pragma: no cover - the ensemble ships it; kept for partial installs
-        return greedy_remove_overlaps(masks, scores, min_area=1)
-    return _remove(masks, np.asarray(scores, dtype=np.float64), max_lost_frac=max_lost_frac)
+    return _remove_overlaps(masks, np.asarray(scores, dtype=np.float64), max_lost_frac=max_lost_frac)
