@@ -3,16 +3,55 @@ half-written file and a failed write leaves nothing behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import cv2
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_write_png", "encode_png"]
+__all__ = [
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_png",
+    "encode_png",
+]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Open a temporary file beside ``path`` for writing; it replaces ``path`` only when the block succeeds.
+
+    The one atomic-write primitive of the stack (the ``atomic_write_*`` helpers use it): a writer that streams
+    into a file object (``np.savez_compressed``, ``json.dump``, ...) gets the same guarantee. Parent directories
+    are created. On an exception the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: Destination file.
+        mode: ``"wb"`` or ``"w"`` (text, UTF-8).
+
+    Yields:
+        The open temporary file.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open: mode must be 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -22,17 +61,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         path: Destination file.
         data: File content.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
+from celldata.fileio import atomic_open
 from celldata.instances import InstanceMasks
 
 from . import CLASSES
@@ -283,15 +283,8 @@ def save_predictions(
         "mask_q": np.concatenate(flat_q) if flat_q else np.zeros(0, dtype=np.uint8),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def _expect(cond: bool, path: Path, msg: str) -> None:

@@ -8,8 +8,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 
@@ -45,14 +43,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = runner.test()
     if args.out and runner.rank == 0:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(
-                {k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()},
-                f,
-                indent=2,
-            )
-        os.replace(tmp, args.out)
+        from celldata.fileio import atomic_write_json
+
+        atomic_write_json(
+            args.out,
+            {k: float(v) if isinstance(v, (int, float)) else str(v) for k, v in metrics.items()},
+            indent=2,
+        )
     return 0
 
 
