@@ -140,7 +140,9 @@ def test_from_scratch_mask_rcnn_uses_group_norm_and_small_anchors() -> None:
     pre = load_config(REPO / "configs/mask_rcnn/mask-rcnn_r50_fpn_pretrained_1xb2-20e_sartorius.py")
     assert pre.model.backbone.norm_cfg.type == "BN" and pre.model.backbone.norm_eval is True
     with pytest.raises(ValueError, match="GroupNorm"):
-        load_config(REPO / "configs/mask_rcnn/mask-rcnn_r50_fpn_1xb2-20e_sartorius.py", {"pretrained": "x.pth"})
+        load_config(
+            REPO / "configs/mask_rcnn/mask-rcnn_r50_fpn_1xb2-20e_sartorius.py", {"pretrained": "x.pth"}
+        )
 
 
 def _check_pretrained_loads(config: str, tmp_path: Path, extra: dict | None = None) -> None:

@@ -186,3 +186,37 @@ def test_demo_train_val_and_inference(config: str, tiny_sartorius: Path, tmp_pat
     fg = (1 - prob[0]).numpy()
     assert np.isfinite(fg).all() and fg.min() >= 0 and fg.max() <= 1
     assert out.pred_sem_seg.data.shape == (1, 520, 704)
+
+
+def test_pretrained_switch_upernet(tmp_path: Path) -> None:
+    """`pretrained=<local backbone checkpoint>` loads every backbone tensor (keys matched, none missing)."""
+    leaf = REPO / "configs/upernet/upernet_r50_pretrained_4xb4-40k_sartorius-704x520.py"
+    small = {
+        "model.backbone.depth": 18,
+        "model.decode_head.in_channels": [64, 128, 256, 512],
+        "model.decode_head.channels": 32,
+        "model.auxiliary_head.in_channels": 256,
+        "model.auxiliary_head.channels": 16,
+    }
+    cfg = load_config(leaf, small)
+    assert cfg.model.backbone.init_cfg == {"type": "Pretrained", "checkpoint": cfg.pretrained}
+    assert "://" not in cfg.pretrained and cfg.model.get("pretrained") is None
+    init_default_scope("mmseg")
+    src = MODELS.build(load_config(leaf, {**small, "pretrained": None}).model).backbone
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for t in src.state_dict().values():
+            if t.is_floating_point():
+                t.copy_(torch.randn_like(t))
+    ckpt = tmp_path / "resnet18_v1c.pth"
+    torch.save(src.state_dict(), ckpt)
+    model = MODELS.build(load_config(leaf, {**small, "pretrained": str(ckpt)}).model)
+    model.init_weights()
+    loaded, saved = model.backbone.state_dict(), src.state_dict()
+    assert set(loaded) == set(saved)
+    assert [k for k in saved if not torch.equal(loaded[k], saved[k])] == []
+    # the from-scratch config takes the same switch (SyncBN/BN there too)
+    cfg = load_config(
+        REPO / "configs/upernet/upernet_r50_4xb4-40k_sartorius-704x520.py", {"pretrained": str(ckpt)}
+    )
+    assert cfg.model.backbone.init_cfg.checkpoint == str(ckpt)

@@ -615,11 +615,9 @@ def build_plan(
                 "submission",
                 "submission",
                 f"tuned ensemble on the test images -> {_rel(sub)}",
-                func=S.Submission(
-                    E / "ensemble_tuned.yaml", test_files, E / "ensemble_test.yaml", sub, test_dir, py
-                ),
+                func=S.Submission(E / "ensemble_tuned.yaml", P / "test", sub, py),
                 deps=["tune/ensemble", *[f"test/{n}/merge" for n in member_names]],
-                outputs=[sub, E / "ensemble_test.yaml"],
+                outputs=[sub],
             )
         )
         if recipe.outputs.bundle:
@@ -631,15 +629,13 @@ def build_plan(
                         "bundle",
                         "bundle",
                         f"Kaggle bundle -> {_rel(bundle)}",
-                        func=S.Bundle(
-                            recipe, E / "ensemble_test.yaml", E / "ensemble_bundle.yaml", ckpts, bundle, py
-                        ),
-                        deps=["submission"],
+                        func=S.Bundle(E / "ensemble_tuned.yaml", bundle, py),
+                        deps=["tune/ensemble"],
                         outputs=[bundle / "bundle.json"],
                     )
                 )
             else:
-                notes.append("bundle: tools/kaggle/make_bundle.py does not exist yet; no bundle step")
+                notes.append("bundle: tools/kaggle/make_bundle.py does not exist; no bundle step")
     else:
         notes.append(f"test: no images in {_rel(test_dir)}; no test predictions, submission or bundle")
 

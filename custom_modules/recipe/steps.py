@@ -8,7 +8,6 @@ fold models predicted the same images).
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -239,18 +238,6 @@ class ScoreSingle:
         )  # fmt: skip
 
 
-def _heldout_from_output(text: str) -> dict[str, Any] | None:
-    """The held-out (cross-validated) report printed / written by ``ensemble.tune --cv``, if any."""
-    for line in text.splitlines()[::-1]:
-        line = line.strip()
-        if line.startswith("{") and "held" in line:
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    return None
-
-
 @dataclass
 class Tune:
     """Tune one ensemble (or one member alone) on the out-of-fold predictions, then score the result there."""
@@ -280,75 +267,56 @@ class Tune:
                "--seed", str(t.seed), "--no-progress"]  # fmt: skip
         heldout_json = self.out_dir / f"{self.run_name}_heldout.json"
         if t.cv:
-            if not tool_supports("ensemble.tune", "--cv"):
-                ctx.log("note: this ensemble.tune has no --cv; no held-out report")
-            else:
+            if tool_supports("ensemble.tune", "--cv"):
                 cmd += ["--cv", str(t.cv)]
-                if tool_supports("ensemble.tune", "--cv-report"):
-                    cmd += ["--cv-report", str(heldout_json)]
+            else:
+                ctx.log("note: this ensemble.tune has no --cv; no held-out report")
         if t.workers is not None and tool_supports("ensemble.tune", "--workers"):
             cmd += ["--workers", str(t.workers)]
-        out = ctx.run(cmd)
-        if t.cv and not heldout_json.is_file():
-            rep = _heldout_from_output(out)
-            if rep is not None:
-                atomic_write_json(heldout_json, rep, indent=2)
+        ctx.run(cmd)
+        record = (yaml.safe_load(tuned.read_text()) or {}).get("tuning") or {}
+        if record.get("cv"):
+            cv = record["cv"]
+            atomic_write_json(
+                heldout_json,
+                {"score_held_out": cv.get("score_held_out"), "score_in_sample": record.get("score_in_sample"),
+                 "score_start": record.get("score_start"), "k": cv.get("k"), "grouped_by": cv.get("grouped_by"),
+                 "folds": cv.get("folds"), "n_images": record.get("n_images")},
+                indent=2,
+            )  # fmt: skip
         ctx.run([self.python, "-m", "ensemble.run", "--config", str(tuned), "--out", str(tuned.with_suffix(".csv")),
                  "--overlays", str(self.recipe.outputs.overlays), *common])  # fmt: skip
 
 
 @dataclass
 class Submission:
-    """The tuned ensemble retargeted to the test predictions -> the submission CSV."""
+    """The tuned ensemble applied to the test predictions (``ensemble.run --predictions-dir``) -> the CSV."""
 
     tuned: Path
-    test_files: dict[str, Path]
-    test_config: Path
+    test_dir: Path
     submission: Path
-    images_dir: Path
     python: str
 
     def __call__(self, ctx: StepContext) -> None:
-        data = yaml.safe_load(self.tuned.read_text())
-        missing = [m["name"] for m in data["models"] if m["name"] not in self.test_files]
-        if missing:
-            raise RuntimeError(f"{self.tuned}: no test predictions for member(s) {missing}")
-        for m in data["models"]:
-            m["predictions"] = str(self.test_files[m["name"]])
-        data.pop("truth", None)
-        data["name"] = f"{data['name'].removesuffix('_tuned')}_test"
-        data["images_dir"] = str(self.images_dir)
-        _write_yaml(self.test_config, data, header=f"{self.tuned} retargeted to the test predictions")
-        _validate_ensemble_yaml(self.test_config)
-        ctx.run([self.python, "-m", "ensemble.run", "--config", str(self.test_config), "--out", str(self.submission),
-                 "--no-progress"])  # fmt: skip
+        ctx.run([self.python, "-m", "ensemble.run", "--config", str(self.tuned), "--predictions-dir", str(self.test_dir),
+                 "--predictions-pattern", "{name}_test.npz", "--out", str(self.submission), "--no-progress"])  # fmt: skip
         from ensemble.submission import read_submission
 
-        read_submission(self.submission)  # valid CSV or a clear error
+        read_submission(self.submission)  # a valid CSV, or a clear error
 
 
 @dataclass
 class Bundle:
-    """Kaggle bundle of the tuned ensemble (``tools/kaggle/make_bundle.py``)."""
+    """Kaggle bundle of the tuned ensemble (``tools/kaggle/make_bundle.py``: each member's config and checkpoint
+    as its prediction file recorded them)."""
 
-    recipe: Recipe
-    test_config: Path
-    bundle_config: Path
-    checkpoints: dict
+    tuned: Path
     out: Path
     python: str
 
     def __call__(self, ctx: StepContext) -> None:
-        ctx.run(
-            [
-                self.python,
-                "tools/kaggle/make_bundle.py",
-                "--ensemble",
-                str(self.test_config),
-                "--out",
-                str(self.out),
-            ]
-        )
+        ctx.run([self.python, "tools/kaggle/make_bundle.py", "--ensemble", str(self.tuned), "--out", str(self.out),
+                 "--overwrite"])  # fmt: skip
 
 
 @dataclass
