@@ -23,6 +23,7 @@ from mmengine.hooks import Hook
 from mmseg.registry import HOOKS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.utils.data import DataLoader
 
 from .batch_renorm import BatchRenorm2d
 
@@ -106,8 +107,8 @@ class PreciseBNHook(Hook):
     then hold the precise statistics) and, if ``interval`` is set, every ``interval`` iterations.
 
     Args:
-        num_batches: Training batches averaged (drawn from a fresh iterator of the train dataloader, so
-            with the training augmentation).
+        num_batches: Training batches averaged (shuffled batches of the training set with the training
+            pipeline and batch size, over as many passes as needed).
         interval: Also recompute every ``interval`` iterations (``None``: only at the end).
     """
 
@@ -129,7 +130,23 @@ class PreciseBNHook(Hook):
             data = module.data_preprocessor(data_batch, True)
             net(**data, mode='tensor')
 
-        used = recompute_norm_stats(model, iter(runner.train_dataloader), forward, self.num_batches)
+        # a separate loader over the training set (same batch size, collate and pipeline): a new iterator of
+        # the training loader itself would reset its persistent workers under the running training loop
+        train_loader = runner.train_dataloader
+        loader = DataLoader(
+            train_loader.dataset,
+            batch_size=train_loader.batch_size,
+            shuffle=True,
+            num_workers=0,
+            collate_fn=train_loader.collate_fn,
+            drop_last=True,
+        )
+
+        def batches():  # as many passes over the training set as num_batches needs
+            while True:
+                yield from loader
+
+        used = recompute_norm_stats(model, batches(), forward, self.num_batches)
         runner.logger.info(f'PreciseBNHook: norm statistics recomputed over {used} batches (FRE off)')
 
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
