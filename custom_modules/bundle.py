@@ -27,6 +27,7 @@ Importing this module does not import torch; :func:`make_bundle` does.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -36,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ __all__ = [
     "ENSEMBLE_FILE",
     "ROLES",
     "BundleError",
+    "FoldSource",
     "ModelSource",
     "Step",
     "collect_models",
@@ -57,6 +59,7 @@ __all__ = [
     "load_bundle",
     "paths_outside",
     "inference_plan",
+    "merge_fold_predictions",
     "run_step",
     "validate_submission",
     "sha256_file",
@@ -74,28 +77,44 @@ class BundleError(ValueError):
 
 
 @dataclass
+class FoldSource:
+    """One trained network of a bundle model (a model merging K fold networks has K).
+
+    Attributes:
+        config: Source config file.
+        checkpoint: Source checkpoint file.
+        predictions: The prediction file it wrote (provenance), or None.
+        masks_from_fold: Fold index of the box provider whose file this network's mask head ran on (None: the
+            provider's merged file).
+    """
+
+    config: str
+    checkpoint: str
+    predictions: str | None = None
+    masks_from_fold: int | None = None
+
+
+@dataclass
 class ModelSource:
     """Where one bundle model comes from and how the notebook runs it.
 
     Attributes:
         name: Model name (ensemble entry name; file-system safe).
-        config: Source config file.
-        checkpoint: Source checkpoint file.
         library: ``'mmdet'`` or ``'mmseg'``.
         role: One of :data:`ROLES`.
+        folds: Its networks: one, or the K fold models whose predictions are merged (flip-TTA merge rule).
         in_ensemble: Whether the ensemble fuses this model (False: it only provides boxes to another).
         tta: Flip TTA at inference.
         score_thr: ``tools/infer.py --score-thr``.
         max_per_img: ``tools/infer.py --max-per-img``.
         masks_from: Name of the bundle model whose boxes this model's mask head runs on, or None.
-        predictions: The prediction file the model came from (None for an explicit override without one).
+        predictions: The prediction file the ensemble named (None for a box provider outside the ensemble).
     """
 
     name: str
-    config: str
-    checkpoint: str
     library: str
     role: str
+    folds: list[FoldSource]
     in_ensemble: bool = True
     tta: bool = False
     score_thr: float = 0.05
@@ -106,14 +125,15 @@ class ModelSource:
 
 @dataclass
 class Step:
-    """One command of the notebook's inference plan.
+    """One step of the notebook's inference plan: a command line, or an in-process function.
 
     Attributes:
-        name: Short label (model name or ``ensemble``).
-        kind: ``'infer'`` or ``'ensemble'``.
-        argv: The command line.
+        name: Short label (model name, ``<model> fold k`` or ``ensemble``).
+        kind: ``'infer'``, ``'merge'`` (fold models' predictions merged) or ``'ensemble'``.
+        argv: The command line (empty for a function step).
         cwd: Working directory (None: the caller's).
         outputs: Files the step writes.
+        func: Called without arguments instead of running ``argv``.
     """
 
     name: str
@@ -121,6 +141,7 @@ class Step:
     argv: list[str]
     cwd: str | None = None
     outputs: list[str] = field(default_factory=list)
+    func: Callable[[], Any] | None = None
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -166,16 +187,22 @@ def collect_models(
 ) -> list[ModelSource]:
     """The models a bundle of ``ensemble_yaml`` needs, in the order the notebook must run them.
 
+    A prediction file that merges fold models (``folds_merged`` in its meta, as the recipe's test predictions)
+    gives a model with one network per fold; a file predicted with ``--mask-head-on`` brings its box provider
+    (per fold when the folds were chained fold by fold).
+
     Args:
         ensemble_yaml: A (tuned) ensemble config (:mod:`ensemble.config`).
-        models: Optional ``name -> (config, checkpoint)`` overriding what the prediction files record.
+        models: Optional ``name -> (config, checkpoint)`` overriding what the prediction file of a single-network
+            ensemble model records.
 
     Returns:
         Every model, box providers before the models that predict masks on their boxes.
 
     Raises:
         BundleError: A model without a config or checkpoint (recorded or given), a missing file, an unknown
-            name in ``models``, or a ``--mask-head-on`` chain that loops.
+            name in ``models``, an override of a fold-merged model, a ``--mask-head-on`` source that is not one
+            model's prediction file (box-first fused boxes), or a chain that loops.
     """
     from ensemble.config import load_config
 
@@ -187,65 +214,96 @@ def collect_models(
             f"--model names {unknown} are not models of {ensemble_yaml} ({[m.name for m in ens.models]})"
         )
     out: list[ModelSource] = []
-    by_pred: dict[Path, ModelSource] = {}
+    by_file: dict[Path, tuple[ModelSource, int | None]] = {}
     taken: set[str] = set()
 
-    def add(name: str, pred: Path | None, in_ensemble: bool, depth: int) -> ModelSource:
+    def provider_of(paths: list[Path], who: str, depth: int) -> tuple[ModelSource, list[int | None]]:
+        hits = [by_file.get(p.resolve()) for p in paths]
+        if all(hits) and len({id(h[0]) for h in hits}) == 1:
+            return hits[0][0], [h[1] for h in hits]
+        if any(hits):
+            raise BundleError(f"model '{who}': its folds predicted masks on boxes of different models")
+        meta = _read_meta(paths[0], who)
+        if not meta.get("config") or not meta.get("library"):
+            raise BundleError(
+                f"model '{who}': masks were predicted on {paths[0]}, which is not one model's prediction file "
+                "(fused boxes of a box-first ensemble?); bundles hold vote-mode ensembles"
+            )
+        src = add(str(meta.get("name") or paths[0].stem), paths, None, False, depth + 1)
+        return src, [by_file[p.resolve()][1] for p in paths]
+
+    def add(
+        name: str, files: list[Path], ens_file: Path | None, in_ensemble: bool, depth: int
+    ) -> ModelSource:
         if depth > 8:
             raise BundleError(f"model '{name}': --mask-head-on chain longer than 8 files (a loop?)")
-        meta = _read_meta(pred, name) if pred is not None else {}
-        config, checkpoint = overrides.get(name, (meta.get("config"), meta.get("checkpoint")))
-        where = f"model '{name}'" + (f" (prediction file {pred})" if pred is not None else "")
-        if not config:
-            raise BundleError(f"{where}: no config recorded; give one with --model {name} CONFIG CHECKPOINT")
-        if not checkpoint:
+        metas = [_read_meta(f, name) for f in files]
+        if len(files) == 1 and metas[0].get("folds_merged"):
+            files = [Path(p) for p in metas[0]["folds_merged"]]
+            metas = [_read_meta(f, name) for f in files]
+        if name in overrides and len(files) > 1:
             raise BundleError(
-                f"{where}: no checkpoint recorded (predicted with random weights?); give one with "
-                f"--model {name} CONFIG CHECKPOINT"
+                f"--model {name}: the ensemble's file merges {len(files)} fold models ({[str(f) for f in files]}); "
+                "their configs and checkpoints are taken from those files"
             )
-        if not Path(config).is_file():
-            raise BundleError(f"{where}: config {config} not found")
-        if not Path(checkpoint).is_file():
-            raise BundleError(f"{where}: checkpoint {checkpoint} not found")
-        library = meta.get("library") or _library_of_config(config)
+        folds = []
+        for f, meta in zip(files, metas):
+            config, checkpoint = overrides.get(name, (meta.get("config"), meta.get("checkpoint")))
+            where = f"model '{name}' (prediction file {f})"
+            if not config:
+                raise BundleError(
+                    f"{where}: no config recorded; give one with --model {name} CONFIG CHECKPOINT"
+                )
+            if not checkpoint:
+                raise BundleError(
+                    f"{where}: no checkpoint recorded (predicted with random weights?); give one with "
+                    f"--model {name} CONFIG CHECKPOINT"
+                )
+            if not Path(config).is_file():
+                raise BundleError(f"{where}: config {config} not found")
+            if not Path(checkpoint).is_file():
+                raise BundleError(f"{where}: checkpoint {checkpoint} not found")
+            folds.append(FoldSource(str(config), str(checkpoint), str(f)))
+        m0 = metas[0]
+        library = m0.get("library") or _library_of_config(folds[0].config)
         if library not in ("mmdet", "mmseg"):
-            raise BundleError(f"{where}: library {library!r} cannot be bundled (mmdet or mmseg)")
+            raise BundleError(f"model '{name}': library {library!r} cannot be bundled (mmdet or mmseg)")
+        heads = [meta.get("mask_head_on") for meta in metas]
+        if any(heads) and not all(heads):
+            raise BundleError(f"model '{name}': some folds predicted masks on given boxes, others not")
         src = ModelSource(
             name=_safe_name(name, taken),
-            config=str(config),
-            checkpoint=str(checkpoint),
             library=library,
-            role=_role(library, bool(meta.get("has_masks")), meta.get("mask_head_on")),
+            role=_role(library, bool(m0.get("has_masks")), heads[0]),
+            folds=folds,
             in_ensemble=in_ensemble,
-            tta=bool(meta.get("tta", False)),
-            score_thr=float(meta.get("score_thr", 0.05)),
-            max_per_img=int(meta.get("max_per_img", 1000)),
-            predictions=None if pred is None else str(pred),
+            tta=bool(m0.get("tta", False)),
+            score_thr=float(m0.get("score_thr", 0.05)),
+            max_per_img=int(m0.get("max_per_img", 1000)),
+            predictions=None if ens_file is None else str(ens_file),
         )
         taken.add(src.name)
-        if pred is not None:
-            by_pred[pred.resolve()] = src
-        head_on = meta.get("mask_head_on")
-        if head_on:
-            box_file = Path(head_on)
-            provider = by_pred.get(box_file.resolve())
-            if provider is None:
-                stem = str(_read_meta(box_file, name).get("name") or box_file.stem)
-                provider = add(stem, box_file, False, depth + 1)
+        for k, f in enumerate(files):
+            by_file[f.resolve()] = (src, k)
+        if ens_file is not None:
+            by_file[ens_file.resolve()] = (src, None if len(files) > 1 else 0)
+        if heads[0]:
+            provider, idx = provider_of([Path(h) for h in heads], src.name, depth)
             src.masks_from = provider.name
+            for fold, i in zip(folds, idx):
+                fold.masks_from_fold = i
         out.append(src)
         return src
 
-    ens_preds = {Path(m.predictions).resolve(): m for m in ens.models}
     for m in ens.models:
         pred = Path(m.predictions)
-        if pred.resolve() in by_pred:  # already added as another model's box provider
-            by_pred[pred.resolve()].in_ensemble = True
+        hit = by_file.get(pred.resolve())
+        if hit is not None:  # already added as another model's box provider
+            hit[0].in_ensemble, hit[0].predictions = True, str(pred)
             continue
-        add(m.name, pred, True, 0)
-    # ensemble names must match the bundle names (the YAML is rewritten with them)
-    for p, m in ens_preds.items():
-        if by_pred[p].name != m.name:
+        add(m.name, [pred], pred, True, 0)
+    for m in ens.models:  # the YAML is rewritten with the bundle names
+        if by_file[Path(m.predictions).resolve()][0].name != m.name:
             raise BundleError(
                 f"ensemble model name {m.name!r} is not file-system safe or repeats another; rename it in "
                 f"{ensemble_yaml} (letters, digits, '_', '.', '-')"
@@ -446,14 +504,33 @@ def make_bundle(
     try:
         entries = []
         for src in sources:
-            where = f"model '{src.name}' (config {src.config}, checkpoint {src.checkpoint})"
-            cfg = inference_config(src.config)
-            ckpt, info = strip_checkpoint(src.checkpoint)
-            n_params = check_checkpoint_loads(cfg, ckpt["state_dict"], where)
-            mdir = tmp / "models" / src.name
-            mdir.mkdir(parents=True)
-            cfg.dump(str(mdir / "config.py"))
-            torch.save(ckpt, mdir / "weights.pth")
+            folds = []
+            n_params = 0
+            for k, fold in enumerate(src.folds):
+                where = f"model '{src.name}' (config {fold.config}, checkpoint {fold.checkpoint})"
+                cfg = inference_config(fold.config)
+                ckpt, info = strip_checkpoint(fold.checkpoint)
+                n_params = check_checkpoint_loads(cfg, ckpt["state_dict"], where)
+                rel = f"models/{src.name}" + (f"/fold{k}" if len(src.folds) > 1 else "")
+                (tmp / rel).mkdir(parents=True)
+                cfg.dump(str(tmp / rel / "config.py"))
+                torch.save(ckpt, tmp / rel / "weights.pth")
+                folds.append(
+                    {
+                        "config": f"{rel}/config.py",
+                        "checkpoint": f"{rel}/weights.pth",
+                        "checkpoint_bytes": (tmp / rel / "weights.pth").stat().st_size,
+                        "ema_weights": info["ema"],
+                        "trained_iter": info.get("iter"),
+                        "masks_from_fold": fold.masks_from_fold,
+                        "source": {
+                            "config": fold.config,
+                            "checkpoint": fold.checkpoint,
+                            "checkpoint_bytes": os.path.getsize(fold.checkpoint),
+                            "predictions": fold.predictions,
+                        },
+                    }
+                )
             entries.append(
                 {
                     "name": src.name,
@@ -464,18 +541,9 @@ def make_bundle(
                     "score_thr": src.score_thr,
                     "max_per_img": src.max_per_img,
                     "masks_from": src.masks_from,
-                    "config": f"models/{src.name}/config.py",
-                    "checkpoint": f"models/{src.name}/weights.pth",
                     "predictions": f"{src.name}.npz",
                     "params": n_params,
-                    "ema_weights": info["ema"],
-                    "trained_iter": info.get("iter"),
-                    "source": {
-                        "config": src.config,
-                        "checkpoint": src.checkpoint,
-                        "checkpoint_bytes": os.path.getsize(src.checkpoint),
-                        "predictions": src.predictions,
-                    },
+                    "folds": folds,
                 }
             )
         ens = load_config(ensemble_yaml)
@@ -488,17 +556,16 @@ def make_bundle(
             ens,
             tmp / ENSEMBLE_FILE,
             header=(
-                f"Tuned ensemble of the bundle (from {ensemble_yaml}). 'predictions' are file names in the folder\n"
-                "where the notebook writes each model's tools/infer.py output (python -m ensemble.run runs there)."
+                f"Tuned ensemble of the bundle (from {Path(ensemble_yaml).name}). 'predictions' are file names in "
+                "the folder\nwhere the notebook writes each model's tools/infer.py output (python -m ensemble.run "
+                "--predictions-dir)."
             ),
         )
+        _check_inside(tmp, entries)
         files = {}
         for p in sorted(tmp.rglob("*")):
             if p.is_file():
-                rel = p.relative_to(tmp).as_posix()
-                files[rel] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-        for e in entries:
-            e["checkpoint_bytes"] = files[e["checkpoint"]]["bytes"]
+                files[p.relative_to(tmp).as_posix()] = {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         bundle = {
             "format": BUNDLE_FORMAT,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -509,7 +576,6 @@ def make_bundle(
             "files": files,
             "total_bytes": sum(f["bytes"] for f in files.values()),
         }
-        _check_inside(tmp, entries)
         (tmp / BUNDLE_FILE).write_text(json.dumps(bundle, indent=2) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -527,8 +593,12 @@ def _check_inside(root: Path, entries: Sequence[dict]) -> None:
 
     used: dict[str, Any] = {ENSEMBLE_FILE: yaml.safe_load((root / ENSEMBLE_FILE).read_text())}
     for e in entries:
-        used[e["config"]] = Config.fromfile(str(root / e["config"])).to_dict()
-        used[f"bundle.json models[{e['name']}]"] = {k: v for k, v in e.items() if k != "source"}
+        for fold in e["folds"]:
+            used[fold["config"]] = Config.fromfile(str(root / fold["config"])).to_dict()
+        used[f"bundle.json models[{e['name']}]"] = {
+            **{k: v for k, v in e.items() if k != "folds"},
+            "folds": [{k: v for k, v in f.items() if k != "source"} for f in e["folds"]],
+        }
     for where, obj in used.items():
         bad = paths_outside(obj, root)
         if bad:
@@ -561,12 +631,24 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
     models = bundle.get("models")
     if not isinstance(models, list) or not models:
         raise BundleError(f"{path}: 'models' must be a non-empty list")
+    names = set()
     for i, m in enumerate(models):
-        for key in ("name", "role", "config", "checkpoint", "predictions"):
+        for key in ("name", "role", "predictions"):
             if not isinstance(m, dict) or not isinstance(m.get(key), str):
                 raise BundleError(f"{path}: models[{i}].{key} missing")
         if m["role"] not in ROLES:
             raise BundleError(f"{path}: models[{i}].role {m['role']!r} not one of {ROLES}")
+        folds = m.get("folds")
+        if not isinstance(folds, list) or not folds:
+            raise BundleError(f"{path}: models[{i}].folds must be a non-empty list")
+        for k, f in enumerate(folds):
+            if not isinstance(f, dict) or not all(
+                isinstance(f.get(x), str) for x in ("config", "checkpoint")
+            ):
+                raise BundleError(f"{path}: models[{i}].folds[{k}] needs 'config' and 'checkpoint'")
+        if m.get("masks_from") is not None and m["masks_from"] not in names:
+            raise BundleError(f"{path}: models[{i}].masks_from {m['masks_from']!r} is not an earlier model")
+        names.add(m["name"])
     for rel, info in (bundle.get("files") or {}).items():
         f = root / rel
         if not f.is_file():
@@ -608,6 +690,31 @@ def paths_outside(obj: Any, root: str | os.PathLike) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 # run (the notebook)
 # ----------------------------------------------------------------------------------------------------------------
+def merge_fold_predictions(parts: Sequence[str | os.PathLike], out: str | os.PathLike, name: str) -> None:
+    """Merge the predictions of a model's fold networks on the same images (flip-TTA merge rule), atomically.
+
+    Raises:
+        ValueError: If the files predict different images.
+    """
+    from custom_modules.inference import merge_tta
+    from ensemble.predictions import load_predictions, save_predictions
+
+    loaded = [load_predictions(p) for p in parts]
+    ids = list(loaded[0][0])
+    for (preds, _), p in zip(loaded[1:], parts[1:]):
+        if set(preds) != set(ids):
+            raise ValueError(f"{p}: predicts other images than {parts[0]}")
+    merged = [merge_tta([preds[i] for preds, _ in loaded]) for i in ids]
+    save_predictions(out, merged, meta=dict(loaded[0][1], name=name, folds_merged=[str(p) for p in parts]))
+
+
+def _fold_file(model: Mapping[str, Any], k: int | None) -> str:
+    """Prediction file name of fold ``k`` of a bundle model (None or a single network: the model's file)."""
+    if k is None or len(model["folds"]) == 1:
+        return model["predictions"]
+    return f"{model['name']}.fold{k}.npz"
+
+
 def inference_plan(
     bundle_dir: str | os.PathLike,
     images_dir: str | os.PathLike,
@@ -617,11 +724,12 @@ def inference_plan(
     device: str | None = None,
     python: str | None = None,
 ) -> list[Step]:
-    """The commands that turn a folder of test images into a submission with a bundle.
+    """The steps that turn a folder of test images into a submission with a bundle.
 
-    One ``tools/infer.py`` run per bundle model (box providers first; ``--tta``, ``--score-thr``,
-    ``--max-per-img`` and ``--mask-head-on`` as when the ensemble was tuned), writing ``<work_dir>/<model>.npz``,
-    then ``python -m ensemble.run`` with the bundle's ensemble YAML in ``work_dir``, writing ``out``.
+    One ``tools/infer.py`` run per network (box providers first; ``--tta``, ``--score-thr``, ``--max-per-img``
+    and ``--mask-head-on`` as when the ensemble was tuned) writing ``<work_dir>/<model>.npz`` (fold networks:
+    ``<model>.fold<k>.npz``, then merged into ``<model>.npz``), then ``python -m ensemble.run`` with the
+    bundle's ensemble YAML on ``work_dir`` (``--predictions-dir``), writing ``out``.
 
     Args:
         bundle_dir: The bundle folder.
@@ -648,56 +756,70 @@ def inference_plan(
     work = Path(work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     py = python or sys.executable
+    by_name = {m["name"]: m for m in bundle["models"]}
     steps = []
     for m in bundle["models"]:
-        pred = work / m["predictions"]
-        argv = [py, str(infer_script), str(root / m["config"]), str(root / m["checkpoint"])]
-        argv += ["--images", str(images), "--out", str(pred), "--name", m["name"], "--no-progress"]
-        argv += [
-            "--score-thr",
-            repr(float(m.get("score_thr", 0.05))),
-            "--max-per-img",
-            str(int(m.get("max_per_img", 1000))),
-        ]
-        if m.get("tta"):
-            argv.append("--tta")
-        if m.get("masks_from"):
-            src = next((x for x in bundle["models"] if x["name"] == m["masks_from"]), None)
-            if src is None:
-                raise BundleError(
-                    f"{root / BUNDLE_FILE}: model {m['name']!r} takes masks_from unknown {m['masks_from']!r}"
+        parts = []
+        for k, fold in enumerate(m["folds"]):
+            pred = work / _fold_file(m, k)
+            label = m["name"] + (f" fold {k}" if len(m["folds"]) > 1 else "")
+            argv = [py, str(infer_script), str(root / fold["config"]), str(root / fold["checkpoint"])]
+            argv += ["--images", str(images), "--out", str(pred), "--name", m["name"], "--no-progress"]
+            argv += ["--score-thr", repr(float(m["score_thr"])), "--max-per-img", str(int(m["max_per_img"]))]
+            if m.get("tta"):
+                argv.append("--tta")
+            if m.get("masks_from"):
+                boxes = work / _fold_file(by_name[m["masks_from"]], fold.get("masks_from_fold"))
+                argv += ["--mask-head-on", str(boxes)]
+            if device:
+                argv += ["--device", device]
+            steps.append(Step(label, "infer", argv, None, [str(pred)]))
+            parts.append(str(pred))
+        if len(parts) > 1:
+            merged = str(work / m["predictions"])
+            steps.append(
+                Step(
+                    f"{m['name']} ({len(parts)} folds)",
+                    "merge",
+                    [],
+                    None,
+                    [merged],
+                    func=functools.partial(merge_fold_predictions, parts, merged, m["name"]),
                 )
-            argv += ["--mask-head-on", str(work / src["predictions"])]
-        if device:
-            argv += ["--device", device]
-        steps.append(Step(m["name"], "infer", argv, None, [str(pred)]))
+            )
     argv = [
         py,
         "-m",
         "ensemble.run",
         "--config",
         str(root / bundle["ensemble"]),
-        "--out",
-        str(Path(out).resolve()),
+        "--predictions-dir",
+        str(work),
     ]
+    argv += ["--out", str(Path(out).resolve()), "--no-progress"]
     steps.append(Step("ensemble", "ensemble", argv, str(work), [str(Path(out).resolve())]))
     return steps
 
 
 def run_step(step: Step) -> float:
-    """Run one plan step, its output going to this process's stdout/stderr; returns its wall time in seconds.
+    """Run one plan step (its output goes to this process's stdout/stderr); returns its wall time in seconds.
 
     Raises:
         RuntimeError: If the command exits non-zero (naming the step and its exit code).
     """
     t0 = time.perf_counter()
-    print(f"[{step.kind}] {step.name}: {' '.join(step.argv[1:])}", flush=True)
-    r = subprocess.run(step.argv, cwd=step.cwd)
+    if step.func is not None:
+        print(f"[{step.kind}] {step.name} -> {', '.join(step.outputs)}", flush=True)
+        step.func()
+    else:
+        print(f"[{step.kind}] {step.name}: {' '.join(step.argv[1:])}", flush=True)
+        r = subprocess.run(step.argv, cwd=step.cwd)
+        if r.returncode != 0:
+            dt = time.perf_counter() - t0
+            raise RuntimeError(
+                f"step {step.kind} '{step.name}' failed with exit code {r.returncode} after {dt:.1f} s"
+            )
     dt = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise RuntimeError(
-            f"step {step.kind} '{step.name}' failed with exit code {r.returncode} after {dt:.1f} s"
-        )
     print(f"[{step.kind}] {step.name}: done in {dt:.1f} s", flush=True)
     return dt
 

@@ -19,6 +19,7 @@ from custom_modules.bundle import (  # noqa: E402
     load_bundle,
     make_bundle,
     paths_outside,
+    run_step,
     validate_submission,
 )
 from ensemble.predictions import ImagePredictions, save_predictions  # noqa: E402
@@ -99,13 +100,14 @@ def test_bundle_holds_stripped_weights_and_bundle_relative_paths(tmp_path: Path,
         0.01,
         300,
     )
-    assert m["ema_weights"] is True and m["trained_iter"] == 7
+    (f,) = m["folds"]
+    assert f["ema_weights"] is True and f["trained_iter"] == 7
     # weights only (EMA = state_dict under mmengine's EMAHook), no optimizer / message hub / raw copy
-    saved = torch.load(out / m["checkpoint"], map_location="cpu", weights_only=True)
+    saved = torch.load(out / f["checkpoint"], map_location="cpu", weights_only=True)
     assert set(saved) == {"state_dict", "meta"}
     assert set(saved["state_dict"]) == set(yolox_state)
     assert all(torch.equal(saved["state_dict"][k], yolox_state[k]) for k in yolox_state)
-    assert m["checkpoint_bytes"] < ckpt.stat().st_size
+    assert f["checkpoint_bytes"] < f["source"]["checkpoint_bytes"] == ckpt.stat().st_size
     # the rewritten ensemble: same tuned parameters, prediction files named relative to the notebook's folder
     tuned = yaml.safe_load((out / "ensemble.yaml").read_text())
     assert tuned["models"] == [{"name": "yolox", "predictions": "yolox.npz", "weight": 1.5}]
@@ -116,11 +118,11 @@ def test_bundle_holds_stripped_weights_and_bundle_relative_paths(tmp_path: Path,
     assert "truth" not in tuned and "images_dir" not in tuned
     assert paths_outside(tuned, out) == []
     # the config is resolved and references nothing outside the bundle
-    text = (out / m["config"]).read_text()
+    text = (out / f["config"]).read_text()
     assert "_base_" not in text and "data_root" not in text and "load_from" not in text
     from mmengine.config import Config
 
-    assert paths_outside(Config.fromfile(str(out / m["config"])).to_dict(), out) == []
+    assert paths_outside(Config.fromfile(str(out / f["config"])).to_dict(), out) == []
 
 
 def test_paths_outside_flags_absolute_and_parent_paths(tmp_path: Path) -> None:
@@ -202,7 +204,8 @@ def test_mask_head_provider_is_bundled_and_planned_first(tmp_path: Path, yolox_s
         (tmp_path / "work" / "yolox.npz").resolve()
     )
     assert "--tta" not in plan[0].argv and plan[0].argv[plan[0].argv.index("--device") + 1] == "cpu"
-    assert plan[2].argv[1:3] == ["-m", "ensemble.run"] and plan[2].cwd == str((tmp_path / "work").resolve())
+    assert plan[2].argv[1:3] == ["-m", "ensemble.run"]
+    assert plan[2].argv[plan[2].argv.index("--predictions-dir") + 1] == str((tmp_path / "work").resolve())
 
 
 def test_load_bundle_detects_a_corrupted_file(tmp_path: Path, yolox_state: dict) -> None:
@@ -238,3 +241,60 @@ def test_validate_submission_needs_every_test_image(tmp_path: Path) -> None:
     sub.write_text("id,predicted\na,1 3\na,2 3\nb,\n")
     with pytest.raises(ValueError, match="overlaps"):
         validate_submission(sub, images)
+
+
+def test_fold_merged_model_bundles_every_fold_and_plans_the_merge(tmp_path: Path, yolox_state: dict) -> None:
+    """A recipe's test file merges K fold models: the bundle holds K networks and the notebook merges them again."""
+    folds = []
+    for k in range(2):
+        sd = {n: v + k for n, v in yolox_state.items()}
+        ckpt = _training_checkpoint(tmp_path / f"fold{k}.pth", sd, ema=False)
+        boxes = np.array([[10, 10, 30, 30], [40, 40, 60, 50]], np.float32) + k
+        p = ImagePredictions("img0", 64, 64, boxes, np.array([0.9, 0.6 - 0.1 * k]), np.zeros(2, np.int64))
+        f = tmp_path / f"test_fold{k}" / "yolox.npz"
+        f.parent.mkdir()
+        save_predictions(
+            f, [p], meta={"library": "mmdet", "config": str(YOLOX_DEMO), "checkpoint": str(ckpt)}
+        )
+        folds.append(f)
+    merged = _pred_file(
+        tmp_path / "yolox_test.npz",
+        {
+            "config": str(YOLOX_DEMO),
+            "checkpoint": str(tmp_path / "fold0.pth"),
+            "folds_merged": [str(f) for f in folds],
+        },
+    )
+    ens = _ensemble(tmp_path / "t.yaml", [("yolox", merged)])
+    bundle = make_bundle(ens, tmp_path / "b")
+    (m,) = bundle["models"]
+    assert [f["checkpoint"] for f in m["folds"]] == [
+        "models/yolox/fold0/weights.pth",
+        "models/yolox/fold1/weights.pth",
+    ]
+    w1 = torch.load(tmp_path / "b" / m["folds"][1]["checkpoint"], weights_only=True)["state_dict"]
+    assert all(torch.equal(w1[n], yolox_state[n] + 1) for n in yolox_state)  # fold 1's own weights
+    with pytest.raises(BundleError, match="merges 2 fold models"):
+        make_bundle(ens, tmp_path / "b2", models={"yolox": (str(YOLOX_DEMO), str(tmp_path / "fold0.pth"))})
+
+    images = tmp_path / "test"
+    images.mkdir()
+    infer = tmp_path / "infer.py"
+    infer.write_text("")
+    work = tmp_path / "work"
+    plan = inference_plan(tmp_path / "b", images, work, tmp_path / "sub.csv", infer)
+    assert [(s.kind, s.name) for s in plan] == [
+        ("infer", "yolox fold 0"), ("infer", "yolox fold 1"), ("merge", "yolox (2 folds)"), ("ensemble", "ensemble"),
+    ]  # fmt: skip
+    assert plan[1].argv[plan[1].argv.index("--out") + 1] == str(work.resolve() / "yolox.fold1.npz")
+    # the merge step merges the fold files with the recipe's rule (flip-TTA merge)
+    for k, f in enumerate(folds):
+        (work / f"yolox.fold{k}.npz").write_bytes(f.read_bytes())
+    run_step(plan[2])
+    from custom_modules.inference import merge_tta
+    from ensemble.predictions import load_predictions
+
+    got, meta = load_predictions(work / "yolox.npz")
+    want = merge_tta([load_predictions(f)[0]["img0"] for f in folds])
+    assert np.allclose(got["img0"].boxes, want.boxes) and np.allclose(got["img0"].scores, want.scores)
+    assert meta["folds_merged"] == [str(work.resolve() / f"yolox.fold{k}.npz") for k in range(2)]
