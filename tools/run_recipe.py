@@ -49,6 +49,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (0 ok, 1 a step failed, 2 invalid recipe or arguments)."""
     args = parse_args(argv)
+    import signal
+
+    def _terminate(signum, frame):  # a plain `kill` stops the running tool too (its checkpoints stay)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     from custom_modules.recipe.config import load_recipe
     from custom_modules.recipe.plan import build_plan
     from custom_modules.recipe.runner import run_plan
@@ -72,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"run_recipe.py: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(
+            "run_recipe.py: interrupted; run it again to resume (finished steps are skipped)", file=sys.stderr
+        )
+        return 130
     if args.dry_run:
         return 0
     if result["failed"]:

@@ -37,8 +37,7 @@ param_scheduler = [
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20, log_metric_by_epoch=False),
-    checkpoint=dict(
-        type='CheckpointHook', by_epoch=False, interval=max_iters, max_keep_ckpts=1, save_best=None
-    ),
+    # every 50 iterations (and at the end): an interrupted demo resumes from the last one
+    checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=50, max_keep_ckpts=1, save_best=None),
 )
 env_cfg = dict(cudnn_benchmark=False)

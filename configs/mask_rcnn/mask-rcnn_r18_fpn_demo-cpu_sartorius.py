@@ -81,7 +81,8 @@ optim_wrapper = dict(
 
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(by_epoch=False, interval=max_iters, max_keep_ckpts=1, save_best=None),
+    # a checkpoint every 50 iterations: an interrupted demo resumes (tools/train.py --resume, run_recipe.py)
+    checkpoint=dict(by_epoch=False, interval=50, max_keep_ckpts=1, save_best=None),
     visualization=dict(type='DetVisualizationHook'),
 )
 log_processor = dict(by_epoch=False, window_size=20)

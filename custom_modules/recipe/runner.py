@@ -179,14 +179,22 @@ class _Context:
             bufsize=1,
         )
         assert proc.stdout is not None
-        for line in proc.stdout:
-            captured.append(line)
-            self.fh.write(line)
-            if self.verbose:
-                sys.stdout.write(line)
-            elif "Iter(train)" in line or "Epoch(train)" in line:
-                # training progress, one line per logger interval
-                print("        " + line.split(" - ")[-1].strip()[:150], flush=True)
+        try:
+            for line in proc.stdout:
+                captured.append(line)
+                self.fh.write(line)
+                if self.verbose:
+                    sys.stdout.write(line)
+                elif "Iter(train)" in line or "Epoch(train)" in line:
+                    # training progress, one line per logger interval
+                    print("        " + line.split(" - ")[-1].strip()[:150], flush=True)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop the tool too, its checkpoints stay
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            raise
         self.fh.flush()
         rc = proc.wait()
         if rc != 0:
