@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml tools/install.sh
+$(STAMP): requirements.txt requirements-dev.txt requirements-compress.txt pyproject.toml tools/install.sh
 	VENV=$(VENV) bash tools/install.sh
 	@touch $(STAMP)
 

@@ -11,14 +11,15 @@
 #   WHEELHOUSE=<dir>           a local directory of prebuilt wheels, looked in first (onedl-mmcv)
 #   MMCV_CACHE=~/.cache/sartorius-stack/mmcv   where a built onedl-mmcv wheel is kept, keyed by mmcv+torch
 #   MAX_JOBS=2                 parallel compile jobs for the onedl-mmcv build
-#   EXTRAS=dev                 extras of the project to install (dev: test/dev tools); EXTRAS= installs runtime only
+#   EXTRAS=dev,compress        extras of the project to install (dev: test/dev tools, requirements-dev.txt;
+#                              compress: requirements-compress.txt); EXTRAS= installs the runtime only
 set -euo pipefail
 
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 MMCV_VERSION=${MMCV_VERSION:-2.3.6}
-EXTRAS=${EXTRAS-dev}
+EXTRAS=${EXTRAS-dev,compress}
 MMCV_CACHE=${MMCV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sartorius-stack/mmcv}
 export MAX_JOBS=${MAX_JOBS:-2}
 
@@ -107,7 +108,7 @@ fi
 #    torch and onedl-mmcv are already satisfied here, so pip changes neither.
 "$PY" -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 4))" \
   || die "torch $TORCH_VER is older than 2.4 (requirements.txt): pip would replace it; install torch>=2.4 first"
-log "installing the project with requirements.txt${EXTRAS:+ and the [$EXTRAS] extra (requirements-dev.txt)}"
+log "installing the project with requirements.txt${EXTRAS:+ and the extras [$EXTRAS]}"
 "${PIP[@]}" -q --no-build-isolation -e ".${EXTRAS:+[$EXTRAS]}"
 # The mmcv wheel ships a stray top-level `docs` package; harmless, but keep the original releases out.
 for orig in mmcv mmdet mmengine mmsegmentation mmcv-full; do
