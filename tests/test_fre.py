@@ -236,3 +236,142 @@ def test_hook_broadcasts_selection_across_ranks(tmp_path) -> None:
     r1 = torch.load(tmp_path / "rank1.pt")
     assert not torch.equal(r0["before"], r1["before"])  # independent draws before the hook
     assert torch.equal(r0["after"], r1["after"]) and int(r0["after"].sum()) == 16
+
+
+def test_fre_fixed_channels_never_change() -> None:
+    fre = FeatureRandomEnhancement(num_channels=64, factor=1e4, fixed_channels=[9, 3, 0]).train()
+    assert fre.num_enhanced == 3 and fre.enhanced_channels.tolist() == [0, 3, 9]
+    for _ in range(3):
+        assert fre.redraw().tolist() == [0, 3, 9]
+    x = torch.rand(2, 64, 3, 3) + 0.1
+    ratio = (fre(x) / x).amax(dim=(0, 2, 3))
+    assert torch.nonzero(ratio > 1.5).flatten().tolist() == [0, 3, 9]
+    torch.testing.assert_close(ratio[[0, 3, 9]], torch.full((3,), 1e4))
+    assert fre.eval()(x) is x
+    net = SEUNet(base_channels=4, num_stages=3, fre_cfg=dict(fixed_channels=list(range(10)), factor=1e4))
+    assert net.fre.fixed_channels == tuple(range(10))
+    with pytest.raises(ValueError, match="fixed_channels"):
+        FeatureRandomEnhancement(num_channels=8, factor=2.0, fixed_channels=[1, 1])
+    with pytest.raises(ValueError, match="fixed_channels"):
+        FeatureRandomEnhancement(num_channels=8, factor=2.0, fixed_channels=[8])
+    with pytest.raises(ValueError, match="num_enhanced"):
+        FeatureRandomEnhancement(num_channels=8, num_enhanced=2, factor=2.0, fixed_channels=[1])
+    with pytest.raises(ValueError, match="num_enhanced"):
+        FeatureRandomEnhancement(num_channels=8, factor=2.0)
+
+
+def _brn_fre_unet() -> SEUNet:
+    torch.manual_seed(0)
+    brn = dict(type="BRN", warmup_iters=2, r_max_ramp_iters=3, d_max_ramp_iters=3)
+    return SEUNet(
+        base_channels=4, num_stages=3, se_ratio=2, norm_cfg=brn, fre_cfg=dict(num_enhanced=6, factor=632.0)
+    )
+
+
+def test_precise_bn_changes_only_norm_buffers_and_matches_features_without_fre() -> None:
+    from custom_modules.seg import recompute_norm_stats
+
+    net = _brn_fre_unet().train()
+    with torch.no_grad():
+        for _ in range(6):  # training steps with FRE: the norm layers after the bottleneck learn its scale
+            net(torch.randn(2, 3, 32, 32))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    batches = [torch.randn(3, 3, 32, 32) for _ in range(4)]
+
+    # reference: the same weights without FRE and with plain BatchNorm in train mode (batch statistics);
+    # record the per-batch mean and unbiased variance of every norm layer's input
+    plain = SEUNet(base_channels=4, num_stages=3, se_ratio=2, norm_cfg=dict(type="BN"))
+    plain.load_state_dict(net.state_dict(), strict=True)
+    plain.train()
+    names = [n for n, m in plain.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    seen: dict[str, list] = {n: [] for n in names}
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, inp, out, n=n: seen[n].append(
+                (inp[0].mean(dim=(0, 2, 3)), inp[0].var(dim=(0, 2, 3), unbiased=True))
+            )
+        )
+        for n, m in plain.named_modules()
+        if isinstance(m, nn.BatchNorm2d)
+    ]
+    with torch.no_grad():
+        for b in batches:
+            plain(b)
+    for h in hooks:
+        h.remove()
+    decoder_bn = "decoder.0.conv1.bn"
+    ref_var = torch.stack([v for _, v in seen[decoder_bn]]).mean(0)
+    assert float(before[f"{decoder_bn}.running_var"].mean()) > 100 * float(ref_var.mean())  # polluted by FRE
+
+    used = recompute_norm_stats(net, batches)
+    assert used == 4 and net.training  # mode restored
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var")) for k in changed)
+    assert all(after[k].item() == before[k].item() for k in before if k.endswith("num_batches_tracked"))
+    for n in names:
+        mean = torch.stack([m for m, _ in seen[n]]).mean(0)
+        var = torch.stack([v for _, v in seen[n]]).mean(0)
+        torch.testing.assert_close(after[f"{n}.running_mean"], mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(after[f"{n}.running_var"], var, rtol=1e-4, atol=1e-5)
+    # eval mode of the FRE model now equals eval mode of the model without FRE carrying these statistics
+    plain.load_state_dict(after, strict=True)
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.eval()(x)[-1], plain.eval()(x)[-1])
+    with pytest.raises(ValueError, match="num_batches"):
+        recompute_norm_stats(net, batches, num_batches=0)
+
+
+class _ToyBNModel(BaseModel):
+    """Conv -> FRE -> BN, the last norm statistics polluted by FRE during training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 1)
+        self.fre = FeatureRandomEnhancement(num_channels=8, num_enhanced=4, factor=100.0, seed=0)
+        self.bn = nn.BatchNorm2d(8)
+        self.precise_inputs: list[torch.Tensor] = []
+
+    def forward(self, inputs: torch.Tensor, labels=None, mode: str = "tensor"):
+        y = self.bn(self.fre(self.conv(inputs)))
+        if mode == "loss":
+            return dict(loss=y.pow(2).mean())
+        if not self.fre.training:  # the precise-BN pass (FRE off)
+            self.precise_inputs.append(self.conv(inputs).detach())
+        return y
+
+
+def test_precise_bn_hook_on_runner(tmp_path) -> None:
+    from custom_modules.seg import PreciseBNHook
+
+    torch.manual_seed(0)
+    model = _ToyBNModel()
+    runner = Runner(
+        model=model,
+        work_dir=str(tmp_path),
+        train_dataloader=dict(
+            dataset=_ToyDataset(),
+            sampler=dict(type="InfiniteSampler", shuffle=True),
+            batch_size=2,
+            num_workers=0,
+            collate_fn=dict(type="default_collate"),
+        ),
+        optim_wrapper=dict(optimizer=dict(type="SGD", lr=0.0)),  # frozen weights: stats are comparable
+        train_cfg=dict(by_epoch=False, max_iters=4),
+        custom_hooks=[PreciseBNHook(num_batches=3)],
+        default_hooks=dict(checkpoint=None, logger=None),
+        log_level="WARNING",
+        default_scope="mmseg",
+        experiment_name=f"precise_bn_{uuid.uuid4().hex[:8]}",
+    )
+    runner.train()
+    assert len(model.precise_inputs) == 3  # 3 batches, over more than one pass of the 4-sample set
+    feats = model.precise_inputs
+    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(0)
+    var = torch.stack([f.var(dim=(0, 2, 3)) for f in feats]).mean(0)
+    torch.testing.assert_close(model.bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.bn.running_var, var, rtol=1e-4, atol=1e-5)
+    assert int(model.bn.num_batches_tracked) == 4  # the training steps only
+    with pytest.raises(ValueError, match="num_batches"):
+        PreciseBNHook(num_batches=0)
