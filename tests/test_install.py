@@ -40,16 +40,65 @@ def test_forks_not_originals_are_installed() -> None:
         assert original not in dists, f"the original {original} is installed beside the forks"
 
 
-def test_ensemble_never_imports_torch() -> None:
+def _imported_after(code: str) -> set[str]:
     import subprocess
     import sys
 
+    code += "\nimport sys; print(','.join(sorted({m.split('.')[0] for m in sys.modules})))\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return set(out.stdout.strip().splitlines()[-1].split(","))
+
+
+FRAMEWORKS = {"torch", "mmcv", "mmdet", "mmengine", "mmseg"}
+
+
+def test_data_and_ensemble_packages_never_import_torch_or_openmmlab() -> None:
+    """Every module of celldata/ and ensemble/ imports without torch or OpenMMLab (they run on cached data)."""
     code = (
-        "import sys, importlib, pkgutil, ensemble\n"
-        "for m in pkgutil.iter_modules(ensemble.__path__):\n"
-        "    importlib.import_module('ensemble.' + m.name)\n"
-        "bad = [k for k in ('torch', 'mmcv', 'mmdet', 'mmengine', 'mmseg') if k in sys.modules]\n"
-        "print(','.join(bad))\n"
+        "import importlib, pkgutil, celldata, ensemble\n"
+        "for pkg in (celldata, ensemble):\n"
+        "    for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+        "        importlib.import_module(m.name)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "", f"ensemble imports {out.stdout.strip()}"
+    bad = _imported_after(code) & FRAMEWORKS
+    assert not bad, f"celldata/ensemble import {sorted(bad)}"
+
+
+def test_layers_import_only_downward() -> None:
+    """tools/ -> custom_modules/ -> ensemble/ -> celldata/: no module imports a layer above its own."""
+    import ast
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    above = {
+        "celldata": {"ensemble", "custom_modules", "tools"},
+        "ensemble": {"custom_modules", "tools"},
+        "custom_modules": {"tools"},
+    }
+    bad = []
+    for pkg, forbidden in above.items():
+        for path in sorted((repo / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                bad += [f"{path.relative_to(repo)}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert not bad, "imports of a higher layer:\n" + "\n".join(bad)
+
+
+def test_mmdet_config_run_does_not_import_mmseg() -> None:
+    """A detector config registers custom_modules.det only: building its model and dataset never imports mmseg."""
+    code = (
+        "from custom_modules.runner_utils import load_config, register_library\n"
+        "cfg = load_config('configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py')\n"
+        "assert register_library(cfg) == 'mmdet'\n"
+        "from mmdet.registry import MODELS, DATASETS, METRICS\n"
+        "MODELS.build(cfg.model)\n"
+        "assert DATASETS.get('SartoriusCocoDataset') is not None and METRICS.get('SartoriusMetric') is not None\n"
+    )
+    mods = _imported_after(code)
+    assert "mmdet" in mods and "mmseg" not in mods
+    # (the other direction cannot hold: mmseg's own Mask2Former head imports mmdet when it is installed)
