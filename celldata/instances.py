@@ -258,7 +258,7 @@ class InstanceMasks:
         sizes = np.fromiter((c.size for c in self.crops), dtype=np.int64, count=len(self))
         offs = np.zeros(len(self) + 1, dtype=np.int64)
         np.cumsum(sizes, out=offs[1:])
-        flat = np.concatenate([c.reshape(-1) for c in self.crops]) if offs[-1] else np.zeros(0, dtype=bool)
+        flat = np.concatenate(self.crops, axis=None) if offs[-1] else np.zeros(0, dtype=bool)
         return kaggle_rles_from_crops(flat, offs, self.boxes, self.width)
 
     def to_coco_rles(self) -> list[dict]:

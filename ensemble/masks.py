@@ -302,7 +302,12 @@ def _fuse_boxes(
         conf_type=params.conf_type,
         allows_overflow=params.allows_overflow,
     )
-    clusters = [np.stack([prep.box_idx[c[:, 0]], c[:, 1]], axis=1) for c in clusters]
+    if len(clusters) and not np.array_equal(prep.box_idx, np.arange(len(prep.box_idx))):
+        # members refer to the box models; map them to model indices
+        sizes = [len(c) for c in clusters]
+        members = np.concatenate(clusters)
+        members[:, 0] = prep.box_idx[members[:, 0]]
+        clusters = np.split(members, np.cumsum(sizes)[:-1])
     return denormalize_boxes(fb, prep.height, prep.width), fs, fl.astype(np.int64), clusters
 
 
@@ -543,19 +548,29 @@ def _pack_crops(crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     np.cumsum(sizes, out=offs[1:])
     if len(crops) == 0 or offs[-1] == 0:
         return np.zeros(0, dtype=np.uint8), offs
-    flat = np.concatenate([c.reshape(-1) for c in crops])
+    flat = np.concatenate(crops, axis=None)  # flattens every crop without a Python-level reshape
     return (flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)), offs
 
 
-def _vote_crops(p: ImagePredictions) -> tuple[list[np.ndarray], float]:
-    """The crops a model votes with and their value scale: soft masks as ``round(255 p)`` (scale 1/255) when
-    the model has mask probabilities, else the binary masks (scale 1)."""
+def _vote_pack(p: ImagePredictions) -> tuple[np.ndarray, np.ndarray, float]:
+    """The packed crops a model votes with, ``(flat uint8, offsets (N + 1,), scale)``: soft masks as
+    ``round(255 p)`` (scale 1/255) when the model has mask probabilities, else the binary masks (scale 1).
+
+    Cached on the prediction object (keyed by the identity of its masks), so repeated fusions of the same
+    predictions (tuning) pack once.
+    """
     probs = getattr(p, "mask_probs", None)
+    key = (id(p.masks), id(p.masks.crops), id(probs))
+    cached = p.__dict__.get("_vote_pack")
+    if cached is not None and cached[0] == key:
+        return cached[1]
     if probs is not None:
-        return [
-            np.rint(np.asarray(c, np.float32) * np.float32(255.0)).astype(np.uint8) for c in probs
-        ], 1 / 255
-    return list(p.masks.crops), 1.0
+        crops = [np.rint(np.asarray(c, np.float32) * np.float32(255.0)).astype(np.uint8) for c in probs]
+        packed = (*_pack_crops(crops), 1 / 255)
+    else:
+        packed = (*_pack_crops(p.masks.crops), 1.0)
+    p.__dict__["_vote_pack"] = (key, packed)
+    return packed
 
 
 def _remove_overlaps_packed(
@@ -589,11 +604,12 @@ def _remove_overlaps_packed(
     )
 
     def crops_of(sel: np.ndarray) -> list[np.ndarray]:
+        rb = remain.view(bool)
         out = []
-        for i in sel.tolist():
-            x0, y0, x1, y1 = boxes[i].tolist()
-            tx0, ty0, tx1, ty1 = tight[i].tolist()
-            full = remain[offs[i] : offs[i + 1]].view(bool).reshape(y1 - y0, x1 - x0)
+        for (x0, y0, x1, y1), (tx0, ty0, tx1, ty1), o in zip(
+            boxes[sel].tolist(), tight[sel].tolist(), offs[sel].tolist()
+        ):
+            full = rb[o : o + (y1 - y0) * (x1 - x0)].reshape(y1 - y0, x1 - x0)
             out.append(full[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0])
         return out
 
@@ -713,18 +729,23 @@ def fuse_image(
     min_area = params.min_area_array()
     # pack the voting crops of every model once; member (m, i) has crop index g = first[m] + i (-1: no mask)
     first = np.full(len(preds), -1, dtype=np.int64)
-    crops: list[np.ndarray] = []
-    scale_parts, box_parts = [], []
+    n_crops = 0
+    flat_parts, off_parts, scale_parts, box_parts = [], [], [], []
+    base = 0
     for m in prep.box_idx.tolist():
         p = preds[m]
         if p.masks is None:
             continue
-        first[m] = len(crops)
-        mc, sc = _vote_crops(p)
-        crops.extend(mc)
-        scale_parts.append(np.full(len(mc), sc))
+        first[m] = n_crops
+        f, o, sc = _vote_pack(p)
+        flat_parts.append(f)
+        off_parts.append(o[:-1] + base)
+        base += int(o[-1])
+        n_crops += len(p.masks)
+        scale_parts.append(np.full(len(p.masks), sc))
         box_parts.append(np.asarray(p.masks.boxes, dtype=np.int64).reshape(-1, 4))
-    flat, offs = _pack_crops(crops)
+    flat = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.uint8)
+    offs = np.concatenate([*off_parts, [base]]).astype(np.int64)
     mscale = np.concatenate(scale_parts) if scale_parts else np.zeros(0)
     mboxes = np.concatenate(box_parts) if box_parts else np.zeros((0, 4), np.int64)
     sizes = np.fromiter((len(c) for c in clusters), dtype=np.int64, count=len(clusters))

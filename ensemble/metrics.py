@@ -52,6 +52,7 @@ __all__ = [
     "ScoreReport",
     "pack_masks",
     "iou_matrix",
+    "iou_pairs",
     "precisions_from_iou",
     "precisions_from_pairs",
     "image_precisions",
@@ -106,21 +107,25 @@ def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
         return masks
     n = len(masks)
     boxes = np.asarray(masks.boxes, dtype=np.int64).reshape(n, 4)
-    parts: list[np.ndarray] = []
+    crops = [np.asarray(c) for c in masks.crops]
+    shapes = (
+        np.array([c.shape for c in crops], dtype=np.int64).reshape(n, -1) if n else np.zeros((0, 2), np.int64)
+    )
+    want = np.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
+    if shapes.shape != want.shape or (shapes != want).any():
+        i = int(np.flatnonzero((shapes != want).any(axis=1))[0]) if shapes.shape == want.shape else 0
+        raise ValueError(f"instance {i}: crop shape {crops[i].shape} does not match box {boxes[i].tolist()}")
+    sizes = want[:, 0] * want[:, 1]
     offsets = np.zeros(n, dtype=np.int64)
-    areas = np.zeros(n, dtype=np.int64)
-    pos = 0
-    for i, crop in enumerate(masks.crops):
-        x0, y0, x1, y1 = (int(v) for v in boxes[i])
-        crop = np.asarray(crop)
-        if crop.shape != (y1 - y0, x1 - x0):
-            raise ValueError(f"instance {i}: crop shape {crop.shape} does not match box {boxes[i].tolist()}")
-        flat = np.ascontiguousarray(crop, dtype=bool).view(np.uint8).ravel()
-        parts.append(flat)
-        offsets[i] = pos
-        areas[i] = int(np.count_nonzero(flat))
-        pos += flat.size
-    flat_all = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint8)
+    if n:
+        np.cumsum(sizes[:-1], out=offsets[1:])
+    flat_all = (
+        np.ascontiguousarray(np.concatenate(crops, axis=None), dtype=bool).view(np.uint8)
+        if n and sizes.sum()
+        else np.zeros(0, dtype=np.uint8)
+    )
+    csum = np.concatenate([[0], np.cumsum(flat_all, dtype=np.int64)])
+    areas = csum[offsets + sizes] - csum[offsets]
     return PackedMasks(int(masks.height), int(masks.width), boxes, flat_all, offsets, areas)
 
 
@@ -183,6 +188,36 @@ def _pair_intersections(flat_t, off_t, boxes_t, flat_p, off_p, boxes_p, pi, pj):
     return out
 
 
+def iou_pairs(
+    truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedMasks
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """IoU of every (true, predicted) pair whose boxes overlap, in sparse form.
+
+    Args:
+        truth: Nt true instance masks (may overlap each other).
+        pred: Np predicted instance masks of the same HxW image.
+
+    Returns:
+        ``(ti, pj, iou, Nt, Np)``: int64[K] truth and prediction indices, float64[K] their IoU (pairs whose boxes
+        do not overlap have IoU 0 and are left out), and the two instance counts.
+
+    Raises:
+        ValueError: If the two images' sizes differ.
+    """
+    t = pack_masks(truth)
+    p = pack_masks(pred)
+    if (t.height, t.width) != (p.height, p.width):
+        raise ValueError(f"image size mismatch: truth {t.height}x{t.width}, prediction {p.height}x{p.width}")
+    pi, pj = _candidate_pairs(t.boxes, p.boxes)
+    if pi.size == 0:
+        return pi, pj, np.zeros(0, dtype=np.float64), len(t), len(p)
+    inter = _pair_intersections(t.flat, t.offsets, t.boxes, p.flat, p.offsets, p.boxes, pi, pj)
+    union = t.areas[pi] + p.areas[pj] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return pi, pj, iou, len(t), len(p)
+
+
 def iou_matrix(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedMasks) -> np.ndarray:
     """IoU between every true and every predicted instance of one image.
 
@@ -196,19 +231,9 @@ def iou_matrix(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedM
     Raises:
         ValueError: If the two images' sizes differ.
     """
-    t = pack_masks(truth)
-    p = pack_masks(pred)
-    if (t.height, t.width) != (p.height, p.width):
-        raise ValueError(f"image size mismatch: truth {t.height}x{t.width}, prediction {p.height}x{p.width}")
-    out = np.zeros((len(t), len(p)), dtype=np.float64)
-    pi, pj = _candidate_pairs(t.boxes, p.boxes)
-    if pi.size == 0:
-        return out
-    inter = _pair_intersections(t.flat, t.offsets, t.boxes, p.flat, p.offsets, p.boxes, pi, pj)
-    union = t.areas[pi] + p.areas[pj] - inter
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
-    out[pi, pj] = iou
+    ti, pj, iou, nt, np_ = iou_pairs(truth, pred)
+    out = np.zeros((nt, np_), dtype=np.float64)
+    out[ti, pj] = iou
     return out
 
 
@@ -303,7 +328,9 @@ def image_precisions(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | P
     Returns:
         float64[10] precision at IoU thresholds 0.50..0.95.
     """
-    return precisions_from_iou(iou_matrix(truth, pred))
+    ti, pj, iou, nt, np_ = iou_pairs(truth, pred)
+    hit = iou > THRESHOLDS.min()
+    return precisions_from_pairs(ti[hit], pj[hit], iou[hit], nt, np_)
 
 
 def image_score(truth: InstanceMasks | PackedMasks, pred: InstanceMasks | PackedMasks) -> float:

@@ -57,9 +57,9 @@ from ensemble.masks import FusionParams
 from ensemble.metrics import (
     THRESHOLDS,
     PackedMasks,
-    iou_matrix,
+    image_precisions,
+    iou_pairs,
     pack_masks,
-    precisions_from_iou,
     precisions_from_pairs,
 )
 from ensemble.pipeline import FuseState, ImagePool, common_image_ids, load_models
@@ -157,15 +157,15 @@ def _fused_masks(data: _TuneData, image_id: str, weights: Sequence[float], param
 
 def _image_score(data: _TuneData, image_id: str, weights: Sequence[float], params: FusionParams) -> float:
     _, pred = _fused_masks(data, image_id, weights, params)
-    return float(precisions_from_iou(iou_matrix(data.truth[image_id], pred)).mean())
+    return float(image_precisions(data.truth[image_id], pred).mean())
 
 
 def _image_cache(data: _TuneData, image_id: str, weights: Sequence[float], params: FusionParams) -> tuple:
     fused, pred = _fused_masks(data, image_id, weights, params)
-    iou = iou_matrix(data.truth[image_id], pred)
-    ti, pj = np.nonzero(iou > THRESHOLDS.min())
+    ti, pj, iou, _, _ = iou_pairs(data.truth[image_id], pred)
+    hit = iou > THRESHOLDS.min()
     return (
-        (ti, pj, iou[ti, pj]),
+        (ti[hit], pj[hit], iou[hit]),
         fused.scores.astype(np.float64),
         fused.labels.astype(np.int64),
         pred.areas(),
