@@ -6,13 +6,22 @@ from .cell_datasets import SartoriusCellBoundaryDataset, SartoriusCellDataset
 from .datasets import SartoriusBoundarySemanticDataset, SartoriusSemanticDataset
 from .fre import FeatureRandomEnhancement
 from .hooks import FRERedrawHook
+from .losses import BCELoss, DiceBCELoss, DiceFocalLoss, JaccardBCELoss
 from .metrics import ForegroundIoUMetric
 from .per_class_metric import PerClassIoUMetric
 from .precise_bn import PreciseBNHook, recompute_norm_stats
+from .pruning import MagnitudePruningHook
 from .se import SEBlock
 from .se_unet import SEUNet
+from .unet_paper import PaperUNet
 
 __all__ = [
+    'BCELoss',
+    'DiceBCELoss',
+    'DiceFocalLoss',
+    'JaccardBCELoss',
+    'MagnitudePruningHook',
+    'PaperUNet',
     'BatchRenorm2d',
     'PerClassIoUMetric',
     'PreciseBNHook',

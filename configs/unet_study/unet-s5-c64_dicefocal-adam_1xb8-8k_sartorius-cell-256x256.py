@@ -1,0 +1,3 @@
+# Study combination Adam + Dice-Focal (binary focal loss gamma 2, alpha 0.25 + soft Dice, 1:1).
+_base_ = ['./unet-s5-c64_bce-adam_1xb8-8k_sartorius-cell-256x256.py']
+model = dict(decode_head=dict(loss_decode=dict(_delete_=True, type='DiceFocalLoss')))
