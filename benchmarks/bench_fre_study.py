@@ -1,6 +1,6 @@
 """The FRE paper's comparison (its Tables 1-3) at CPU scale on the real Sartorius training images.
 
-Rows (configs/unet/se-unet-brn*_c8-*_1xb4-160iter_sartorius-cell-128x128.py, batch renormalization as in the
+Rows (configs/unet/se-unet-brn*_c8-*_1xb4-160iter_sartorius-cell-64x64.py, batch renormalization as in the
 paper): U-Net+SE, without deep layers, deep supervision (lambda from a TPE search), dropout at rate B/C, FRE
 (B, X from a TPE search), FRE + precise BN (norm statistics recomputed with FRE off), fixed-filter FRE; and
 FRE with plain BatchNorm (with and without precise BN) to measure the normalization choice. Every row trains
@@ -30,10 +30,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
 CFG_DIR = REPO / 'configs' / 'unet'
-SUFFIX = '_c8-s4_1xb4-160iter_sartorius-cell-128x128.py'
+SUFFIX = '_c8-s4_1xb4-160iter_sartorius-cell-64x64.py'
 CONFIGS = {
     'baseline': f'se-unet-brn{SUFFIX}',
-    'no-deep': 'se-unet-brn_c8-s3_1xb4-160iter_sartorius-cell-128x128.py',
+    'no-deep': 'se-unet-brn_c8-s3_1xb4-160iter_sartorius-cell-64x64.py',
     'ds': f'se-unet-brn-ds{SUFFIX}',
     'dropout': f'se-unet-brn-dropout{SUFFIX}',
     'fre': f'se-unet-brn-fre{SUFFIX}',
@@ -92,6 +92,37 @@ def prepare_data(out: Path) -> Path:
     shutil.copytree(src, root)
     prepare_sartorius(root, show_progress=False)
     return root
+
+
+def downscale_data(root: Path, factor: int = 2) -> Path:
+    """A copy of a prepared root with images (area) and label maps (nearest) downscaled ``factor`` x.
+
+    Splits are copied; labels keep their values. Written once to ``<root>_x{factor}`` (reused after).
+    """
+    import cv2
+
+    from celldata.fileio import atomic_write_png
+
+    dst = root.parent / f'{root.name}_x{factor}'
+    if (dst / 'splits' / 'fold0_val.txt').is_file():
+        return dst
+    for sub, interp in (('train', cv2.INTER_AREA), ('semantic/train', cv2.INTER_NEAREST)):
+        for png in sorted((root / sub).glob('*.png')):
+            img = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+            if img is None:
+                raise ValueError(f'cannot read image {png}')
+            size = (img.shape[1] // factor, img.shape[0] // factor)
+            atomic_write_png(dst / sub / png.name, cv2.resize(img, size, interpolation=interp))
+    # boundary labels: downscale the boundary mask with max-pooling so thin boundaries survive
+    for png in sorted((root / 'semantic' / 'train_boundary').glob('*.png')):
+        lab = cv2.imread(str(png), cv2.IMREAD_UNCHANGED)
+        h, w = lab.shape[0] // factor, lab.shape[1] // factor
+        blocks = lab[: h * factor, : w * factor].reshape(h, factor, w, factor)
+        small = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST)
+        small[(blocks == 4).any(axis=(1, 3))] = 4
+        atomic_write_png(dst / 'semantic' / 'train_boundary' / png.name, small)
+    shutil.copytree(root / 'splits', dst / 'splits', dirs_exist_ok=True)
+    return dst
 
 
 def _best_params(out: Path, name: str) -> dict:
@@ -337,6 +368,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         '--data-root', type=Path, help='prepared data root (default: prepare a copy of the real images)'
     )
+    p.add_argument(
+        '--downscale',
+        type=int,
+        default=2,
+        help='train and validate on images downscaled N x (default 2; 1: full size)',
+    )
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--labels', nargs='+', choices=list(LABEL_SETS), default=['cell'])
     p.add_argument('--fre-trials', type=int, default=8)
@@ -358,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         args.data_root = args.data_root or prepare_data(args.out)
+        if args.downscale > 1:
+            args.data_root = downscale_data(args.data_root, args.downscale)
     except FileNotFoundError as e:
         print(f'bench_fre_study.py: error: {e}', file=sys.stderr)
         return 2

@@ -22,8 +22,8 @@ _spec = importlib.util.spec_from_file_location("search_cli", REPO / "tools" / "s
 search_cli = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(search_cli)
 SHARED = REPO.parent / "shared"
-FRE_CFG = REPO / "configs/unet/se-unet-brn-fre_c8-s4_1xb4-160iter_sartorius-cell-128x128.py"
-DS_CFG = REPO / "configs/unet/se-unet-brn-ds_c8-s4_1xb4-160iter_sartorius-cell-128x128.py"
+FRE_CFG = REPO / "configs/unet/se-unet-brn-fre_c8-s4_1xb4-160iter_sartorius-cell-64x64.py"
+DS_CFG = REPO / "configs/unet/se-unet-brn-ds_c8-s4_1xb4-160iter_sartorius-cell-64x64.py"
 FRE_SPACE = REPO / "configs/unet/search/fre_b_x.yaml"
 DS_SPACE = REPO / "configs/unet/search/ds_lambda.yaml"
 B = "model.backbone.fre_cfg.num_enhanced"

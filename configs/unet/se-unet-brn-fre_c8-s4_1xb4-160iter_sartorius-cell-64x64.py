@@ -2,7 +2,7 @@
 # X in training only, re-drawn every epoch (5 iterations: 20 images / batch 4) by FRERedrawHook; identity at
 # inference. B and X are searched with TPE (configs/unet/search/fre_b_x.yaml); the values here are that
 # search's best. Batch renormalization as in the paper (the base config's norm_cfg).
-_base_ = ['./se-unet-brn_c8-s4_1xb4-160iter_sartorius-cell-128x128.py']
+_base_ = ['./se-unet-brn_c8-s4_1xb4-160iter_sartorius-cell-64x64.py']
 fre_num_enhanced = 16
 fre_factor = 100.0
 model = dict(backbone=dict(fre_cfg=dict(num_enhanced=fre_num_enhanced, factor=fre_factor)))

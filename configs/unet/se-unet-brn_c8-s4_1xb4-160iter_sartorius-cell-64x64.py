@@ -5,7 +5,7 @@
 # (the paper's) plus a Dice term on the cell class(es), without which 100-200 iterations ended predicting only
 # background (measured: cell IoU 0 after 100 iterations with CE alone).
 # Labels: cell vs background (SartoriusCellDataset merges the three cell types); the boundary variant swaps
-# in SartoriusCellBoundaryDataset (see benchmarks/bench_fre_study.py). Random 128x128 crops, batch 4,
+# in SartoriusCellBoundaryDataset (see benchmarks/bench_fre_study.py). Random 64x64 crops, batch 4,
 # AdamW, 160 iterations, one whole-image validation (704x520) at the end on the fold's validation split.
 # Data: a prepared Kaggle-layout root (tools/prepare_sartorius.py), set with --cfg-options data_root=DIR.
 _base_ = [
@@ -15,7 +15,7 @@ _base_ = [
     '../_base_/schedules/seg_schedule_40k.py',
 ]
 data_root = 'data/sartorius/'
-crop_size = (128, 128)
+crop_size = (64, 64)
 max_iters = 160
 warmup_iters = 20
 num_classes = 2

@@ -1,7 +1,7 @@
 # FRE study row "U-Net + SE block + SuperVision": a 1x1-conv classifier on the 64-channel bottleneck (output
 # index 0), upsampled to the label size; loss = (1 - lambda) * main + lambda * bottleneck CE (paper eq. 1).
 # lambda is searched with TPE (configs/unet/search/ds_lambda.yaml); the value here is that search's best.
-_base_ = ['./se-unet-brn_c8-s4_1xb4-160iter_sartorius-cell-128x128.py']
+_base_ = ['./se-unet-brn_c8-s4_1xb4-160iter_sartorius-cell-64x64.py']
 ds_lambda = 0.3
 model = dict(
     decode_head=dict(
