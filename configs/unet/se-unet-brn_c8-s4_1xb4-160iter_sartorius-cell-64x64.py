@@ -6,8 +6,10 @@
 # background (measured: cell IoU 0 after 100 iterations with CE alone).
 # Labels: cell vs background (SartoriusCellDataset merges the three cell types); the boundary variant swaps
 # in SartoriusCellBoundaryDataset (see benchmarks/bench_fre_study.py). Random 64x64 crops, batch 4,
-# AdamW, 160 iterations, one whole-image validation (704x520) at the end on the fold's validation split.
-# Data: a prepared Kaggle-layout root (tools/prepare_sartorius.py), set with --cfg-options data_root=DIR.
+# AdamW, 160 iterations, one whole-image validation at the end on the fold's validation split.
+# Data: a prepared Kaggle-layout root (tools/prepare_sartorius.py), set with --cfg-options data_root=DIR; the
+# study (benchmarks/bench_fre_study.py) uses a copy downscaled 2x (352x260 images, nearest-neighbour labels),
+# so a 64x64 crop covers the field of view of a 128x128 crop at full resolution at a quarter of the cost.
 _base_ = [
     '../_base_/models/se_unet.py',
     '../_base_/datasets/sartorius_semantic.py',
