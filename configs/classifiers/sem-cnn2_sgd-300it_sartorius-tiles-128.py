@@ -1,0 +1,3 @@
+# SEM paper depth ablation (its Table 3): CNN2 = 2 conv block(s) + softmax, no hidden FC.
+_base_ = ['./sem-cnn5-fc40_sgd-300it_sartorius-tiles-128.py']
+model = dict(num_blocks=2, fc_hidden=None)
