@@ -13,6 +13,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from custom_modules.cls import (
+    SEMCNN,
     ClsRandomAffine,
     ClsRandomFlip,
     ImbalanceSampler,
@@ -20,7 +21,6 @@ from custom_modules.cls import (
     PackClsInputs,
     SartoriusImageTileDataset,
     SartoriusInstanceCropDataset,
-    SEMCNN,
 )
 from custom_modules.cls.cross_validation import grouped_stratified_folds, summarize_folds
 from custom_modules.cls.data import image_tiles, object_centred_crop
