@@ -344,26 +344,32 @@ def _make_pruner(name: str):
 
 
 def _recover_interrupted(study) -> int:
-    """Mark trials left RUNNING by a killed search as FAIL and queue their parameters again."""
+    """Mark trials left RUNNING by a killed search as FAIL and queue their parameters again.
+
+    Their numbers are kept in the study's ``interrupted_trials`` user attribute: they do not count
+    towards ``trials`` (their parameters run again in a new trial).
+    """
     from optuna.trial import TrialState
 
-    n = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_user_attr(t._trial_id, 'interrupted', True)
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
+    interrupted = list(study.user_attrs.get('interrupted_trials', []))
+    for t in running:
+        study.tell(t.number, state=TrialState.FAIL)
+        interrupted.append(t.number)
         if t.params:
             study.enqueue_trial(dict(t.params), skip_if_exists=False)
-        n += 1
-    return n
+    study.set_user_attr('interrupted_trials', interrupted)
+    return len(running)
 
 
 def _finished_count(study) -> int:
     from optuna.trial import TrialState
 
     done = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
-    return sum(
-        1 for t in study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get('interrupted')
-    )
+    skip = set(study.user_attrs.get('interrupted_trials', []))
+    return sum(1 for t in study.get_trials(deepcopy=False, states=done) if t.number not in skip)
 
 
 def run_search(
