@@ -67,6 +67,7 @@ from .boxes import (
 from .predictions import ImagePredictions
 
 __all__ = [
+    "FUSION_MODES",
     "MIN_FUSED_SCORE",
     "FusionParams",
     "box_model_flags",
@@ -78,6 +79,10 @@ __all__ = [
 
 MIN_FUSED_SCORE: float = float(np.finfo(np.float32).tiny)
 """Detections scoring below this (i.e. zero) never enter a fusion, whatever ``skip_box_thr`` says."""
+
+
+FUSION_MODES: tuple[str, ...] = ("vote", "box_first")
+"""``fusion.mode`` values: WBF + mask voting (:func:`fuse_image`) or box-first (:mod:`ensemble.box_first`)."""
 
 
 @dataclass
@@ -103,6 +108,8 @@ class FusionParams:
             i.e. only empty masks dropped).
         max_lost_frac: overlap removal drops an instance that loses more than this fraction of its pixels to
             higher-scoring instances; in ``[0, 1]`` (1 keeps every remainder of at least ``min_area`` pixels).
+        mode: ``'vote'``: this module's fusion; ``'box_first'``: the models' files hold soft masks predicted on
+            already fused boxes (:mod:`ensemble.box_first`, dispatched by ``ensemble.pipeline.FuseState``).
     """
 
     iou_thr: float = 0.55
@@ -116,8 +123,11 @@ class FusionParams:
     score_thr: dict[str, float] = field(default_factory=dict)
     min_area: dict[str, int] = field(default_factory=dict)
     max_lost_frac: float = 0.5
+    mode: str = "vote"
 
     def __post_init__(self) -> None:
+        if self.mode not in FUSION_MODES:
+            raise ValueError(f"FusionParams.mode: {self.mode!r} is not one of {FUSION_MODES}")
         if self.conf_type not in CONF_TYPES:
             raise ValueError(f"FusionParams.conf_type: {self.conf_type!r} is not one of {CONF_TYPES}")
         if self.image_class not in IMAGE_CLASS_RULES:

@@ -217,9 +217,21 @@ class FuseState:
     models: list[Mapping[str, ImagePredictions]]
     roles: list[ModelRole]
     semantic_weights: list[float | None]
+    names: list[str] | None = None
 
     def fuse(self, image_id: str, weights: Sequence[float], params: FusionParams) -> ImagePredictions:
-        """Fused predictions of one image."""
+        """Fused predictions of one image (``params.mode``: vote or box-first)."""
+        if params.mode == "box_first":
+            from ensemble.box_first import fuse_image_box_first
+
+            return fuse_image_box_first(
+                [m[image_id] for m in self.models],
+                weights,
+                params,
+                semantic_weights=self.semantic_weights,
+                box_files=[r.boxes for r in self.roles],
+                names=self.names,
+            )
         return fuse_image(
             [m[image_id] for m in self.models],
             weights,
@@ -231,7 +243,12 @@ class FuseState:
     @classmethod
     def from_config(cls, config: EnsembleConfig, models: list[Mapping[str, ImagePredictions]]) -> FuseState:
         """State of a loaded config (validates the roles: :func:`model_roles`)."""
-        return cls(models, model_roles(models, config.models), semantic_weights_of(config.models))
+        return cls(
+            models,
+            model_roles(models, config.models),
+            semantic_weights_of(config.models),
+            [m.name for m in config.models],
+        )
 
 
 def _fuse_one(
