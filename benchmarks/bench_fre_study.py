@@ -125,17 +125,26 @@ def downscale_data(root: Path, factor: int = 2) -> Path:
     return dst
 
 
-def _best_params(out: Path, name: str) -> dict:
+def _best_params(out: Path, name: str, trials: int | None = None, wait_s: float = 3600.0) -> dict:
+    """Best parameters of search ``name``; with ``trials``, first wait until it has that many finished
+    trials (another process may still be running it)."""
     import optuna
 
+    from custom_modules.search import _finished_count
+
     db = out / 'search' / name / 'study.db'
-    if not db.is_file():
-        raise FileNotFoundError(f'run the search-{name} step first ({db} missing)')
-    study = optuna.load_study(study_name='search', storage=f'sqlite:///{db.resolve()}')
-    return dict(study.best_trial.params)
+    deadline = time.time() + wait_s
+    while True:
+        if db.is_file():
+            study = optuna.load_study(study_name='search', storage=f'sqlite:///{db.resolve()}')
+            if trials is None or _finished_count(study) >= trials:
+                return dict(study.best_trial.params)
+        if trials is None or time.time() > deadline:
+            raise FileNotFoundError(f'run the search-{name} step first ({db} missing or unfinished)')
+        time.sleep(30)
 
 
-def row_options(row: str, out: Path, labels: str) -> dict:
+def row_options(row: str, out: Path, labels: str, trials: dict[str, int] | None = None) -> dict:
     """Overrides of one row: searched hyperparameters, label set, norm layer."""
     from custom_modules.search import load_search_space, params_to_cfg_options
 
@@ -143,12 +152,20 @@ def row_options(row: str, out: Path, labels: str) -> dict:
     if row == 'ds' and labels == 'boundary':
         opts['model.auxiliary_head.num_classes'] = 3
     if row in ('fre', 'fre-precisebn', 'fre-bn', 'fre-bn-precisebn'):
-        opts.update(params_to_cfg_options(load_search_space(SPACES['fre']), _best_params(out, 'fre')))
+        opts.update(
+            params_to_cfg_options(
+                load_search_space(SPACES['fre']), _best_params(out, 'fre', (trials or {}).get('fre'))
+            )
+        )
     if row == 'dropout':
-        b = _best_params(out, 'fre')['model.backbone.fre_cfg.num_enhanced']
+        b = _best_params(out, 'fre', (trials or {}).get('fre'))['model.backbone.fre_cfg.num_enhanced']
         opts['model.backbone.bottleneck_dropout'] = b / BOTTLENECK
     if row == 'ds':
-        opts.update(params_to_cfg_options(load_search_space(SPACES['ds']), _best_params(out, 'ds')))
+        opts.update(
+            params_to_cfg_options(
+                load_search_space(SPACES['ds']), _best_params(out, 'ds', (trials or {}).get('ds'))
+            )
+        )
     if row.startswith('fre-bn'):
         opts.update(BN_OPTS)
     return opts
@@ -167,7 +184,7 @@ def run_row(row: str, seed: int, args: argparse.Namespace, labels: str) -> dict:
         'fold': args.eval_fold,
         'randomness.seed': seed,
         **_smoke_options(args),
-        **row_options(row, args.out, labels),
+        **row_options(row, args.out, labels, {'fre': args.fre_trials, 'ds': args.ds_trials}),
     }
     t0 = time.time()
     stats: dict = {}
