@@ -33,6 +33,7 @@ from typing import Any
 CFG = "configs/classifiers/"
 LIP4 = CFG + "lipnet-4_adam-30e_sartorius-cells-28.py"
 STUDIES = ("sem", "imbalance", "augment", "lipnet", "masking", "svm")
+SEM_DEPTHS = ("1", "2", "3", "4", "5", "5fc")
 AUG_STEPS = (
     ("none", []),
     ("rotation", [dict(type="ClsRandomAffine", rotation=180, border_mode="constant")]),
@@ -88,79 +89,89 @@ def _crop(**kw: Any) -> dict:
 
 
 def runs(
-    studies: list[str], iters: int, sem_tile: int, sem_iters: int
+    studies: list[str], iters: int, sem_tile: int, sem_iters: int, sem_depths: tuple[str, ...] = SEM_DEPTHS
 ) -> list[tuple[str, str, str, str, dict]]:
-    """``(study, row, run name, config, cfg_options)`` of every run."""
+    """``(study, row, run name, config, cfg_options)`` of every run, studies in the order given."""
     out = []
-    if "sem" in studies:
-        tile = {"model.input_size": sem_tile, **_crop(tile_size=sem_tile)}
-        for nb in range(1, 6):
-            out.append(
-                (
-                    "sem",
-                    f"CNN{nb}",
-                    f"sem_cnn{nb}",
-                    CFG + f"sem-cnn{nb}_sgd-300it_sartorius-tiles-128.py",
-                    {**_iters(sem_iters), **tile},
+    for study in studies:
+        if study == "sem":
+            tile = {"model.input_size": sem_tile, **_crop(tile_size=sem_tile)}
+            for depth in sem_depths:
+                if depth == "5fc":
+                    out.append(
+                        (
+                            "sem",
+                            "CNN5*",
+                            "sem_cnn5fc",
+                            CFG + "sem-cnn5-fc40_sgd-300it_sartorius-tiles-128.py",
+                            {**_iters(sem_iters), **tile},
+                        )
+                    )
+                else:
+                    out.append(
+                        (
+                            "sem",
+                            f"CNN{depth}",
+                            f"sem_cnn{depth}",
+                            CFG + f"sem-cnn{depth}_sgd-300it_sartorius-tiles-128.py",
+                            {**_iters(sem_iters), **tile},
+                        )
+                    )
+        elif study == "imbalance":
+            for mode in ("none", "oversample", "undersample"):
+                out.append(
+                    (
+                        "imbalance",
+                        mode,
+                        f"imb_{mode}",
+                        LIP4,
+                        {**_iters(iters), **_pipeline([]), "train_dataloader.sampler.mode": mode},
+                    )
                 )
-            )
-        out.append(
-            (
-                "sem",
-                "CNN5*",
-                "sem_cnn5fc",
-                CFG + "sem-cnn5-fc40_sgd-300it_sartorius-tiles-128.py",
-                {**_iters(sem_iters), **tile},
-            )
-        )
-    if "imbalance" in studies:
-        for mode in ("none", "oversample", "undersample"):
+        elif study == "augment":
+            for name, augs in AUG_STEPS:
+                if name == "none" and "imbalance" in studies:
+                    continue  # identical to imbalance/oversample
+                out.append(
+                    ("augment", name, f"aug_{name.strip('+')}", LIP4, {**_iters(iters), **_pipeline(augs)})
+                )
+        elif study == "lipnet":
+            for v, size in (("1", 28), ("2", 28), ("4", 28), ("4c", 28), ("6", 32)):
+                cfg = CFG + f"lipnet-{v}_adam-30e_sartorius-cells-{size}.py"
+                out.append(("lipnet", f"LipNet-{v}", f"lipnet_{v}", cfg, _iters(iters)))
+        elif study == "masking":
             out.append(
                 (
-                    "imbalance",
-                    mode,
-                    f"imb_{mode}",
+                    "masking",
+                    "with surroundings (50 px)",
+                    "mask_surround",
                     LIP4,
-                    {**_iters(iters), **_pipeline([]), "train_dataloader.sampler.mode": mode},
+                    {**_iters(iters), **_crop(margin=50, masked=False)},
                 )
             )
-    if "augment" in studies:
-        for name, augs in AUG_STEPS:
-            if name == "none" and "imbalance" in studies:
-                continue  # identical to imbalance/oversample
             out.append(
-                ("augment", name, f"aug_{name.strip('+')}", LIP4, {**_iters(iters), **_pipeline(augs)})
+                (
+                    "masking",
+                    "cropped",
+                    "mask_cropped",
+                    LIP4,
+                    {**_iters(iters), **_crop(margin=0, masked=False)},
+                )
             )
-    if "lipnet" in studies:
-        for v, size in (("1", 28), ("2", 28), ("4", 28), ("4c", 28), ("6", 32)):
-            cfg = CFG + f"lipnet-{v}_adam-30e_sartorius-cells-{size}.py"
-            out.append(("lipnet", f"LipNet-{v}", f"lipnet_{v}", cfg, _iters(iters)))
-    if "masking" in studies:
-        out.append(
-            (
-                "masking",
-                "with surroundings (50 px)",
-                "mask_surround",
-                LIP4,
-                {**_iters(iters), **_crop(margin=50, masked=False)},
-            )
-        )
-        out.append(
-            ("masking", "cropped", "mask_cropped", LIP4, {**_iters(iters), **_crop(margin=0, masked=False)})
-        )
-        if "lipnet" not in studies:
             out.append(("masking", "cropped and masked", "lipnet_4", LIP4, _iters(iters)))
-    if "svm" in studies:
-        out.append(
-            (
-                "svm",
-                "SVM (hand-crafted features)",
-                "svm",
-                CFG + "svm-rbf_hand-features_sartorius-cells.py",
-                {},
+        elif study == "svm":
+            out.append(
+                (
+                    "svm",
+                    "SVM (hand-crafted features)",
+                    "svm",
+                    CFG + "svm-rbf_hand-features_sartorius-cells.py",
+                    {},
+                )
             )
-        )
-    return out
+    # a run shared by two studies (LipNet-4 default = masking 'cropped and masked') is trained once
+    seen: set[str] = set()
+    return [r for r in out if not (r[2] in seen or seen.add(r[2]))]
 
 
 def _row(summary: dict, classes: list[str], keys: tuple[str, ...]) -> str:
@@ -188,6 +199,11 @@ def tables(results: dict[str, Any], meta: dict[str, Any]) -> str:
     by_study: dict[str, list] = {}
     for r in results.values():
         by_study.setdefault(r["study"], []).append(r)
+    # runs shared between studies appear in both tables
+    if "masking" in by_study and "lipnet_4" in results and results["lipnet_4"]["study"] != "masking":
+        by_study["masking"].append(dict(results["lipnet_4"], row="cropped and masked"))
+    if "augment" in by_study and "imb_oversample" in results and "aug_none" not in results:
+        by_study["augment"].insert(0, dict(results["imb_oversample"], row="none"))
     for study in STUDIES:
         rows = by_study.get(study)
         if not rows:
@@ -305,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sem-iters", type=int, default=100, help="SEM CNN training iterations per fold (paper: 300)"
     )
+    p.add_argument("--sem-depths", default=",".join(SEM_DEPTHS), help="SEM CNN depths to run (1..5, 5fc)")
     p.add_argument("--sem-tile", type=int, default=64, help="SEM CNN tile side (paper: 128)")
     p.add_argument("--studies", default=",".join(STUDIES), help=f"comma list of {STUDIES}")
     p.add_argument("--out", required=True)
@@ -330,7 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     results_path = out / "results.json"
     results: dict[str, Any] = json.loads(results_path.read_text())["results"] if results_path.exists() else {}
-    for study, row, name, cfg, opts in runs(studies, args.iters, args.sem_tile, args.sem_iters):
+    for study, row, name, cfg, opts in runs(
+        studies, args.iters, args.sem_tile, args.sem_iters, tuple(args.sem_depths.split(','))
+    ):
         if name in results:
             continue
         t0 = time.time()
