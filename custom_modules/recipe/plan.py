@@ -615,9 +615,9 @@ def build_plan(
                 "submission",
                 "submission",
                 f"tuned ensemble on the test images -> {_rel(sub)}",
-                func=S.Submission(E / "ensemble_tuned.yaml", P / "test", sub, py),
+                func=S.Submission(E / "ensemble_tuned.yaml", P / "test", E / "ensemble_test.yaml", sub, py),
                 deps=["tune/ensemble", *[f"test/{n}/merge" for n in member_names]],
-                outputs=[sub],
+                outputs=[sub, E / "ensemble_test.yaml"],
             )
         )
         if recipe.outputs.bundle:
@@ -629,8 +629,8 @@ def build_plan(
                         "bundle",
                         "bundle",
                         f"Kaggle bundle -> {_rel(bundle)}",
-                        func=S.Bundle(E / "ensemble_tuned.yaml", bundle, py),
-                        deps=["tune/ensemble"],
+                        func=S.Bundle(E / "ensemble_test.yaml", bundle, py),
+                        deps=["submission"],
                         outputs=[bundle / "bundle.json"],
                     )
                 )

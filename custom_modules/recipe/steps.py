@@ -290,16 +290,23 @@ class Tune:
 
 @dataclass
 class Submission:
-    """The tuned ensemble applied to the test predictions (``ensemble.run --predictions-dir``) -> the CSV."""
+    """The tuned ensemble applied to the test predictions (``ensemble.run --predictions-dir``) -> the CSV; the
+    retargeted config is also written (``ensemble_test.yaml``: what the Kaggle bundle packs)."""
 
     tuned: Path
     test_dir: Path
+    test_config: Path
     submission: Path
     python: str
 
     def __call__(self, ctx: StepContext) -> None:
+        from ensemble.config import load_config, save_config
+
+        pattern = "{name}_test.npz"
+        retargeted = load_config(self.tuned).with_predictions_dir(self.test_dir, pattern)
+        save_config(retargeted, self.test_config, header=f"{self.tuned} applied to {self.test_dir}/{pattern}")
         ctx.run([self.python, "-m", "ensemble.run", "--config", str(self.tuned), "--predictions-dir", str(self.test_dir),
-                 "--predictions-pattern", "{name}_test.npz", "--out", str(self.submission), "--no-progress"])  # fmt: skip
+                 "--predictions-pattern", pattern, "--out", str(self.submission), "--no-progress"])  # fmt: skip
         from ensemble.submission import read_submission
 
         read_submission(self.submission)  # a valid CSV, or a clear error
@@ -307,8 +314,9 @@ class Submission:
 
 @dataclass
 class Bundle:
-    """Kaggle bundle of the tuned ensemble (``tools/kaggle/make_bundle.py``: each member's config and checkpoint
-    as its prediction file recorded them)."""
+    """Kaggle bundle of the tuned ensemble retargeted to the test predictions (``tools/kaggle/make_bundle.py``:
+    each member's config and checkpoints as its prediction file recorded them, every fold network of a merged
+    member)."""
 
     tuned: Path
     out: Path
