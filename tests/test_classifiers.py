@@ -348,3 +348,47 @@ def test_svm_cross_validation_end_to_end(tmp_path):
     assert s["mean"]["accuracy"] > 0.9  # disc size and brightness separate the toy classes
     assert (tmp_path / "cv" / "confusion_normalized.png").stat().st_size > 1000
     assert "| shsy5y |" in (tmp_path / "cv" / "cv_summary.md").read_text()
+
+
+# ---------------------------------------------------------------- configs and the CNN cross-validation path
+CFG_DIR = Path(__file__).resolve().parents[1] / "configs" / "classifiers"
+
+
+@pytest.mark.parametrize("cfg_path", sorted(p.name for p in CFG_DIR.glob("*.py")))
+def test_configs_build(cfg_path):
+    from mmengine.registry import MODELS
+
+    from custom_modules.runner_utils import library_of, load_config, register_library
+
+    cfg = load_config(CFG_DIR / cfg_path)
+    assert library_of(cfg) == "mmengine"
+    register_library(cfg)
+    assert cfg.test_evaluator.type == "ClsMetric"
+    if cfg.get("svm") is not None:
+        return
+    model = MODELS.build(cfg.model)
+    size = model.input_size
+    ds = cfg.train_dataloader.dataset
+    assert ds.get("crop_size", ds.get("tile_size")) == size  # dataset crops fit the model input
+    assert model(torch.zeros(2, 1, size, size)).shape == (2, 3)
+    opt = cfg.optim_wrapper.optimizer
+    if model.__class__.__name__ == "SEMCNN":  # the SEM paper's optimiser
+        assert (opt.type, opt.lr, opt.momentum, opt.weight_decay) == ("SGD", 1e-3, 0.9, 1e-4)
+        assert cfg.train_dataloader.batch_size == 32 and cfg.train_cfg.max_iters == 300
+
+
+@pytest.mark.slow
+def test_cnn_cross_validation_end_to_end(tmp_path):
+    from custom_modules.cls.cross_validation import cross_validate
+
+    _write_coco(tmp_path, n_samples=6)
+    s = cross_validate(
+        CFG_DIR / "lipnet-1_adam-30e_sartorius-cells-28.py",
+        folds=2,
+        seed=0,
+        work_dir=tmp_path / "cv",
+        cfg_options={"data_root": str(tmp_path), "train_cfg.max_epochs": 1},
+    )
+    assert len(s["folds"]) == 2 and s["n_samples"] == 2 * (6 + 3 + 2)
+    assert sum(f["train"] + f["test"] for f in s["fold_sizes"]) == 2 * s["n_samples"]
+    assert (tmp_path / "cv" / "cv_summary.json").exists() and (tmp_path / "cv" / "fold1").is_dir()
