@@ -1,0 +1,718 @@
+"""Compression of a trained mmseg segmentor: int8 post-training quantization (PTQ), quantization-aware
+fine-tuning (QAT), structured channel pruning, and the size / speed / accuracy report of each.
+
+Library paths (torch 2.13, see ``../shared/FACTS_KAGGLE_COMPRESSION_SEARCH.md``):
+
+- PTQ: ``torch.export`` (dynamic batch, height, width) -> torchao ``prepare_pt2e`` with
+  ``X86InductorQuantizer`` -> calibration on N training images -> ``convert_pt2e`` -> ``torch.compile``. The
+  converted graph run without compiling is torch's *reference* int8 model (quantize / dequantize around fp32
+  ops: the same numbers, slower than fp32); the compiled one runs int8 kernels. ``legacy=True`` uses the
+  deprecated ``torch.ao.quantization`` FX path instead (eager int8 kernels, x86 backend), only on request.
+- QAT: the same export -> ``prepare_qat_pt2e`` -> fine-tuning with the config's optimizer and loss on its
+  training pipeline (any batch size: the batch dimension is dynamic) -> ``convert_pt2e``.
+- Structured pruning: ``torch_pruning.MetaPruner`` (L1 channel importance, skip concatenations handled)
+  removes a fraction of the channels of every layer but the classifier, then fine-tuning as above.
+
+The exported function is the segmentor's tensor path (normalized image ``(N, 3, H, W)`` -> logits
+``(N, C, H, W)``); metrics are computed on whole validation images after the config's data preprocessor
+(1-channel heads: sigmoid > ``decode_head.threshold``; C-channel: argmax, foreground = not class 0).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import statistics
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+from mmengine.utils import import_modules_from_strings
+from torch import nn
+
+from celldata.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+METRIC_KEYS = ('accuracy', 'f1', 'jaccard', 'recall', 'precision')
+
+
+class SegLogits(nn.Module):
+    """Tensor path of an mmseg ``EncoderDecoder``: ``(N, 3, H, W)`` normalized images -> ``(N, C, H, W)`` logits."""
+
+    def __init__(self, segmentor: nn.Module) -> None:
+        super().__init__()
+        self.backbone = segmentor.backbone
+        self.neck = getattr(segmentor, 'neck', None) if getattr(segmentor, 'with_neck', False) else None
+        self.decode_head = segmentor.decode_head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at the decode head's output resolution (full resolution for :class:`PaperUNet`)."""
+        feats = self.backbone(x)
+        if self.neck is not None:
+            feats = self.neck(feats)
+        return self.decode_head.forward(feats)
+
+
+@dataclass
+class Sample:
+    """One preprocessed image: ``inputs`` ``(1, 3, H, W)`` float, ``gt`` ``(H, W)`` int64 labels, ``img_id``."""
+
+    inputs: torch.Tensor
+    gt: torch.Tensor
+    img_id: str
+
+
+def load_config(config: str | Path, cfg_options: dict | None = None, data_root: str | None = None) -> Config:
+    """Read a config, apply ``cfg_options`` and an optional data root (train/val/test datasets)."""
+    cfg = Config.fromfile(str(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if data_root is not None:
+        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+            if key in cfg and cfg[key] is not None:
+                cfg[key].dataset.data_root = data_root
+    if cfg.get('custom_imports'):
+        import_modules_from_strings(**cfg.custom_imports)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    return cfg
+
+
+def build_segmentor(cfg: Config, checkpoint: str | Path | None = None) -> nn.Module:
+    """Build ``cfg.model`` (BN instead of SyncBN on one process) and load ``checkpoint``; eval mode."""
+    from mmengine.model import revert_sync_batchnorm
+    from mmseg.registry import MODELS
+
+    model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
+    if checkpoint is not None:
+        if not Path(checkpoint).is_file():
+            raise FileNotFoundError(f'checkpoint not found: {checkpoint}')
+        load_checkpoint(model, str(checkpoint), map_location='cpu', logger='silent')
+    return model.eval()
+
+
+def load_samples(cfg: Config, model: nn.Module, split: str = 'val', limit: int | None = None) -> list[Sample]:
+    """Whole images of the ``'val'`` or ``'train'`` split through the test pipeline and data preprocessor.
+
+    Args:
+        cfg: Config with ``val_dataloader`` (its pipeline is used for both splits) and ``train_dataloader``.
+        model: Segmentor whose ``data_preprocessor`` normalizes the images.
+        split: ``'val'`` or ``'train'`` (train images for calibration, read without augmentation).
+        limit: Keep the first ``limit`` images of the split (None: all).
+    """
+    from mmseg.registry import DATASETS
+
+    if split not in ('val', 'train'):
+        raise ValueError(f"split must be 'val' or 'train', got {split!r}")
+    ds_cfg = copy.deepcopy(cfg.val_dataloader.dataset)
+    if split == 'train':
+        train_ds = cfg.train_dataloader.dataset
+        ds_cfg.ann_file = train_ds.ann_file
+        ds_cfg.data_prefix = copy.deepcopy(train_ds.get('data_prefix', ds_cfg.get('data_prefix')))
+    dataset = DATASETS.build(ds_cfg)
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    if n == 0:
+        raise ValueError(f'{split} split of the config has no image')
+    samples = []
+    with torch.no_grad():
+        for i in range(n):
+            data = model.data_preprocessor(pseudo_collate([dataset[i]]), training=False)
+            ds = data['data_samples'][0]
+            gt = ds.gt_sem_seg.data[0].long()
+            inputs = data['inputs'][:, :, : gt.shape[0], : gt.shape[1]]
+            samples.append(Sample(inputs=inputs, gt=gt, img_id=Path(ds.img_path).stem))
+    return samples
+
+
+def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """Foreground mask ``(H, W)`` bool from logits ``(1, C, H, W)`` (C = 1: sigmoid > threshold; else argmax > 0)."""
+    if logits.shape[1] == 1:
+        return logits[0, 0].sigmoid() > threshold
+    return logits[0].argmax(dim=0) > 0
+
+
+def binary_metrics(pred: torch.Tensor, gt: torch.Tensor, ignore_index: int = 255) -> dict[str, float]:
+    """Pixel accuracy, F1 (= Dice), Jaccard (= IoU), recall, precision of a foreground mask.
+
+    Args:
+        pred: ``(H, W)`` bool prediction.
+        gt: ``(H, W)`` labels (0 background, > 0 cell, ``ignore_index`` not counted).
+
+    Empty prediction and empty truth score 1 on every ratio with a zero denominator.
+    """
+    valid = gt != ignore_index
+    t = (gt > 0) & valid
+    p = pred & valid
+    tp = int((p & t).sum())
+    fp = int((p & ~t).sum())
+    fn = int((~p & t).sum())
+    tn = int(valid.sum()) - tp - fp - fn
+
+    def ratio(a: int, b: int) -> float:
+        return a / b if b else 1.0
+
+    return dict(
+        accuracy=ratio(tp + tn, tp + tn + fp + fn),
+        f1=ratio(2 * tp, 2 * tp + fp + fn),
+        jaccard=ratio(tp, tp + fp + fn),
+        recall=ratio(tp, tp + fn),
+        precision=ratio(tp, tp + fp),
+    )
+
+
+def predict(fn: Callable[[torch.Tensor], torch.Tensor], samples: Sequence[Sample]) -> list[torch.Tensor]:
+    """Logits ``(1, C, H, W)`` of ``fn`` for every sample (no grad)."""
+    with torch.no_grad():
+        return [fn(s.inputs).detach().float() for s in samples]
+
+
+def evaluate(
+    logits: Sequence[torch.Tensor], samples: Sequence[Sample], threshold: float = 0.5
+) -> dict[str, float]:
+    """Per-image mean of :func:`binary_metrics` (the paper averages over test images)."""
+    rows = [
+        binary_metrics(logits_to_mask(lg, threshold), s.gt) for lg, s in zip(logits, samples, strict=True)
+    ]
+    return {k: float(np.mean([r[k] for r in rows])) for k in METRIC_KEYS}
+
+
+def fidelity(
+    reference: Sequence[torch.Tensor], other: Sequence[torch.Tensor], threshold: float = 0.5
+) -> dict:
+    """How closely ``other`` logits follow ``reference``: SQNR (dB), max |difference|, mask agreement."""
+    ref = torch.cat([r.flatten() for r in reference])
+    oth = torch.cat([o.flatten() for o in other])
+    noise = (ref - oth).pow(2).mean()
+    sqnr = float(10 * torch.log10(ref.pow(2).mean() / noise)) if noise > 0 else float('inf')
+    agree = [
+        float((logits_to_mask(r, threshold) == logits_to_mask(o, threshold)).float().mean())
+        for r, o in zip(reference, other, strict=True)
+    ]
+    return dict(
+        sqnr_db=sqnr, max_abs_diff=float((ref - oth).abs().max()), mask_agreement=float(np.mean(agree))
+    )
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    """Parameter and non-zero counts over parameters and floating/integer buffers that hold weights."""
+    tensors = dict(module.named_parameters())
+    tensors.update({k: v for k, v in module.named_buffers() if 'running' not in k and 'num_batches' not in k})
+    total = sum(t.numel() for t in tensors.values())
+    nonzero = sum(int(torch.count_nonzero(t)) for t in tensors.values())
+    return dict(params=total, nonzero=nonzero)
+
+
+def strip_unused_attributes(gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Delete parameters / buffers / submodules a converted graph no longer reads (fp32 originals).
+
+    After ``convert_pt2e`` the graph reads int8 copies of the weights, but the fp32 parameters stay attached:
+    a saved file would be larger than the float model's until they are removed.
+    """
+    gm.graph.eliminate_dead_code()
+    used = {n.target for n in gm.graph.nodes if n.op == 'get_attr'}
+    used_prefixes = set()
+    for target in used:
+        parts = target.split('.')
+        used_prefixes.update('.'.join(parts[:i]) for i in range(1, len(parts) + 1))
+    for name, _ in list(gm.named_parameters()) + list(gm.named_buffers()):
+        if name not in used_prefixes:
+            owner_name, _, attr = name.rpartition('.')
+            owner = gm.get_submodule(owner_name) if owner_name else gm
+            if attr in owner._parameters:
+                del owner._parameters[attr]
+            elif attr in owner._buffers:
+                del owner._buffers[attr]
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def saved_size(module: nn.Module, path: str | Path | None = None) -> int:
+    """Bytes of the saved model: ``torch.export.save`` of ``module`` exported with dynamic batch and sides.
+
+    The program is traced on a small zero input (the archive stores its example input) and accepts any batch
+    and sides that are multiples of 16; it is written to ``path`` when given (load: ``torch.export.load``).
+    """
+    with torch.no_grad():
+        ep = export_dynamic(module, torch.zeros(2, 3, 32, 32))
+    buf = io.BytesIO()
+    torch.export.save(ep, buf)
+    data = buf.getvalue()
+    if path is not None:
+        atomic_write_bytes(Path(path), data)
+    return len(data)
+
+
+def state_dict_size(module: nn.Module) -> int:
+    """Bytes of ``torch.save(module.state_dict())`` (for modules that cannot be exported)."""
+    buf = io.BytesIO()
+    torch.save(module.state_dict(), buf)
+    return len(buf.getvalue())
+
+
+def latency_ms(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, repeats: int = 10, warmup: int = 2
+) -> float:
+    """Median wall time (ms) of ``fn(x)`` over ``repeats`` runs after ``warmup`` runs, no grad."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    return 1000.0 * statistics.median(times)
+
+
+def export_dynamic(module: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """``torch.export`` with dynamic batch and sides (sides multiples of 16 for the U-Net's pooling)."""
+    from torch.export import Dim
+
+    n, _, h, w = example.shape
+    if h % 16 or w % 16:
+        raise ValueError(f'example input sides must be multiples of 16 for export, got {(h, w)}')
+    if n < 2:  # a size-1 dimension is specialized by export: trace with two copies
+        example = example.repeat(2, 1, 1, 1)
+    dims = {
+        'x': {
+            0: Dim('batch', min=1, max=1024),
+            2: 16 * Dim('h16', min=1, max=512),
+            3: 16 * Dim('w16', min=1, max=512),
+        }
+    }
+    return torch.export.export(module, (example,), dynamic_shapes=dims)
+
+
+def _x86_quantizer(is_qat: bool):
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+
+    quantizer = xiq.X86InductorQuantizer()
+    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+    return quantizer
+
+
+def ptq_pt2e(float_module: nn.Module, calib_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
+    """Static int8 PTQ (per-channel weights, per-tensor uint8 activations) calibrated on ``calib_inputs``.
+
+    Returns the converted reference graph (call :func:`compile_module` for int8 kernels).
+    """
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if not calib_inputs:
+        raise ValueError('PTQ needs at least one calibration image')
+    example = _pad16(calib_inputs[0])
+    gm = export_dynamic(float_module.eval(), example).module()
+    prepared = prepare_pt2e(gm, _x86_quantizer(is_qat=False))
+    with torch.no_grad():
+        for x in calib_inputs:
+            prepared(_pad16(x))
+    return strip_unused_attributes(convert_pt2e(prepared))
+
+
+def ptq_legacy_fx(float_module: nn.Module, calib_inputs: Sequence[torch.Tensor]) -> nn.Module:
+    """Deprecated fallback: ``torch.ao.quantization`` FX static int8 (x86 backend, eager int8 kernels)."""
+    from torch.ao.quantization import get_default_qconfig_mapping
+    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
+
+    torch.backends.quantized.engine = 'x86'
+    example = _pad16(calib_inputs[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        prepared = prepare_fx(
+            copy.deepcopy(float_module).eval(), get_default_qconfig_mapping('x86'), (example,)
+        )
+        with torch.no_grad():
+            for x in calib_inputs:
+                prepared(_pad16(x))
+        return convert_fx(prepared)
+
+
+def train_batches(cfg: Config, seed: int = 0) -> Iterator[tuple[torch.Tensor, list]]:
+    """Endless ``(inputs, data_samples)`` batches of the config's training dataloader (raw, not preprocessed)."""
+    from mmengine.runner import Runner
+
+    loader_cfg = copy.deepcopy(cfg.train_dataloader)
+    loader_cfg['num_workers'] = 0
+    loader_cfg['persistent_workers'] = False
+    loader = Runner.build_dataloader(loader_cfg, seed=seed)
+    while True:
+        yield from loader
+
+
+def finetune(
+    module: nn.Module,
+    segmentor: nn.Module,
+    cfg: Config,
+    iters: int,
+    lr: float | None = None,
+    seed: int = 0,
+    on_iter: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Fine-tune ``module`` (a :class:`SegLogits` or an exported graph of it) for ``iters`` iterations.
+
+    Batches come from the config's training dataloader through ``segmentor.data_preprocessor``; the loss is
+    ``segmentor.decode_head.loss_by_feat`` (the config's ``loss_decode``); the optimizer is built from
+    ``cfg.optim_wrapper`` (``lr`` replaces its learning rate; no scheduler).
+
+    Returns:
+        Loss of every iteration.
+    """
+    from mmengine.optim import build_optim_wrapper
+
+    if iters < 1:
+        raise ValueError(f'iters must be >= 1, got {iters}')
+    optim_cfg = copy.deepcopy(cfg.optim_wrapper)
+    if lr is not None:
+        optim_cfg.optimizer.lr = lr
+    wrapper = build_optim_wrapper(module, optim_cfg)
+    head = segmentor.decode_head
+    batches = train_batches(cfg, seed=seed)
+    losses = []
+    for it in range(iters):
+        data = segmentor.data_preprocessor(next(batches), training=True)
+        logits = module(data['inputs'])
+        parts = head.loss_by_feat(logits, data['data_samples'])
+        loss = sum(v for k, v in parts.items() if k.startswith('loss'))
+        wrapper.update_params(loss)
+        losses.append(float(loss.detach()))
+        if on_iter is not None:
+            on_iter(it, losses[-1])
+    return losses
+
+
+def qat_pt2e(
+    float_module: nn.Module,
+    segmentor: nn.Module,
+    cfg: Config,
+    example: torch.Tensor,
+    iters: int,
+    lr: float | None = None,
+    seed: int = 0,
+    on_iter: Callable[[int, float], None] | None = None,
+) -> tuple[torch.fx.GraphModule, list[float]]:
+    """Quantization-aware fine-tuning from the float weights, then conversion to the int8 reference graph.
+
+    The graph is exported in eval mode with dynamic batch / sides, prepared with ``prepare_qat_pt2e``
+    (conv-BN folded with fake quantization), switched to training behaviour (batch-norm statistics update)
+    by ``move_exported_model_to_train`` and fine-tuned; ``move_exported_model_to_eval`` + ``convert_pt2e``.
+    """
+    from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    gm = export_dynamic(copy.deepcopy(float_module).eval(), _pad16(example)).module()
+    prepared = prepare_qat_pt2e(gm, _x86_quantizer(is_qat=True))
+    move_exported_model_to_train(prepared)
+    losses = finetune(prepared, segmentor, cfg, iters, lr=lr, seed=seed, on_iter=on_iter)
+    move_exported_model_to_eval(prepared)
+    return strip_unused_attributes(convert_pt2e(prepared)), losses
+
+
+def prune_channels(float_module: SegLogits, example: torch.Tensor, ratio: float) -> SegLogits:
+    """Remove ``ratio`` of the channels of every conv but the classifier (L1 importance, torch-pruning).
+
+    Concatenated skip connections are pruned consistently (torch-pruning's dependency graph). Returns a
+    pruned deep copy.
+    """
+    import torch_pruning as tp
+
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f'ratio must be in (0, 1), got {ratio}')
+    module = copy.deepcopy(float_module).eval()
+    ignored = [
+        m
+        for m in module.decode_head.modules()
+        if isinstance(m, nn.Conv2d) and m.out_channels == module.decode_head.out_channels
+    ]
+    pruner = tp.pruner.MetaPruner(
+        module,
+        _pad16(example),
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        ignored_layers=ignored,
+    )
+    pruner.step()
+    return module
+
+
+def compile_module(module: nn.Module, quantized: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` (inductor); int8 graphs compile with weight freezing so the int8 kernels are chosen."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = bool(quantized)
+    return torch.compile(module)
+
+
+def _pad16(x: torch.Tensor) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % 16, (-w) % 16
+    return torch.nn.functional.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+
+def padded_fn(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Run ``fn`` on the input zero-padded to multiples of 16 and crop the logits back."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        return fn(_pad16(x))[..., :h, :w]
+
+    return run
+
+
+def variant_report(
+    name: str,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    module_for_size: nn.Module,
+    samples: Sequence[Sample],
+    example: torch.Tensor,
+    threshold: float,
+    latency: dict[str, float],
+    save_path: str | Path | None = None,
+    exportable: bool = True,
+) -> dict:
+    """Metrics, size, counts and latencies of one model variant."""
+    logits = predict(padded_fn(fn), samples)
+    size = saved_size(module_for_size, save_path) if exportable else state_dict_size(module_for_size)
+    return dict(
+        name=name,
+        metrics=evaluate(logits, samples, threshold),
+        size_bytes=size,
+        **count_parameters(module_for_size),
+        latency_ms=latency,
+        _logits=logits,
+    )
+
+
+def write_report(report: dict, out_dir: str | Path, stem: str) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.md`` (table) and ``<stem>.png`` (metrics, size, latency) atomically."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    variants = report['variants']
+    clean = {
+        **report,
+        'variants': [{k: v for k, v in var.items() if not k.startswith('_')} for var in variants],
+    }
+    paths = dict(json=out / f'{stem}.json', md=out / f'{stem}.md', png=out / f'{stem}.png')
+    atomic_write_json(paths['json'], clean)
+    lat_keys = sorted({k for v in variants for k in v['latency_ms']})
+    head = ['model', *METRIC_KEYS, 'size (MB)', 'params', 'non-zero', *[f'{k} (ms)' for k in lat_keys]]
+    lines = [
+        f"# {report['command']}: {report['config']}",
+        '',
+        f"Validation images: {report['n_val_images']}; threads: {report['threads']}; latency input "
+        f"{tuple(report['latency_input'])}, median of {report['repeats']} runs.",
+        '',
+        '| ' + ' | '.join(head) + ' |',
+        '|' + '---|' * len(head),
+    ]
+    for v in clean['variants']:
+        row = [v['name'], *[f"{v['metrics'][k]:.4f}" for k in METRIC_KEYS], f"{v['size_bytes'] / 1e6:.3f}"]
+        row += [str(v['params']), str(v['nonzero'])]
+        row += [f"{v['latency_ms'][k]:.1f}" if k in v['latency_ms'] else '-' for k in lat_keys]
+        lines.append('| ' + ' | '.join(row) + ' |')
+    if report.get('fidelity'):
+        lines += ['', f"Fidelity to the float model's logits: {json.dumps(report['fidelity'])}"]
+    for note in report.get('notes', []):
+        lines += ['', note]
+    atomic_write_text(paths['md'], '\n'.join(lines) + '\n')
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    names = [v['name'] for v in variants]
+    x = np.arange(len(METRIC_KEYS))
+    width = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        axes[0].bar(x + i * width, [v['metrics'][k] for k in METRIC_KEYS], width, label=v['name'])
+    axes[0].set_xticks(x + width * (len(variants) - 1) / 2, METRIC_KEYS)
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=7)
+    axes[0].set_title(f"validation ({report['n_val_images']} images)")
+    axes[1].bar(names, [v['size_bytes'] / 1e6 for v in variants])
+    axes[1].set_title('saved size (MB)')
+    for i, k in enumerate(lat_keys):
+        axes[2].bar(
+            np.arange(len(names)) + i * 0.8 / len(lat_keys),
+            [v['latency_ms'].get(k, 0.0) for v in variants],
+            0.8 / len(lat_keys),
+            label=k,
+        )
+    axes[2].set_xticks(np.arange(len(names)), names)
+    axes[2].legend(fontsize=7)
+    axes[2].set_title(f"CPU latency (ms, {report['threads']} thread(s))")
+    for ax in axes[1:]:
+        ax.tick_params(axis='x', labelrotation=20)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format='png', dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(paths['png'], buf.getvalue())
+    return paths
+
+
+def run_compression(
+    command: str,
+    config: str | Path,
+    checkpoint: str | Path,
+    work_dir: str | Path,
+    data_root: str | None = None,
+    cfg_options: dict | None = None,
+    calib_images: int = 8,
+    iters: int = 100,
+    lr: float | None = None,
+    ratio: float = 0.5,
+    threads: int = 1,
+    repeats: int = 10,
+    latency_size: tuple[int, int] | None = None,
+    compile_models: bool = True,
+    legacy: bool = False,
+    seed: int = 0,
+    logger: Callable[[str], None] | None = None,
+) -> dict:
+    """Run one compression command and write its report; returns the report (without logits).
+
+    Args:
+        command: ``'ptq'``, ``'qat'`` or ``'prune-structured'``.
+        config: mmseg config of the trained model.
+        checkpoint: Float checkpoint.
+        work_dir: Output folder (report files, saved models ``*.pt2``).
+        data_root: Replaces the datasets' data root.
+        cfg_options: Config overrides.
+        calib_images: Training images used to calibrate PTQ (and QAT's initial observers).
+        iters: Fine-tuning iterations of QAT / after pruning.
+        lr: Fine-tuning learning rate (None: the config's).
+        ratio: Channel fraction removed by ``prune-structured``.
+        threads: ``torch.set_num_threads`` for every latency measurement.
+        repeats: Timed runs per latency (median reported).
+        latency_size: ``(H, W)`` of the timed input (None: the first validation image, padded to 16).
+        compile_models: Also time ``torch.compile`` versions (int8 needs it to be fast).
+        legacy: PTQ through the deprecated ``torch.ao.quantization`` FX path instead of PT2E.
+        seed: Seed of the fine-tuning data order.
+        logger: Progress callback (e.g. ``print`` or an mmengine logger's ``info``).
+    """
+    log = logger or (lambda _msg: None)
+    if command not in ('ptq', 'qat', 'prune-structured'):
+        raise ValueError(f"command must be 'ptq', 'qat' or 'prune-structured', got {command!r}")
+    torch.manual_seed(seed)
+    cfg = load_config(config, cfg_options, data_root)
+    segmentor = build_segmentor(cfg, checkpoint)
+    threshold = float(getattr(segmentor.decode_head, 'threshold', None) or 0.5)
+    float_module = SegLogits(segmentor).eval()
+    val = load_samples(cfg, segmentor, 'val')
+    calib = [s.inputs for s in load_samples(cfg, segmentor, 'train', calib_images)]
+    example = _pad16(val[0].inputs)
+    timed = example if latency_size is None else torch.randn(1, 3, *latency_size)
+    out_dir = Path(work_dir)
+    torch.set_num_threads(threads)
+
+    def timings(module: nn.Module, quantized: bool, eager: bool = True) -> dict[str, float]:
+        res = {}
+        if eager:
+            res['eager'] = latency_ms(module, timed, repeats)
+        if compile_models:
+            log(f'compiling {"int8" if quantized else "float"} model (inductor) ...')
+            compiled = compile_module(module, quantized)
+            res['compiled'] = latency_ms(compiled, timed, repeats)
+        return res
+
+    log(f'float model: {len(val)} validation images')
+    base = variant_report(
+        'float',
+        float_module,
+        float_module,
+        val,
+        example,
+        threshold,
+        timings(float_module, False),
+        out_dir / 'float.pt2',
+    )
+    variants = [base]
+    notes = []
+    if command == 'ptq':
+        log(f'PTQ: calibrating on {len(calib)} training images')
+        if legacy:
+            q = ptq_legacy_fx(float_module, calib)
+            lat = {'eager': latency_ms(q, timed, repeats)}
+            notes.append('Legacy torch.ao.quantization FX path (deprecated), x86 eager int8 kernels.')
+            qv = variant_report('int8-ptq-legacy', q, q, val, example, threshold, lat, exportable=False)
+        else:
+            q = ptq_pt2e(float_module, calib)
+            qv = variant_report(
+                'int8-ptq',
+                q,
+                q,
+                val,
+                example,
+                threshold,
+                timings(q, True, eager=False),
+                out_dir / 'int8_ptq.pt2',
+            )
+            notes.append(
+                'Metrics of the int8 model come from the converted PT2E graph run as torch reference int8 '
+                '(quantize/dequantize around fp32 ops); its compiled form runs int8 kernels.'
+            )
+        variants.append(qv)
+    elif command == 'qat':
+        log(f'QAT: {iters} iterations')
+        q, losses = qat_pt2e(
+            float_module,
+            segmentor,
+            cfg,
+            example,
+            iters,
+            lr,
+            seed,
+            on_iter=lambda i, v: log(f'qat iter {i + 1}/{iters} loss {v:.4f}') if (i + 1) % 20 == 0 else None,
+        )
+        qv = variant_report(
+            'int8-qat', q, q, val, example, threshold, timings(q, True, eager=False), out_dir / 'int8_qat.pt2'
+        )
+        qv['train_losses'] = losses
+        variants.append(qv)
+    else:
+        log(f'structured pruning: {ratio:.0%} of the channels, then {iters} iterations of fine-tuning')
+        pruned = prune_channels(float_module, example, ratio)
+        before = variant_report(f'pruned-{ratio:.0%}-no-ft', pruned, pruned, val, example, threshold, {})
+        pruned.train()
+        losses = finetune(pruned, segmentor, cfg, iters, lr, seed)
+        pruned.eval()
+        pv = variant_report(
+            f'pruned-{ratio:.0%}',
+            pruned,
+            pruned,
+            val,
+            example,
+            threshold,
+            timings(pruned, False),
+            out_dir / 'pruned.pt2',
+        )
+        pv['train_losses'] = losses
+        variants += [before, pv]
+    fid = fidelity(base['_logits'], variants[-1]['_logits'], threshold)
+    report = dict(
+        command=command,
+        config=str(config),
+        checkpoint=str(checkpoint),
+        n_val_images=len(val),
+        n_calib_images=len(calib),
+        iters=iters if command != 'ptq' else 0,
+        threads=threads,
+        repeats=repeats,
+        latency_input=list(timed.shape),
+        variants=variants,
+        fidelity=fid,
+        notes=notes,
+    )
+    write_report(report, out_dir, command.replace('-', '_'))
+    report['variants'] = [{k: v for k, v in var.items() if not k.startswith('_')} for var in variants]
+    return report
