@@ -1,35 +1,43 @@
 """Inference of a trained mmdet detector or mmseg segmentor into ensemble prediction files.
 
-Used by ``tools/infer.py``. For every image the model's test pipeline (from ``cfg.test_dataloader``, with the
-file loader replaced by an in-memory one and annotation loading removed) prepares the input, and
-``model.test_step`` predicts. Results become :class:`ensemble.predictions.ImagePredictions`:
+Used by ``tools/infer.py``. Images are predicted in batches (``batch_size``; the model's test pipeline from
+``cfg.test_dataloader``, with the file loader replaced by an in-memory one and annotation loading removed,
+prepares each input), optionally under fp16 autocast on CUDA. Results become
+:class:`ensemble.predictions.ImagePredictions`:
 
-* detectors: boxes (xyxy pixels of the original image), scores, 0-based labels, and for mask models the masks as
-  :class:`~celldata.instances.InstanceMasks` crops (Mask R-CNN returns full-frame bool masks; they are cut to
-  their tight boxes on the device). Box-only detectors (YOLOX) get ``masks=None``.
+* two-stage mask detectors (Mask R-CNN): RPN -> box head as in mmdet, then the mask head's sigmoid output is
+  pasted into each box's window (pixel hull of the box plus one pixel, the region mmdet pastes) with mmdet's own
+  bilinear sampling: ``mask_probs`` (soft masks, quantized to ``round(255 p) / 255``) and the binary masks
+  ``p >= mask_thr_binary`` (identical to mmdet's). All windows of an image are sampled on the device in a few
+  padded chunks and copied to the host once.
+* other detectors: ``model.test_step``; boxes (xyxy pixels of the original image), scores, 0-based labels, masks
+  cut to their tight boxes on the device when the model has them; box-only detectors (YOLOX) get ``masks=None``.
 * segmentors: ``semantic`` = foreground probability ``1 - softmax(logits)[background]`` (``sigmoid`` for a
   single-channel head) at the original image size; no instances.
 
-Flip TTA (``tta=True``): the image is also predicted flipped horizontally and vertically; each result is mapped
-back (boxes: ``x -> W - x`` with x1/x2 swapped, resp. y; masks: crops mirrored and windows mirrored) and the
-three are merged. Detectors with masks: :func:`ensemble.masks.fuse_image` with the three passes as equal-weight
-"models" (WBF clusters at IoU 0.55, ``conf_type='avg'`` so a detection seen in fewer passes loses score,
-per-pixel majority vote of the cluster's masks, overlap removal that drops only emptied instances). Box-only
-detectors: WBF of the boxes. Segmentors: mean of the three foreground maps.
+Flip TTA (``tta=True``): the image is also predicted flipped horizontally and vertically, the three passes in the
+same batch; each result is mapped back (boxes: ``x -> W - x`` with x1/x2 swapped, resp. y; masks and
+probabilities: crops mirrored and windows mirrored) and the three are merged. Soft masks: WBF clusters (IoU
+0.55, ``conf_type='avg'`` so a detection seen in fewer passes loses score), score-weighted mean probability of a
+cluster's members. Binary masks: :func:`ensemble.masks.fuse_image` with the three passes as equal-weight
+"models" (per-pixel majority vote, overlap removal that drops only emptied instances). Box-only detectors: WBF
+of the boxes. Segmentors: mean of the three foreground maps.
 
-``mask_head_on``: with a Mask R-CNN-style two-stage model, masks are predicted for *given* boxes (e.g. the WBF
-fused boxes of the ensemble) by running the RoI mask head on them, the winners' trick that lets box-only models
-contribute masks.
+``mask_head_on`` (step 2 of box-first fusion, :mod:`ensemble.box_first`): soft masks for *given* boxes (the WBF
+fused boxes of ``python -m ensemble.fuse_boxes``): a two-stage mask model runs its RoI mask head on them (the
+winners' trick that lets box-only models contribute masks), a segmentor's probability map is cropped to each
+box's pixel window. With TTA the flipped passes' probabilities are averaged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import os.path as osp
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,6 +219,7 @@ def flip_predictions(pred: ImagePredictions, direction: str) -> ImagePredictions
         pred.labels,
         None if pred.masks is None else flip_instance_masks(pred.masks, direction),
         None if pred.semantic is None else flip_image(pred.semantic, direction),
+        None if pred.mask_probs is None else [flip_image(c, direction) for c in pred.mask_probs],
     )
 
 
@@ -237,6 +246,10 @@ def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> Image
             p0.image_id, p0.height, p0.width, np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64),
             None if p0.masks is None else InstanceMasks.empty(p0.height, p0.width), semantic,
         )  # fmt: skip
+    if all(p.mask_probs is not None for p in preds):
+        merged = _merge_soft_tta(preds, iou_thr)
+        merged.semantic = semantic
+        return merged
     if p0.masks is not None:
         from ensemble.masks import FusionParams, fuse_image
 
@@ -260,6 +273,43 @@ def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> Image
     return ImagePredictions(p0.image_id, h, w, boxes, fs, fl.astype(np.int64), None, semantic)
 
 
+def _merge_soft_tta(
+    preds: Sequence[ImagePredictions], iou_thr: float, mask_thr: float = 0.5
+) -> ImagePredictions:
+    """TTA merge of passes with soft masks: WBF clusters (``conf_type='avg'``); each cluster's probability is the
+    score-weighted mean of its members' probabilities over the union of their windows (0 outside a member's
+    window), its binary mask that mean ``>= mask_thr``. Instances may overlap (the ensemble removes overlaps)."""
+    from ensemble.boxes import denormalize_boxes, normalize_boxes, weighted_boxes_fusion
+    from ensemble.masks import MIN_FUSED_SCORE
+
+    p0 = preds[0]
+    h, w = p0.height, p0.width
+    fb, fs, fl, clusters = weighted_boxes_fusion(
+        [normalize_boxes(p.boxes, h, w) for p in preds],
+        [p.scores for p in preds],
+        [p.labels for p in preds],
+        iou_thr=iou_thr,
+        skip_box_thr=MIN_FUSED_SCORE,
+        conf_type="avg",
+    )
+    wins, probs = [], []
+    for members in clusters:
+        mb = np.array([preds[t].masks.boxes[i] for t, i in members], dtype=np.int64).reshape(-1, 4)
+        x0, y0 = mb[:, 0].min(), mb[:, 1].min()
+        x1, y1 = max(mb[:, 2].max(), x0), max(mb[:, 3].max(), y0)
+        num = np.zeros((y1 - y0, x1 - x0), dtype=np.float64)
+        den = 0.0
+        for (t, i), (bx0, by0, bx1, by1) in zip(members, mb):
+            a = float(preds[t].scores[i])
+            num[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] += a * preds[t].mask_probs[i]
+            den += a
+        wins.append((x0, y0, x1, y1))
+        probs.append((num / den).astype(np.float32) if den > 0 else num.astype(np.float32))
+    masks = InstanceMasks(h, w, np.array(wins, dtype=np.int32).reshape(-1, 4), [c >= mask_thr for c in probs])
+    boxes = np.clip(denormalize_boxes(fb, h, w), 0, [w, h, w, h])
+    return ImagePredictions(p0.image_id, h, w, boxes, fs, fl.astype(np.int64), masks, None, probs)
+
+
 def limit_predictions(pred: ImagePredictions, score_thr: float, max_per_img: int) -> ImagePredictions:
     """Keep detections with ``score >= score_thr``, at most ``max_per_img`` of them, by decreasing score."""
     if len(pred) == 0:
@@ -275,6 +325,7 @@ def limit_predictions(pred: ImagePredictions, score_thr: float, max_per_img: int
         pred.labels[order],
         None if pred.masks is None else pred.masks.subset(order),
         pred.semantic,
+        None if pred.mask_probs is None else [pred.mask_probs[int(i)] for i in order],
     )
 
 
@@ -315,22 +366,217 @@ def _inference_pipeline(cfg, library: str) -> list[dict]:
     return out
 
 
+def _boxes_only(pred: ImagePredictions) -> ImagePredictions:
+    """The boxes, scores and labels of a prediction (no masks, maps or probabilities)."""
+    return ImagePredictions(pred.image_id, pred.height, pred.width, pred.boxes, pred.scores, pred.labels)
+
+
+def semantic_on_boxes(
+    given: ImagePredictions, semantic: np.ndarray, mask_thr: float = 0.5
+) -> ImagePredictions:
+    """A foreground probability map cropped to given boxes: the soft masks a semantic model gives them.
+
+    Each box gets the pixel window ``floor(x1), floor(y1), ceil(x2), ceil(y2)`` (clipped to the image; the window
+    in which the vote ensemble lets a semantic map vote), its crop of the map as ``mask_probs`` and
+    ``crop >= mask_thr`` as binary mask.
+
+    Args:
+        given: Boxes (xyxy pixels), scores and labels, kept.
+        semantic: float32 ``(H, W)`` foreground probability.
+        mask_thr: Binary threshold.
+
+    Returns:
+        ``given`` with masks and ``mask_probs`` (``semantic`` itself is not kept).
+    """
+    h, w = given.height, given.width
+    if semantic.shape != (h, w):
+        raise ValueError(f"image {given.image_id}: semantic map {semantic.shape} for a {h}x{w} image")
+    b = given.boxes.astype(np.float64)
+    lo = np.clip(np.floor(b[:, :2]).astype(np.int64), 0, [w, h])
+    hi = np.clip(np.ceil(b[:, 2:]).astype(np.int64), lo, [w, h])
+    win = np.concatenate([lo, hi], axis=1).astype(np.int32).reshape(-1, 4)
+    probs = [np.ascontiguousarray(semantic[y0:y1, x0:x1], dtype=np.float32) for x0, y0, x1, y1 in win]
+    masks = InstanceMasks(h, w, win, [c >= mask_thr for c in probs])
+    return ImagePredictions(given.image_id, h, w, given.boxes, given.scores, given.labels, masks, None, probs)
+
+
+def _average_soft_passes(
+    given: ImagePredictions, passes: Sequence[ImagePredictions], mask_thr: float, keep_probs: bool
+) -> ImagePredictions:
+    """Mean mask probabilities of un-flipped TTA passes over the same boxes (their windows coincide)."""
+    p0 = passes[0]
+    for p in passes[1:]:
+        if not np.array_equal(p.masks.boxes, p0.masks.boxes):
+            raise ValueError(f"image {given.image_id}: TTA passes have different mask windows")
+    n = len(passes)
+    probs = [sum(p.mask_probs[i] for p in passes) / np.float32(n) for i in range(len(p0.masks))]
+    masks = InstanceMasks(given.height, given.width, p0.masks.boxes, [c >= mask_thr for c in probs])
+    return ImagePredictions(
+        given.image_id, given.height, given.width, given.boxes, given.scores, given.labels, masks,
+        given.semantic, probs if keep_probs else None,
+    )  # fmt: skip
+
+
+def _autocast(device: torch.device, fp16: bool):
+    """fp16 autocast on CUDA when asked, else a no-op context."""
+    if fp16:
+        return torch.autocast(device_type="cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+def _finite_predictions(
+    image_id: str,
+    height: int,
+    width: int,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    masks: InstanceMasks | None = None,
+    mask_probs: list[np.ndarray] | None = None,
+) -> ImagePredictions:
+    """Detections as :class:`ImagePredictions`, boxes clipped to the image, non-finite ones dropped with a warning.
+
+    A diverged or barely trained model can emit NaN/inf boxes or scores: they cannot be placed, so they are
+    dropped together with their masks.
+    """
+    boxes = np.clip(np.asarray(boxes, dtype=np.float32).reshape(-1, 4), 0, [width, height, width, height])
+    scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
+    if not finite.all():
+        warnings.warn(
+            f"image {image_id}: dropped {int((~finite).sum())} detection(s) with non-finite box or score",
+            stacklevel=3,
+        )
+        boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
+        masks = masks.subset(finite) if masks is not None else None
+        if mask_probs is not None:
+            mask_probs = [c for c, f in zip(mask_probs, finite) if f]
+    return ImagePredictions(image_id, height, width, boxes, scores, labels, masks, None, mask_probs)
+
+
+def paste_soft_masks(
+    probs: torch.Tensor,
+    boxes: torch.Tensor,
+    height: int,
+    width: int,
+    mask_thr: float = 0.5,
+    max_elements: int = 1 << 24,
+) -> tuple[InstanceMasks, list[np.ndarray]]:
+    """Paste RoI mask probabilities into their boxes: binary masks and probability crops, one host transfer.
+
+    Each instance gets the pixel window ``floor(x1) - 1 .. ceil(x2) + 1`` (and y alike, clipped to the image),
+    the region mmdet's ``_do_paste_mask`` samples for a single box; its probabilities are the same bilinear
+    ``grid_sample`` of the RoI map, so ``crop >= mask_thr`` equals mmdet's binary mask. Windows are padded per
+    chunk (instances sorted by window area, at most ``max_elements`` pixels per chunk) and sampled in one call;
+    the pixels of all windows are gathered on the device and copied to the host once, quantized to
+    ``q = round(255 p)`` (the prediction file's precision).
+
+    Args:
+        probs: float ``(N, h, w)`` mask probabilities (sigmoid of the mask head, class channel selected).
+        boxes: float ``(N, 4)`` xyxy boxes in the pixels of the ``(height, width)`` image, on the same device.
+        height: Image height H.
+        width: Image width W.
+        mask_thr: Binary threshold (mmdet's ``mask_thr_binary``).
+        max_elements: Most padded window pixels sampled at once.
+
+    Returns:
+        ``(masks, prob_crops)``: the binary masks in the windows and the float32 probability crops ``q / 255``.
+    """
+    import torch.nn.functional as F
+
+    n = int(boxes.shape[0])
+    if n == 0:
+        return InstanceMasks.empty(height, width), []
+    dev = boxes.device
+    b = boxes.float()
+    lo = torch.clamp(b[:, :2].floor() - 1, min=0)
+    hi = torch.stack(
+        [torch.clamp(b[:, 2].ceil() + 1, max=width), torch.clamp(b[:, 3].ceil() + 1, max=height)], 1
+    )
+    hi = torch.maximum(hi, lo)
+    win = torch.cat([lo, hi], dim=1).to(torch.int64)
+    win_np = win.cpu().numpy()  # N x 4 integers: plans the chunks
+    ws = win_np[:, 2] - win_np[:, 0]
+    hs = win_np[:, 3] - win_np[:, 1]
+    order = np.argsort(-(hs * ws), kind="stable")
+    p = probs.float()[:, None]
+    flat_parts = []
+    s = 0
+    while s < n:
+        hm, wm = int(hs[order[s]]), int(ws[order[s]])
+        e = s + 1
+        while e < n:
+            h2, w2 = max(hm, int(hs[order[e]])), max(wm, int(ws[order[e]]))
+            if (e + 1 - s) * h2 * w2 > max_elements:
+                break
+            hm, wm, e = h2, w2, e + 1
+        idx = torch.as_tensor(order[s:e], device=dev)
+        wi, bi = win[idx], b[idx]
+        if hm > 0 and wm > 0:
+            ar_y = torch.arange(hm, device=dev)
+            ar_x = torch.arange(wm, device=dev)
+            img_y = (wi[:, 1:2] + ar_y[None]).to(torch.float32) + 0.5
+            img_x = (wi[:, 0:1] + ar_x[None]).to(torch.float32) + 0.5
+            img_y = (img_y - bi[:, 1:2]) / (bi[:, 3:4] - bi[:, 1:2]) * 2 - 1
+            img_x = (img_x - bi[:, 0:1]) / (bi[:, 2:3] - bi[:, 0:1]) * 2 - 1
+            img_x[torch.isinf(img_x)] = 0  # degenerate boxes, as mmdet
+            img_y[torch.isinf(img_y)] = 0
+            k = len(idx)
+            grid = torch.stack(
+                [img_x[:, None, :].expand(k, hm, wm), img_y[:, :, None].expand(k, hm, wm)], dim=3
+            )
+            pasted = F.grid_sample(p[idx], grid, align_corners=False)[:, 0]
+            valid = (ar_y[None, :, None] < (wi[:, 3] - wi[:, 1])[:, None, None]) & (
+                ar_x[None, None, :] < (wi[:, 2] - wi[:, 0])[:, None, None]
+            )
+            vals = pasted[valid]
+            flat_parts.append(
+                torch.stack([torch.round(vals * 255).to(torch.uint8), (vals >= mask_thr).to(torch.uint8)])
+            )
+        s = e
+    host = torch.cat(flat_parts, dim=1).cpu().numpy() if flat_parts else np.zeros((2, 0), np.uint8)
+    q_all = host[0].astype(np.float32) / np.float32(255.0)
+    bin_all = host[1].view(bool)
+    sizes = (hs * ws)[order]
+    offs = np.concatenate([[0], np.cumsum(sizes)])
+    crops: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    prob_crops: list[np.ndarray] = [None] * n  # type: ignore[list-item]
+    for j, i in enumerate(order.tolist()):
+        shape = (int(hs[i]), int(ws[i]))
+        crops[i] = bin_all[offs[j] : offs[j + 1]].reshape(shape)
+        prob_crops[i] = q_all[offs[j] : offs[j + 1]].reshape(shape)
+    return InstanceMasks(height, width, win_np.astype(np.int32), crops), prob_crops
+
+
 class InferenceModel:
-    """A trained model with its test pipeline, predicting :class:`ImagePredictions` for single images.
+    """A trained model with its test pipeline, predicting :class:`ImagePredictions` for batches of images.
 
     Args:
         model: The built mmdet/mmseg model (eval mode, on its device).
         cfg: Its config.
         library: ``'mmdet'`` or ``'mmseg'``.
+        fp16: Run the network under fp16 autocast (CUDA only).
+        soft_masks: For two-stage mask models, also return the mask head's probabilities (``mask_probs``).
+
+    Raises:
+        ValueError: If ``fp16`` is asked for a model not on a CUDA device.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg, library: str) -> None:
+    def __init__(
+        self, model: torch.nn.Module, cfg, library: str, fp16: bool = False, soft_masks: bool = True
+    ) -> None:
         from mmcv.transforms import Compose
 
         self.model = model
         self.cfg = cfg
         self.library = library
         self.pipeline = Compose(_inference_pipeline(cfg, library))
+        self.device = next(model.parameters()).device
+        if fp16 and self.device.type != "cuda":
+            raise ValueError(f"--fp16 needs a CUDA device, the model is on {self.device}")
+        self.fp16 = bool(fp16)
+        self.soft_masks = bool(soft_masks)
 
     @property
     def has_masks(self) -> bool:
@@ -339,16 +585,43 @@ class InferenceModel:
             getattr(self.model, "roi_head", None), "with_mask", False
         )
 
-    def _prepare(self, img: np.ndarray) -> dict:
+    @property
+    def _mask_roi_head(self):
+        """The RoI head when the model is a two-stage detector whose mask head can be run on given boxes."""
+        roi_head = getattr(self.model, "roi_head", None)
+        if (
+            roi_head is None
+            or not getattr(roi_head, "with_mask", False)
+            or not hasattr(roi_head, "_mask_forward")
+        ):
+            return None
+        return roi_head
+
+    @property
+    def predicts_soft_masks(self) -> bool:
+        """Whether :meth:`predict_batch` returns mask probabilities (two-stage model with an FCN mask head)."""
+        return (
+            self.soft_masks
+            and self._mask_roi_head is not None
+            and hasattr(self.model, "rpn_head")
+            and hasattr(self._mask_roi_head, "predict_bbox")
+        )
+
+    def _prepare(self, imgs: Sequence[np.ndarray]) -> dict:
         from mmengine.dataset import pseudo_collate
 
-        data = self.pipeline(dict(img=img, img_id=0, img_path="", ori_shape=img.shape[:2]))
-        return pseudo_collate([data])
+        return pseudo_collate(
+            [
+                self.pipeline(dict(img=img, img_id=k, img_path="", ori_shape=img.shape[:2]))
+                for k, img in enumerate(imgs)
+            ]
+        )
 
     @torch.no_grad()
     def predict_sample(self, img: np.ndarray):
         """The raw data sample (mmdet ``DetDataSample`` / mmseg ``SegDataSample``) of one BGR image."""
-        return self.model.test_step(self._prepare(img))[0]
+        with _autocast(self.device, self.fp16):
+            return self.model.test_step(self._prepare([img]))[0]
 
     def to_predictions(self, sample, image_id: str, height: int, width: int) -> ImagePredictions:
         """Convert a raw data sample into :class:`ImagePredictions` (module docstring)."""
@@ -366,79 +639,226 @@ class InferenceModel:
                 np.clip(fg, 0.0, 1.0),
             )  # fmt: skip
         inst = sample.pred_instances
-        boxes = to_numpy(inst.bboxes).astype(np.float32).reshape(-1, 4)
-        boxes = np.clip(boxes, 0, [width, height, width, height])
-        scores = to_numpy(inst.scores).astype(np.float32)
-        labels = to_numpy(inst.labels).astype(np.int64)
         masks = masks_to_instances(inst.masks, height, width) if "masks" in inst else None
-        finite = np.isfinite(boxes).all(axis=1) & np.isfinite(scores)
-        if not finite.all():
-            # a diverged or barely trained model can emit NaN/inf boxes: they cannot be placed, so drop them
-            warnings.warn(
-                f"image {image_id}: dropped {int((~finite).sum())} detection(s) with non-finite box or score",
-                stacklevel=2,
+        return _finite_predictions(
+            image_id,
+            height,
+            width,
+            to_numpy(inst.bboxes.float()),
+            to_numpy(inst.scores.float()),
+            to_numpy(inst.labels),
+            masks,
+        )
+
+    def _soft_mask_forward(
+        self, feats, metas: list[dict], boxes_in: list[torch.Tensor], labels: list[torch.Tensor]
+    ):
+        """Mask head on network-input-scale boxes of each image: per image ``(N_i, h, w)`` probabilities."""
+        from mmdet.structures.bbox import bbox2roi
+
+        roi_head = self._mask_roi_head
+        rois = bbox2roi(boxes_in)
+        n_per = [len(bb) for bb in boxes_in]
+        if rois.shape[0] == 0:
+            return [torch.zeros((0, 1, 1), device=rois.device) for _ in boxes_in]
+        mask_preds = roi_head._mask_forward(feats, rois)["mask_preds"].float()
+        lab = torch.cat(labels)
+        if not getattr(roi_head.mask_head, "class_agnostic", False):
+            mask_preds = mask_preds[torch.arange(len(lab), device=lab.device), lab]
+        else:
+            mask_preds = mask_preds[:, 0]
+        return list(mask_preds.sigmoid().split(n_per, 0))
+
+    def _mask_thr(self) -> float:
+        tc = self._mask_roi_head.test_cfg
+        thr = tc.get("mask_thr_binary", 0.5) if tc is not None else 0.5
+        return float(thr) if thr is not None and thr >= 0 else 0.5
+
+    def _forward_soft(self, imgs: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[ImagePredictions]:
+        """Two-stage mask model: RPN -> box head -> mask head probabilities pasted into the boxes (one batch)."""
+        data = self.model.data_preprocessor(self._prepare(imgs), False)
+        inputs, samples = data["inputs"], data["data_samples"]
+        metas = [s.metainfo for s in samples]
+        roi_head = self._mask_roi_head
+        with _autocast(self.device, self.fp16):
+            feats = self.model.extract_feat(inputs)
+            if samples[0].get("proposals", None) is None:
+                rpn = self.model.rpn_head.predict(feats, samples, rescale=False)
+            else:
+                rpn = [s.proposals for s in samples]
+            results = roi_head.predict_bbox(feats, metas, rpn, rcnn_test_cfg=roi_head.test_cfg, rescale=False)
+            boxes_in = [r.bboxes.float() for r in results]
+            probs = self._soft_mask_forward(feats, metas, boxes_in, [r.labels for r in results])
+        out = []
+        for img, image_id, meta, r, bb, pr in zip(imgs, image_ids, metas, results, boxes_in, probs):
+            h, w = img.shape[:2]
+            sf = bb.new_tensor(meta["scale_factor"]).repeat(2)
+            boxes = bb / sf  # original image pixels (as mmdet's mask head rescales them)
+            scores = r.scores.float()
+            finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(scores)
+            if not bool(finite.all()):
+                warnings.warn(
+                    f"image {image_id}: dropped {int((~finite).sum())} detection(s) with non-finite box or score",
+                    stacklevel=2,
+                )
+                boxes, scores, labels, pr = boxes[finite], scores[finite], r.labels[finite], pr[finite]
+            else:
+                labels = r.labels
+            masks, crops = paste_soft_masks(pr, boxes, h, w, self._mask_thr())
+            out.append(
+                _finite_predictions(
+                    image_id,
+                    h,
+                    w,
+                    to_numpy(boxes),
+                    to_numpy(scores),
+                    to_numpy(labels),
+                    masks,
+                    crops if self.soft_masks else None,
+                )
             )
-            boxes, scores, labels = boxes[finite], scores[finite], labels[finite]
-            masks = masks.subset(finite) if masks is not None else None
-        return ImagePredictions(image_id, height, width, boxes, scores, labels, masks)
+        return out
+
+    @torch.no_grad()
+    def predict_raw(self, imgs: Sequence[np.ndarray], image_ids: Sequence[str]) -> list[ImagePredictions]:
+        """One network pass over a batch of BGR images (no TTA), each converted to :class:`ImagePredictions`."""
+        if len(imgs) == 0:
+            return []
+        if self.predicts_soft_masks:
+            return self._forward_soft(imgs, image_ids)
+        with _autocast(self.device, self.fp16):
+            samples = self.model.test_step(self._prepare(imgs))
+        return [
+            self.to_predictions(s, i, img.shape[0], img.shape[1])
+            for s, i, img in zip(samples, image_ids, imgs)
+        ]
+
+    def predict_batch(
+        self, imgs: Sequence[np.ndarray], image_ids: Sequence[str], tta: bool = False
+    ) -> list[ImagePredictions]:
+        """Predict a batch of BGR images (H, W, 3); with ``tta`` the three flip passes of every image run in the
+        same batch and are merged per image (:func:`merge_tta`)."""
+        if not tta:
+            return self.predict_raw(imgs, image_ids)
+        batch, ids = [], []
+        for img, image_id in zip(imgs, image_ids):
+            batch += [img] + [flip_image(img, d) for d in FLIP_DIRECTIONS]
+            ids += [image_id] * (1 + len(FLIP_DIRECTIONS))
+        raw = self.predict_raw(batch, ids)
+        step = 1 + len(FLIP_DIRECTIONS)
+        out = []
+        for k in range(len(imgs)):
+            passes = raw[k * step : (k + 1) * step]
+            passes = [passes[0]] + [flip_predictions(p, d) for p, d in zip(passes[1:], FLIP_DIRECTIONS)]
+            out.append(merge_tta(passes))
+        return out
 
     def predict(self, img: np.ndarray, image_id: str, tta: bool = False) -> ImagePredictions:
         """Predict one BGR image (H, W, 3), optionally with flip TTA."""
-        h, w = img.shape[:2]
-        pred = self.to_predictions(self.predict_sample(img), image_id, h, w)
-        if not tta:
-            return pred
-        passes = [pred]
-        for d in FLIP_DIRECTIONS:
-            p = self.to_predictions(self.predict_sample(flip_image(img, d)), image_id, h, w)
-            passes.append(flip_predictions(p, d))
-        return merge_tta(passes)
+        return self.predict_batch([img], [image_id], tta=tta)[0]
 
     @torch.no_grad()
-    def predict_masks_on_boxes(self, img: np.ndarray, given: ImagePredictions) -> ImagePredictions:
-        """Masks of a two-stage mask model for given boxes/labels (its RoI mask head run on them).
+    def predict_masks_on_boxes_batch(
+        self, imgs: Sequence[np.ndarray], givens: Sequence[ImagePredictions], soft: bool | None = None
+    ) -> list[ImagePredictions]:
+        """Soft masks of a two-stage mask model for given boxes/labels (its RoI mask head run on them).
 
         Args:
-            img: BGR image (H, W, 3).
-            given: Boxes (xyxy pixels), scores and labels to keep; their masks are replaced.
+            imgs: BGR images (H, W, 3).
+            givens: Per image, the boxes (xyxy pixels), scores and labels to keep; masks are replaced.
+            soft: Whether to return ``mask_probs`` (default: the model's ``soft_masks``).
 
         Returns:
-            ``given`` with masks from this model.
+            ``givens`` with this model's binary masks and, unless ``soft_masks`` is off, the mask head's
+            probabilities pasted into the box windows (``mask_probs``); ``semantic`` is kept.
 
         Raises:
-            ValueError: If the model has no RoI mask head or the image size differs.
+            ValueError: If the model has no RoI mask head or an image size differs.
         """
-        from mmengine.structures import InstanceData
-
-        roi_head = getattr(self.model, "roi_head", None)
-        if roi_head is None or not getattr(roi_head, "with_mask", False):
+        roi_head = self._mask_roi_head
+        if roi_head is None:
             raise ValueError("--mask-head-on needs a two-stage model with a mask head (e.g. Mask R-CNN)")
-        h, w = img.shape[:2]
-        if (given.height, given.width) != (h, w):
-            raise ValueError(
-                f"image {given.image_id}: boxes are for {given.height}x{given.width}, image is {h}x{w}"
-            )
-        if len(given) == 0:
-            return ImagePredictions(
-                given.image_id, h, w, given.boxes, given.scores, given.labels, InstanceMasks.empty(h, w),
-                given.semantic,
-            )  # fmt: skip
-        data = self.model.data_preprocessor(self._prepare(img), False)
+        for img, g in zip(imgs, givens):
+            h, w = img.shape[:2]
+            if (g.height, g.width) != (h, w):
+                raise ValueError(f"image {g.image_id}: boxes are for {g.height}x{g.width}, image is {h}x{w}")
+        data = self.model.data_preprocessor(self._prepare(imgs), False)
         inputs, samples = data["inputs"], data["data_samples"]
-        meta = samples[0].metainfo
-        feats = self.model.extract_feat(inputs)
-        device = inputs.device
-        sf = torch.as_tensor(meta["scale_factor"], dtype=torch.float32, device=device).repeat(2)
-        res = InstanceData(
-            bboxes=torch.as_tensor(given.boxes, dtype=torch.float32, device=device) * sf,
-            labels=torch.as_tensor(given.labels, dtype=torch.long, device=device),
-            scores=torch.as_tensor(given.scores, dtype=torch.float32, device=device),
-        )
-        out = roi_head.predict_mask(feats, [meta], [res], rescale=True)[0]
-        masks = masks_to_instances(out.masks, h, w)
-        return ImagePredictions(
-            given.image_id, h, w, given.boxes, given.scores, given.labels, masks, given.semantic
-        )
+        metas = [s.metainfo for s in samples]
+        dev = inputs.device
+        boxes = [torch.as_tensor(g.boxes, dtype=torch.float32, device=dev) for g in givens]
+        scaled = [
+            bb * torch.as_tensor(m["scale_factor"], dtype=torch.float32, device=dev).repeat(2)
+            for bb, m in zip(boxes, metas)
+        ]
+        labels = [torch.as_tensor(g.labels, dtype=torch.long, device=dev) for g in givens]
+        with _autocast(self.device, self.fp16):
+            feats = self.model.extract_feat(inputs)
+            probs = self._soft_mask_forward(feats, metas, scaled, labels)
+        out = []
+        for g, bb, pr in zip(givens, boxes, probs):
+            masks, crops = paste_soft_masks(pr, bb, g.height, g.width, self._mask_thr())
+            out.append(
+                ImagePredictions(
+                    g.image_id,
+                    g.height,
+                    g.width,
+                    g.boxes,
+                    g.scores,
+                    g.labels,
+                    masks,
+                    g.semantic,
+                    crops if (self.soft_masks if soft is None else soft) else None,
+                )  # fmt: skip
+            )
+        return out
+
+    def predict_masks_on_boxes(self, img: np.ndarray, given: ImagePredictions) -> ImagePredictions:
+        """:meth:`predict_masks_on_boxes_batch` for one image."""
+        return self.predict_masks_on_boxes_batch([img], [given])[0]
+
+    def predict_on_boxes(
+        self, imgs: Sequence[np.ndarray], givens: Sequence[ImagePredictions], tta: bool = False
+    ) -> list[ImagePredictions]:
+        """Step 2 of box-first fusion: soft masks of this model for given (fused) boxes, one batch.
+
+        A two-stage mask model runs its RoI mask head on the boxes (:meth:`predict_masks_on_boxes_batch`); a
+        segmentor predicts its foreground probability map, cropped to each box's pixel window
+        (:func:`semantic_on_boxes`). With ``tta`` the horizontally and vertically flipped images (and boxes) run
+        in the same batch and the probabilities are averaged per pixel (binary masks: mean ``>= mask_thr``).
+
+        Args:
+            imgs: BGR images (H, W, 3).
+            givens: Per image, the boxes, scores and labels (kept unchanged in the result).
+            tta: Flip TTA.
+
+        Returns:
+            Per image, ``givens`` with masks and ``mask_probs``.
+
+        Raises:
+            ValueError: If the model cannot predict masks (a box-only detector) or an image size differs.
+        """
+        if self.library == "mmseg":
+            maps = self.predict_batch(imgs, [g.image_id for g in givens], tta=tta)
+            return [semantic_on_boxes(g, m.semantic) for g, m in zip(givens, maps)]
+        if self._mask_roi_head is None:
+            raise ValueError(
+                "--mask-head-on needs a two-stage model with a mask head (e.g. Mask R-CNN) or a segmentor"
+            )
+        if not tta:
+            return self.predict_masks_on_boxes_batch(imgs, givens)
+        batch_imgs, batch_given = [], []
+        for img, g in zip(imgs, givens):
+            batch_imgs += [img] + [flip_image(img, d) for d in FLIP_DIRECTIONS]
+            batch_given += [g] + [flip_predictions(_boxes_only(g), d) for d in FLIP_DIRECTIONS]
+        raw = self.predict_masks_on_boxes_batch(batch_imgs, batch_given, soft=True)
+        step = 1 + len(FLIP_DIRECTIONS)
+        out = []
+        for k, g in enumerate(givens):
+            passes = raw[k * step : (k + 1) * step]
+            passes = [passes[0]] + [flip_predictions(p, d) for p, d in zip(passes[1:], FLIP_DIRECTIONS)]
+            out.append(_average_soft_passes(g, passes, self._mask_thr(), self.soft_masks))
+        return out
 
 
 def load_model(
@@ -448,6 +868,8 @@ def load_model(
     cfg_options: dict | None = None,
     score_thr: float = 0.05,
     max_per_img: int = 1000,
+    fp16: bool = False,
+    soft_masks: bool = True,
 ) -> InferenceModel:
     """Build a model from its config and load a checkpoint (``weights_only``-safe with onedl-mmengine).
 
@@ -458,12 +880,15 @@ def load_model(
         cfg_options: Config overrides.
         score_thr: Lowest score the detector's post-processing should keep.
         max_per_img: Most detections it should keep per image.
+        fp16: fp16 autocast (CUDA only).
+        soft_masks: Two-stage mask models also return mask probabilities.
 
     Returns:
-        The model ready for :meth:`InferenceModel.predict`.
+        The model ready for :meth:`InferenceModel.predict_batch`.
 
     Raises:
         FileNotFoundError: If the checkpoint does not exist.
+        ValueError: If ``fp16`` is asked without CUDA.
     """
     from mmengine.runner import load_checkpoint
 
@@ -477,6 +902,8 @@ def load_model(
     if checkpoint is not None and not osp.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if fp16 and not str(device).startswith("cuda"):
+        raise ValueError(f"--fp16 needs a CUDA device, got {device!r}")
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
         load_checkpoint(model, str(checkpoint), map_location="cpu", revise_keys=[(r"^module\.", "")])
@@ -484,7 +911,7 @@ def load_model(
         model.init_weights()
     model.cfg = cfg
     model.to(device).eval()
-    return InferenceModel(model, cfg, library)
+    return InferenceModel(model, cfg, library, fp16=fp16, soft_masks=soft_masks)
 
 
 def run_inference(
@@ -498,6 +925,7 @@ def run_inference(
     meta: dict | None = None,
     progress: bool = True,
     on_image: Callable[[ImagePredictions], Any] | None = None,
+    batch_size: int = 1,
 ) -> list[ImagePredictions]:
     """Predict every image and write one prediction file (``ensemble.predictions`` format, atomic).
 
@@ -505,13 +933,16 @@ def run_inference(
         model: From :func:`load_model`.
         images: Images to predict.
         out_path: Output ``.npz`` path.
-        tta: Flip TTA (not combined with ``mask_head_on``).
+        tta: Flip TTA (also with ``mask_head_on``: probabilities averaged over the passes).
         score_thr: Detections below this score are dropped (detectors).
         max_per_img: At most this many detections per image, highest scores first.
-        mask_head_on: Prediction file whose boxes/scores/labels get masks from this model's mask head.
+        mask_head_on: Prediction file (e.g. the fused boxes of ``python -m ensemble.fuse_boxes``) whose
+            boxes/scores/labels get soft masks from this model (:meth:`InferenceModel.predict_on_boxes`).
         meta: Extra metadata stored in the file.
         progress: Show a tqdm bar.
         on_image: Optional callback per finished image.
+        batch_size: Images per network pass (with ``tta`` each image adds its three flip passes to the batch).
+            The result does not depend on it (up to floating-point reassociation in batched kernels).
 
     Returns:
         The predictions written.
@@ -521,26 +952,32 @@ def run_inference(
     """
     from tqdm import tqdm
 
+    if int(batch_size) < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     given: dict[str, ImagePredictions] | None = None
     if mask_head_on is not None:
-        if tta:
-            raise ValueError("--tta cannot be combined with --mask-head-on")
         given, _ = load_predictions(mask_head_on)
+        missing = [it.image_id for it in images if it.image_id not in given]
+        if missing:
+            raise ValueError(f"{mask_head_on}: no boxes for image(s) {', '.join(missing[:5])}")
     preds: list[ImagePredictions] = []
-    it: Iterable[ImageItem] = tqdm(images, desc="infer", unit="img", disable=not progress)
-    for item in it:
-        img = read_image(item.path)
+    bar = tqdm(total=len(images), desc="infer", unit="img", disable=not progress)
+    for start in range(0, len(images), int(batch_size)):
+        items = images[start : start + int(batch_size)]
+        imgs = [read_image(it.path) for it in items]
+        ids = [it.image_id for it in items]
         if given is not None:
-            if item.image_id not in given:
-                raise ValueError(f"{mask_head_on}: no boxes for image {item.image_id}")
-            p = model.predict_masks_on_boxes(img, given[item.image_id])
+            batch = model.predict_on_boxes(imgs, [given[i] for i in ids], tta=tta)
         else:
-            p = model.predict(img, item.image_id, tta=tta)
+            batch = model.predict_batch(imgs, ids, tta=tta)
             if model.library == "mmdet":
-                p = limit_predictions(p, score_thr, max_per_img)
-        preds.append(p)
-        if on_image is not None:
-            on_image(p)
+                batch = [limit_predictions(p, score_thr, max_per_img) for p in batch]
+        for p in batch:
+            preds.append(p)
+            if on_image is not None:
+                on_image(p)
+        bar.update(len(items))
+    bar.close()
     info = {
         "library": model.library,
         "model": type(model.model).__name__,
@@ -551,6 +988,9 @@ def run_inference(
         "max_per_img": int(max_per_img),
         "mask_head_on": None if mask_head_on is None else str(mask_head_on),
         "has_masks": bool(preds and preds[0].masks is not None),
+        "has_mask_probs": bool(preds and preds[0].mask_probs is not None),
+        "batch_size": int(batch_size),
+        "fp16": bool(model.fp16),
     }
     info.update(meta or {})
     save_predictions(out_path, preds, meta=info)

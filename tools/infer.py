@@ -1,15 +1,17 @@
 """Predict images with a trained model and write an ensemble prediction file (ensemble/predictions.py format).
 
-Works for mmdet detectors (YOLOX: boxes only; Mask R-CNN: boxes + masks) and mmseg segmentors (UPerNet,
-U-Net: semantic foreground probability). See custom_modules/inference.py for the flip TTA merge and
---mask-head-on.
+Works for mmdet detectors (YOLOX: boxes only; Mask R-CNN: boxes + masks + mask probabilities, i.e. soft masks)
+and mmseg segmentors (UPerNet, U-Net: semantic foreground probability). Images are predicted --batch-size at a
+time (flip TTA: the three passes of each image in the same batch), in fp16 on CUDA with --fp16. See
+custom_modules/inference.py for the flip TTA merge and --mask-head-on.
 
 Examples:
     python tools/infer.py configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py \\
         work_dirs/demo/mask_rcnn/iter_200.pth --ann-file work_dirs/demo/synthetic/annotations/fold0_val.json \\
         --out work_dirs/demo/preds/mask_rcnn_val.npz --tta
     python tools/infer.py CONFIG CKPT --images data/sartorius/test --out preds/test.npz
-    # masks from Mask R-CNN's head for boxes of another prediction file (e.g. WBF-fused YOLOX + Mask R-CNN):
+    # box-first fusion, step 2: soft masks for the fused boxes of `python -m ensemble.fuse_boxes` from Mask R-CNN's
+    # mask head (sigmoid pasted into each box) or from a segmentor's probability map cropped to each box:
     python tools/infer.py MRCNN_CONFIG MRCNN_CKPT --images DIR --mask-head-on fused_boxes.npz --out masks.npz
 """
 
@@ -34,7 +36,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tta", action="store_true", help="flip TTA: original + horizontal + vertical, merged")
     p.add_argument("--score-thr", type=float, default=0.05, help="drop detections below this score (0.05)")
     p.add_argument("--max-per-img", type=int, default=1000, help="keep at most this many detections (1000)")
-    p.add_argument("--mask-head-on", metavar="PRED_FILE", help="predict masks for the boxes of this file")
+    p.add_argument(
+        "--mask-head-on",
+        metavar="PRED_FILE",
+        help="predict soft masks for the boxes of this prediction file (Mask R-CNN mask head, or a segmentor's "
+        "probability map cropped to the boxes)",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="images per network pass (1)")
+    p.add_argument("--fp16", action="store_true", help="fp16 autocast (CUDA only)")
+    p.add_argument(
+        "--no-soft-masks", action="store_true", help="write binary masks only (no mask probabilities)"
+    )
     p.add_argument("--device", help="cuda / cpu (default: cuda when available)")
     p.add_argument("--name", help="model name stored in the file's metadata (default: config name)")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config entries")
@@ -52,7 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         images = list_images(args.images, args.ann_file, args.data_root)
         model = load_model(
-            args.config, args.checkpoint, args.device, args.cfg_options, args.score_thr, args.max_per_img
+            args.config,
+            args.checkpoint,
+            args.device,
+            args.cfg_options,
+            args.score_thr,
+            args.max_per_img,
+            fp16=args.fp16,
+            soft_masks=not args.no_soft_masks,
         )
         preds = run_inference(
             model,
@@ -64,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             mask_head_on=args.mask_head_on,
             meta={"name": args.name or Path(args.config).stem, "checkpoint": str(args.checkpoint)},
             progress=not args.no_progress,
+            batch_size=args.batch_size,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"infer.py: error: {e}", file=sys.stderr)
