@@ -551,14 +551,25 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
     return keep, remain, tight, kept_area
 
 
-def _pack_crops(crops: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenates crops row-major: ``(flat uint8, offsets int64 (N + 1,))`` (bool crops become 0/1)."""
-    sizes = np.fromiter((c.size for c in crops), dtype=np.int64, count=len(crops))
+def _pack_crops(
+    crops: Sequence[np.ndarray], boxes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenates crops row-major: ``(flat uint8, offsets int64 (N + 1,))`` (bool crops become 0/1).
+
+    ``boxes`` (the crops' ``(N, 4)`` windows, when known) gives the sizes without a Python loop.
+    """
+    if boxes is not None:
+        b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+        sizes = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    else:
+        sizes = np.fromiter((c.size for c in crops), dtype=np.int64, count=len(crops))
     offs = np.zeros(len(crops) + 1, dtype=np.int64)
     np.cumsum(sizes, out=offs[1:])
     if len(crops) == 0 or offs[-1] == 0:
         return np.zeros(0, dtype=np.uint8), offs
     flat = np.concatenate(crops, axis=None)  # flattens every crop without a Python-level reshape
+    if flat.size != offs[-1]:
+        raise ValueError(f"{len(crops)} crops hold {flat.size} pixels, their windows {int(offs[-1])}")
     return (flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)), offs
 
 
@@ -576,9 +587,9 @@ def _vote_pack(p: ImagePredictions) -> tuple[np.ndarray, np.ndarray, float]:
         return cached[1]
     if probs is not None:
         crops = [np.rint(np.asarray(c, np.float32) * np.float32(255.0)).astype(np.uint8) for c in probs]
-        packed = (*_pack_crops(crops), 1 / 255)
+        packed = (*_pack_crops(crops, p.masks.boxes), 1 / 255)
     else:
-        packed = (*_pack_crops(p.masks.crops), 1.0)
+        packed = (*_pack_crops(p.masks.crops, p.masks.boxes), 1.0)
     p.__dict__["_vote_pack"] = (key, packed)
     return packed
 
@@ -654,7 +665,7 @@ def remove_overlaps(
     if not 0.0 <= max_lost_frac <= 1.0:
         raise ValueError(f"remove_overlaps: max_lost_frac must be in [0, 1], got {max_lost_frac}")
     amin = np.broadcast_to(np.asarray(min_area, dtype=np.int64), scores.shape)
-    flat, offs = _pack_crops(instances.crops)
+    flat, offs = _pack_crops(instances.crops, instances.boxes)
     idx, crops_of, tight, _ = _remove_overlaps_packed(
         flat, offs, instances.boxes, scores, max_lost_frac, amin, instances.height, instances.width
     )
@@ -684,7 +695,7 @@ def filter_instances(
         raise ValueError(f"{len(instances)} masks, {len(scores)} scores and {len(labels)} labels")
     min_area = params.min_area_array()[labels]
     cand = np.flatnonzero((instances.areas() >= min_area) & ~(scores < params.score_thr_array()[labels]))
-    flat, offs = _pack_crops(instances.crops)
+    flat, offs = _pack_crops(instances.crops, instances.boxes)
     idx, crops_of, tight, _ = _remove_overlaps_packed(
         flat,
         offs,
@@ -758,7 +769,7 @@ def fuse_image(
     offs = np.concatenate([*off_parts, [base]]).astype(np.int64)
     mscale = np.concatenate(scale_parts) if scale_parts else np.zeros(0)
     mboxes = np.concatenate(box_parts) if box_parts else np.zeros((0, 4), np.int64)
-    sizes = np.fromiter((len(c) for c in clusters), dtype=np.int64, count=len(clusters))
+    sizes = np.array(list(map(len, clusters)), dtype=np.int64)
     cl_ptr = np.zeros(len(clusters) + 1, dtype=np.int64)
     np.cumsum(sizes, out=cl_ptr[1:])
     members = np.concatenate(clusters)

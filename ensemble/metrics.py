@@ -107,14 +107,8 @@ def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
         return masks
     n = len(masks)
     boxes = np.asarray(masks.boxes, dtype=np.int64).reshape(n, 4)
-    crops = [np.asarray(c) for c in masks.crops]
-    shapes = (
-        np.array([c.shape for c in crops], dtype=np.int64).reshape(n, -1) if n else np.zeros((0, 2), np.int64)
-    )
+    crops = masks.crops  # InstanceMasks checked every crop's shape against its box when it was built
     want = np.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
-    if shapes.shape != want.shape or (shapes != want).any():
-        i = int(np.flatnonzero((shapes != want).any(axis=1))[0]) if shapes.shape == want.shape else 0
-        raise ValueError(f"instance {i}: crop shape {crops[i].shape} does not match box {boxes[i].tolist()}")
     sizes = want[:, 0] * want[:, 1]
     offsets = np.zeros(n, dtype=np.int64)
     if n:
@@ -124,6 +118,8 @@ def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
         if n and sizes.sum()
         else np.zeros(0, dtype=np.uint8)
     )
+    if flat_all.size != sizes.sum():
+        raise ValueError(f"crops hold {flat_all.size} pixels but their boxes {int(sizes.sum())}")
     csum = np.concatenate([[0], np.cumsum(flat_all, dtype=np.int64)])
     areas = csum[offsets + sizes] - csum[offsets]
     return PackedMasks(int(masks.height), int(masks.width), boxes, flat_all, offsets, areas)
