@@ -392,3 +392,17 @@ def test_cnn_cross_validation_end_to_end(tmp_path):
     assert len(s["folds"]) == 2 and s["n_samples"] == 2 * (6 + 3 + 2)
     assert sum(f["train"] + f["test"] for f in s["fold_sizes"]) == 2 * s["n_samples"]
     assert (tmp_path / "cv" / "cv_summary.json").exists() and (tmp_path / "cv" / "fold1").is_dir()
+
+
+def test_cls_metric_image_accuracy():
+    metric = ClsMetric(classes=CLASSES)
+    # image a (cort): two tiles, mean score favours cort although one tile says astro; image b (astro): wrong
+    samples = [
+        dict(gt_label=2, pred_label=1, image_id="a", pred_score=[0.0, 0.6, 0.4]),
+        dict(gt_label=2, pred_label=2, image_id="a", pred_score=[0.0, 0.1, 0.9]),
+        dict(gt_label=1, pred_label=0, image_id="b", pred_score=[0.7, 0.2, 0.1]),
+    ]
+    metric.process({}, samples)
+    out = metric.compute_metrics(metric.results)
+    assert out["accuracy"] == pytest.approx(1 / 3)
+    assert out["image_accuracy"] == pytest.approx(0.5) and out["n_images"] == 2

@@ -131,6 +131,11 @@ def format_summary(summary: Mapping[str, Any], title: str = "cross-validation") 
         )
     lines.append(f"| **accuracy** | | | {m['accuracy']:.3f} ± {s['accuracy']:.3f} |")
     lines.append(f"| **macro F1** | | | {m['macro_f1']:.3f} ± {s['macro_f1']:.3f} |")
+    if "image_accuracy" in summary:
+        ia = summary["image_accuracy"]
+        lines.append(
+            f"| **image accuracy** (mean score of an image's samples) | | | {ia['mean']:.3f} ± {ia['std']:.3f} |"
+        )
     lines += ["", f"{k}-fold average normalised confusion matrix (rows true, columns predicted):", ""]
     lines += ["| true \\ pred | " + " | ".join(classes) + " |", "| --- |" + " --- |" * len(classes)]
     cm, cs = summary["confusion_normalized_mean"], summary["confusion_normalized_std"]
@@ -250,7 +255,7 @@ def cross_validate(
         full = DATASETS.build(full_cfg)
         labels, groups = full.get_labels(), full.get_groups()
         splits = grouped_stratified_folds(labels, groups, folds, seed)
-        confusions, sizes = [], []
+        confusions, sizes, image_acc = [], [], []
         for k, (tr, te) in enumerate(splits):
             fcfg = copy.deepcopy(cfg)
             # folds hold whole sample_ids: select them by id (a short list) rather than by thousands of indices
@@ -266,8 +271,18 @@ def cross_validate(
             runner.train()
             metrics = runner.test()
             confusions.append(confusion_from_metrics(metrics, classes, prefix="cls"))
+            if "cls/image_accuracy" in metrics:
+                image_acc.append((float(metrics["cls/image_accuracy"]), int(metrics["cls/n_images"])))
             sizes.append({"train": int(tr.size), "test": int(te.size)})
     summary = summarize_folds(confusions, classes)
     summary.update(config=str(config), seed=int(seed), fold_sizes=sizes)
+    if cfg.get("svm") is None and image_acc and len(image_acc) == len(confusions):
+        accs = np.array([a for a, _ in image_acc])
+        summary["image_accuracy"] = {
+            "mean": float(accs.mean()),
+            "std": float(accs.std()),
+            "folds": accs.tolist(),
+            "n_images": [n for _, n in image_acc],
+        }
     write_report(summary, work_dir, title=f"{name} ({folds}-fold CV, seed {seed})")
     return summary

@@ -83,7 +83,8 @@ class ClsMetric(BaseMetric):
     """Accuracy, per-class precision/recall/F1/normalised TPR, macro averages and confusion counts.
 
     Output keys (``prefix`` default ``'cls'``): ``accuracy``, ``macro_f1``, ``macro_precision``, ``macro_recall``,
-    ``precision_<class>``, ``recall_<class>``, ``f1_<class>``, ``tpr_<class>``, ``cm_<true>_<pred>`` (counts).
+    ``precision_<class>``, ``recall_<class>``, ``f1_<class>``, ``tpr_<class>``, ``cm_<true>_<pred>`` (counts), and
+    ``image_accuracy`` / ``n_images`` when the samples carry ``image_id`` (image-level vote of tiles or cells).
 
     Args:
         classes: Class names, in label order.
@@ -103,17 +104,30 @@ class ClsMetric(BaseMetric):
         self.classes = tuple(classes)
 
     def process(self, data_batch: Any, data_samples: Sequence[dict]) -> None:
-        """Keep ``(gt_label, pred_label)`` of every predicted sample."""
+        """Keep ``(gt_label, pred_label, image_id, pred_score)`` of every predicted sample."""
         for s in data_samples:
             if "gt_label" not in s:
                 raise ValueError("ClsMetric needs gt_label in every predicted sample")
-            self.results.append((int(s["gt_label"]), int(s["pred_label"])))
+            score = s.get("pred_score")
+            score = None if score is None else np.asarray(score, dtype=np.float64)
+            self.results.append((int(s["gt_label"]), int(s["pred_label"]), s.get("image_id"), score))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
-        """Metrics over all collected samples."""
-        y = np.array(results, dtype=np.int64).reshape(-1, 2)
+        """Metrics over all collected samples.
+
+        With ``image_id`` and ``pred_score`` in the samples, ``image_accuracy`` is added: each image's class is the
+        argmax of its samples' (tiles' or cells') mean score, compared with its label.
+        """
+        y = np.array([(r[0], r[1]) for r in results], dtype=np.int64).reshape(-1, 2)
         m = classification_metrics(y[:, 0], y[:, 1], len(self.classes))
         out: dict[str, float] = {k: m[k] for k in ("accuracy", "macro_f1", "macro_precision", "macro_recall")}
+        if results and all(r[2] is not None and r[3] is not None for r in results):
+            per_image: dict[str, list] = {}
+            for gt, _, iid, score in results:
+                per_image.setdefault(str(iid), [gt, []])[1].append(score)
+            hits = [int(np.mean(sc, axis=0).argmax()) == gt for gt, sc in per_image.values()]
+            out["image_accuracy"] = float(np.mean(hits))
+            out["n_images"] = float(len(hits))
         for i, c in enumerate(self.classes):
             for key in ("precision", "recall", "f1", "tpr"):
                 out[f"{key}_{c}"] = m[key][i]
