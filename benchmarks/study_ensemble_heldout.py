@@ -11,6 +11,9 @@ models of one image (seeded, reproducible):
   probability 0.5, 5 % merged pairs, 4 % splits, 8 % label noise, 5 % false positives.
 * ``upernet`` (semantic model, no detections): the foreground of the truth blurred (sigma 1.5 px, so gaps between
   touching cells fill in), 10 % of the cells faded to 0.3, Gaussian noise (sigma 0.08).
+* box-first: the boxes of ``yolox`` and ``mask_rcnn`` fused by WBF (``ensemble.fuse_boxes``), then a simulated
+  Mask R-CNN mask head on each fused box (the best-matching true cell with the same mask errors as ``mask_rcnn``,
+  clipped to the box, blurred into probabilities; a faint blob for a box without a cell), plus ``upernet``.
 
 Each configuration is tuned with :func:`ensemble.tune.tune` (coordinate search) and cross-validated with
 :func:`ensemble.tune.cross_validate` (K folds grouped by ``sample_id``): the table gives the untuned default
@@ -34,7 +37,9 @@ import numpy as np
 from celldata import CLASSES
 from celldata.fileio import atomic_write_json, atomic_write_text
 from celldata.instances import InstanceMasks
+from ensemble.boxes import box_iou
 from ensemble.config import EnsembleConfig, ModelEntry
+from ensemble.fuse_boxes import fuse_boxes_image
 from ensemble.masks import FusionParams
 from ensemble.pipeline import FuseState
 from ensemble.predictions import ImagePredictions
@@ -148,15 +153,68 @@ def simulate_semantic(rng: np.random.Generator, truth: InstanceMasks, image_id: 
     return ImagePredictions(image_id, h, w, z, np.zeros(0, np.float32), np.zeros(0, np.int64), None, fg)
 
 
+def simulate_mask_head(
+    rng: np.random.Generator, truth: InstanceMasks, fused: ImagePredictions, spec: dict
+) -> ImagePredictions:
+    """Mask R-CNN's mask head run on given (fused) boxes: per box a soft mask inside the box window.
+
+    The box's best-overlapping true cell (box IoU > 0.3), perturbed with the detector's own mask errors (shift,
+    dilation/erosion), clipped to the box window and blurred (sigma 1 px) into probabilities in [0.02, 0.98];
+    a box without a true cell gets a faint blob (peak 0.6). The binary mask is ``p >= 0.5``.
+    """
+    h, w = truth.height, truth.width
+    n = len(fused)
+    win = (
+        np.stack(
+            [
+                np.floor(fused.boxes[:, 0]),
+                np.floor(fused.boxes[:, 1]),
+                np.ceil(fused.boxes[:, 2]),
+                np.ceil(fused.boxes[:, 3]),
+            ],
+            axis=1,
+        )
+        .astype(np.int64)
+        .reshape(-1, 4)
+    )
+    win = np.clip(win, 0, [w, h, w, h])
+    iou = (
+        box_iou(fused.boxes.astype(np.float64), truth.boxes.astype(np.float64)) if n and len(truth) else None
+    )
+    crops, probs = [], []
+    for i in range(n):
+        x0, y0, x1, y1 = (int(v) for v in win[i])
+        bh, bw = max(y1 - y0, 0), max(x1 - x0, 0)
+        if iou is not None and iou[i].max() > 0.3:
+            m = _perturb(rng, truth.mask(int(np.argmax(iou[i]))), spec["shift"], spec["morph"])
+            p = m[y0:y1, x0:x1].astype(np.float32)
+        else:
+            p = np.zeros((bh, bw), np.float32)
+            if bh and bw:
+                cv2.ellipse(p, (bw // 2, bh // 2), (max(bw // 3, 1), max(bh // 3, 1)), 0, 0, 360, 0.6, -1)
+        if p.size:
+            p = cv2.GaussianBlur(p, (0, 0), 1.0)
+        p = np.clip(p, 0.02, 0.98).astype(np.float32)
+        probs.append(p)
+        crops.append(p >= 0.5)
+    masks = InstanceMasks(h, w, win.astype(np.int32), crops)
+    return ImagePredictions(fused.image_id, h, w, fused.boxes, fused.scores, fused.labels, masks, None, probs)
+
+
 def simulate(truth: dict[str, InstanceMasks], types: dict[str, str], seed: int) -> dict[str, dict]:
-    """Per model name, image id -> simulated predictions."""
-    out: dict[str, dict] = {"yolox": {}, "mask_rcnn": {}, "upernet": {}}
+    """Per model name, image id -> simulated predictions (box-first: ``mask_rcnn_on_boxes`` = the mask head on
+    the WBF of yolox and mask_rcnn boxes, step 1 of ``ensemble.fuse_boxes`` with default parameters)."""
+    out: dict[str, dict] = {"yolox": {}, "mask_rcnn": {}, "upernet": {}, "mask_rcnn_on_boxes": {}}
     for k, (image_id, t) in enumerate(truth.items()):
         label = CLASSES.index(types[image_id])
         rng = np.random.default_rng([seed, k])
         out["yolox"][image_id] = simulate_detector(rng, t, label, SPECS["yolox"], False, image_id)
         out["mask_rcnn"][image_id] = simulate_detector(rng, t, label, SPECS["mask_rcnn"], True, image_id)
         out["upernet"][image_id] = simulate_semantic(rng, t, image_id)
+        fused = fuse_boxes_image(
+            [out["yolox"][image_id], out["mask_rcnn"][image_id]], [1.0, 1.0], FusionParams(skip_box_thr=0.05)
+        )
+        out["mask_rcnn_on_boxes"][image_id] = simulate_mask_head(rng, t, fused, SPECS["mask_rcnn"])
     return out
 
 
@@ -170,6 +228,10 @@ SETUPS = {
     "yolox + mask_rcnn + upernet (vote, per-instance class)": (
         ["yolox", "mask_rcnn", "upernet"],
         {"semantic_weight": 0.5, "image_class": "per_instance"},
+    ),
+    "box-first: WBF(yolox, mask_rcnn) -> mask head + upernet": (
+        ["mask_rcnn_on_boxes", "upernet"],
+        {"semantic_weight": 0.5, "mode": "box_first"},
     ),
 }
 
@@ -194,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=Path("work_dirs/ensemble_heldout"))
+    ap.add_argument("--setups", nargs="+", default=None, help="subset of the setups (substring match)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     truth, types = load_truth(args.truth)
@@ -202,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ids = list(truth)
     rows = []
     for setup, (names, fusion) in SETUPS.items():
+        if args.setups and not any(k in setup for k in args.setups):
+            continue
         params = FusionParams(**fusion)
         cfg = EnsembleConfig(setup, [ModelEntry(n, f"<simulated {n}>") for n in names], params)
         state = FuseState.from_config(cfg, [sims[n] for n in names])
