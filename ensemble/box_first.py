@@ -37,10 +37,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numba import njit
 
 from celldata.instances import InstanceMasks
 
-from .masks import FusionParams, filter_instances
+from .masks import FusionParams, _box_windows, filter_instances
 from .predictions import ImagePredictions
 
 __all__ = ["check_same_boxes", "fuse_image_box_first"]
@@ -85,12 +86,92 @@ def check_same_boxes(
             )
 
 
-def _box_window(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
-    x0 = min(max(int(np.floor(box[0])), 0), width)
-    y0 = min(max(int(np.floor(box[1])), 0), height)
-    x1 = min(max(int(np.ceil(box[2])), x0), width)
-    y1 = min(max(int(np.ceil(box[3])), y0), height)
-    return x0, y0, x1, y1
+@njit(cache=True)
+def _box_first_kernel(flat, offs, mwins, mw, n_box, fwin, sem, lam, den, vote_thr):  # pragma: no cover
+    """Probability vote of every fused box inside the union of its voters' windows.
+
+    Args:
+        flat: float32 concatenated crops of the mask models, crop ``g = t * n_box + k`` (mask model t, box k)
+            at ``offs[g]`` with window ``mwins[g]``.
+        offs: int64 ``(T * n_box + 1,)``.
+        mwins: int64 ``(T * n_box, 4)`` crop windows.
+        mw: float64 ``(T,)`` mask model weights.
+        n_box: number of fused boxes K.
+        fwin: int64 ``(K, 4)`` pixel windows of the boxes (semantic voters).
+        sem: float32 ``(S, H, W)`` semantic maps; ``lam`` float64 ``(S,)`` their weights.
+        den: total weight ``sum(mw) + sum(lam)``.
+        vote_thr: foreground when ``vote >= vote_thr``.
+
+    Returns:
+        ``(uwin (K, 4) int64, fg_off (K + 1,) int64, fg uint8, mean_vote (K,) float64)``.
+    """
+    n_t = mw.shape[0]
+    n_s = lam.shape[0]
+    uwin = np.zeros((n_box, 4), dtype=np.int64)
+    fg_off = np.zeros(n_box + 1, dtype=np.int64)
+    for k in range(n_box):
+        x0 = 1 << 30
+        y0 = 1 << 30
+        x1 = -1
+        y1 = -1
+        for t in range(n_t):
+            g = t * n_box + k
+            if offs[g + 1] > offs[g]:
+                x0 = min(x0, mwins[g, 0])
+                y0 = min(y0, mwins[g, 1])
+                x1 = max(x1, mwins[g, 2])
+                y1 = max(y1, mwins[g, 3])
+        if n_s > 0 and fwin[k, 2] > fwin[k, 0] and fwin[k, 3] > fwin[k, 1]:
+            x0 = min(x0, fwin[k, 0])
+            y0 = min(y0, fwin[k, 1])
+            x1 = max(x1, fwin[k, 2])
+            y1 = max(y1, fwin[k, 3])
+        if x1 > x0 and y1 > y0:
+            uwin[k, 0] = x0
+            uwin[k, 1] = y0
+            uwin[k, 2] = x1
+            uwin[k, 3] = y1
+        fg_off[k + 1] = fg_off[k] + (uwin[k, 2] - uwin[k, 0]) * (uwin[k, 3] - uwin[k, 1])
+    fg = np.zeros(fg_off[n_box], dtype=np.uint8)
+    mean_vote = np.zeros(n_box, dtype=np.float64)
+    for k in range(n_box):
+        size = fg_off[k + 1] - fg_off[k]
+        if size == 0:
+            continue
+        ux0 = uwin[k, 0]
+        uy0 = uwin[k, 1]
+        uw = uwin[k, 2] - ux0
+        num = np.zeros(size, dtype=np.float64)
+        for t in range(n_t):
+            g = t * n_box + k
+            a = mw[t]
+            bx0 = mwins[g, 0]
+            by0 = mwins[g, 1]
+            bw = mwins[g, 2] - bx0
+            bh = mwins[g, 3] - by0
+            base = offs[g]
+            for yy in range(bh):
+                row = (by0 + yy - uy0) * uw + (bx0 - ux0)
+                src = base + yy * bw
+                for xx in range(bw):
+                    num[row + xx] += a * np.float64(flat[src + xx])
+        for si in range(n_s):
+            for y in range(fwin[k, 1], fwin[k, 3]):
+                row = (y - uy0) * uw - ux0
+                for x in range(fwin[k, 0], fwin[k, 2]):
+                    num[row + x] += lam[si] * np.float64(sem[si, y, x])
+        cnt = 0
+        total = 0.0
+        o = fg_off[k]
+        for q in range(size):
+            v = num[q] / den
+            if v >= vote_thr:
+                fg[o + q] = 1
+                total += v
+                cnt += 1
+        if cnt > 0:
+            mean_vote[k] = total / cnt
+    return uwin, fg_off, fg, mean_vote
 
 
 def fuse_image_box_first(
@@ -161,43 +242,51 @@ def fuse_image_box_first(
         np.zeros(0, np.int64),
         InstanceMasks.empty(h, w_img),
     )
-    if len(ref) == 0 or not (mask_models or sem):
+    n_box = len(ref)
+    if n_box == 0 or not (mask_models or sem):
         return empty
-    den = float(sum(w[m] for m in mask_models) + sum(lam for lam, _ in sem))
-    windows, crops, scores = [], [], []
-    for k in range(len(ref)):
-        parts = []  # (weight, window, values)
-        for m in mask_models:
-            masks = preds[m].masks
-            probs = preds[m].mask_probs
-            vals = probs[k] if probs is not None else masks.crops[k]
-            parts.append((w[m], masks.boxes[k], vals))
-        if sem:
-            bx0, by0, bx1, by1 = _box_window(ref.boxes[k], h, w_img)
-            for lam, smap in sem:
-                parts.append((lam, (bx0, by0, bx1, by1), smap[by0:by1, bx0:bx1]))
-        parts = [pt for pt in parts if pt[2].size]
-        if not parts:
-            windows.append((0, 0, 0, 0))
-            crops.append(np.zeros((0, 0), bool))
-            scores.append(float(ref.scores[k]))
-            continue
-        win = np.array([pt[1] for pt in parts], dtype=np.int64)
-        x0, y0 = int(win[:, 0].min()), int(win[:, 1].min())
-        x1, y1 = int(win[:, 2].max()), int(win[:, 3].max())
-        num = np.zeros((y1 - y0, x1 - x0), dtype=np.float64)
-        for a, (px0, py0, px1, py1), vals in parts:
-            num[py0 - y0 : py1 - y0, px0 - x0 : px1 - x0] += a * vals
-        vote = num / den
-        fg = vote >= params.vote_thr
-        score = float(ref.scores[k])
-        if params.rerank:
-            score *= float(vote[fg].mean()) if fg.any() else 0.0
-        windows.append((x0, y0, x1, y1))
-        crops.append(fg)
-        scores.append(score)
-    instances = InstanceMasks(h, w_img, np.array(windows, dtype=np.int32).reshape(-1, 4), crops)
-    scores_arr = np.array(scores, dtype=np.float64)
+    # pack every mask model's crops (probabilities, or binary masks as 0/1) once: crop g = t * K + k
+    crops_all, wins_all = [], []
+    for m in mask_models:
+        p = preds[m]
+        crops_all.extend(p.mask_probs if p.mask_probs is not None else p.masks.crops)
+        wins_all.append(p.masks.boxes)
+    offs = np.zeros(len(crops_all) + 1, dtype=np.int64)
+    np.cumsum([c.size for c in crops_all], out=offs[1:])
+    flat = (
+        np.concatenate([c.reshape(-1) for c in crops_all]).astype(np.float32, copy=False)
+        if offs[-1]
+        else np.zeros(0, np.float32)
+    )
+    mwins = np.concatenate(wins_all).astype(np.int64) if wins_all else np.zeros((0, 4), np.int64)
+    if sem:
+        sem_maps = np.ascontiguousarray(np.stack([smap for _, smap in sem]), dtype=np.float32)
+        lam = np.array([lam for lam, _ in sem], dtype=np.float64)
+    else:
+        sem_maps, lam = np.zeros((0, 1, 1), np.float32), np.zeros(0, np.float64)
+    fwin = _box_windows(ref.boxes.astype(np.float64), h, w_img)
+    den = float(sum(w[m] for m in mask_models) + lam.sum())
+    uwin, fg_off, fg, mean_vote = _box_first_kernel(
+        flat,
+        offs,
+        mwins,
+        w[mask_models].astype(np.float64),
+        n_box,
+        fwin,
+        sem_maps,
+        lam,
+        den,
+        float(params.vote_thr),
+    )
+    scores = ref.scores.astype(np.float64)
+    if params.rerank:
+        scores = scores * mean_vote
+    crops = [
+        fg[fg_off[k] : fg_off[k + 1]].view(bool).reshape(uwin[k, 3] - uwin[k, 1], uwin[k, 2] - uwin[k, 0])
+        for k in range(n_box)
+    ]
+    instances = InstanceMasks(h, w_img, uwin.astype(np.int32), crops)
+    scores_arr = scores
     kept, idx = filter_instances(instances, scores_arr, ref.labels, params)
     if len(idx) == 0:
         return empty
