@@ -26,8 +26,8 @@ the validation metric ``metric`` over the validations of the run. Trials live in
 are marked ``FAIL`` (and their parameters queued again); a trial that raises is marked ``FAIL``. ``trials``
 is the total number of finished trials (complete, pruned or failed) the study should have. With a pruner,
 every validation is reported and bad trials stop early. Outputs: ``trials.csv``, the paper's plots
-(``param_scatter.png``: the first two parameters coloured by the objective; ``history.png``;
-``importance.png`` with two or more parameters) and ``best_config.py``, a leaf config over the searched config
+(``param_scatter.png``: the first two numeric parameters of every trial coloured by the objective, as the
+paper's Figures 7-8; ``history.png``; with two or more parameters ``contour.png`` and ``importance.png``) and ``best_config.py``, a leaf config over the searched config
 with the best trial's values.
 """
 
@@ -510,6 +510,34 @@ def _py(value: Any) -> str:
     return repr(value)
 
 
+def _scatter(study, specs: Sequence[ParamSpec]):
+    """The paper's Figures 7-8: first parameter (y) against the second (x) of every complete trial,
+    coloured by the objective (red high, blue low)."""
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    ys = [t.params[specs[0].name] for t in trials]
+    xs = [t.params[specs[1].name] for t in trials]
+    fig, ax = plt.subplots()
+    points = ax.scatter(xs, ys, c=[t.value for t in trials], cmap='coolwarm', s=60, edgecolors='k')
+    for t, x, y in zip(trials, xs, ys, strict=True):
+        ax.annotate(str(t.number), (x, y), textcoords='offset points', xytext=(4, 4), fontsize=7)
+    from matplotlib.ticker import NullFormatter
+
+    if specs[1].log:
+        ax.set_xscale('log')
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if specs[0].log:
+        ax.set_yscale('log')
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(specs[1].name)
+    ax.set_ylabel(specs[0].name)
+    fig.colorbar(points, ax=ax, label=study.user_attrs.get('metric', 'objective'))
+    ax.set_title(f'TPE trials ({len(trials)} complete; label = trial number)')
+    return ax
+
+
 def write_study_outputs(
     study,
     study_dir: str | os.PathLike,
@@ -517,7 +545,7 @@ def write_study_outputs(
     config: str | os.PathLike,
     cfg_options: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Write ``trials.csv``, ``history.png``, ``param_scatter.png`` (+ ``importance.png``) and
+    """Write ``trials.csv``, ``history.png``, ``param_scatter.png`` (+ ``contour.png``, ``importance.png``) and
     ``best_config.py`` (when a trial completed) into ``study_dir``; returns ``{name: path}``."""
     import matplotlib
 
@@ -542,7 +570,10 @@ def write_study_outputs(
     names = [s.name for s in specs]
     numeric = [s.name for s in specs if s.type != 'categorical']
     if len(numeric) >= 2:
-        plots.append(('param_scatter', lambda: vis.plot_contour(study, params=numeric[:2])))
+        plots.append(
+            ('param_scatter', lambda: _scatter(study, [s for s in specs if s.type != 'categorical'][:2]))
+        )
+        plots.append(('contour', lambda: vis.plot_contour(study, params=numeric[:2])))
     elif names:
         plots.append(('param_scatter', lambda: vis.plot_slice(study, params=names)))
     if len(names) >= 2 and len(complete) >= 2:
