@@ -19,7 +19,9 @@ Flip TTA (``tta=True``): the image is also predicted flipped horizontally and ve
 same batch; each result is mapped back (boxes: ``x -> W - x`` with x1/x2 swapped, resp. y; masks and
 probabilities: crops mirrored and windows mirrored) and the three are merged. Soft masks: WBF clusters (IoU
 0.55, ``conf_type='avg'`` so a detection seen in fewer passes loses score), score-weighted mean probability of a
-cluster's members. Binary masks: :func:`ensemble.masks.fuse_image` with the three passes as equal-weight
+cluster's members. Before WBF every detection is relabelled to the image's class (the ensemble's
+``image_class: majority`` rule). Binary masks: :func:`ensemble.masks.fuse_image` with the three passes as
+equal-weight
 "models" (per-pixel majority vote, overlap removal that drops only emptied instances). Box-only detectors: WBF
 of the boxes. Segmentors: mean of the three foreground maps.
 
@@ -223,12 +225,17 @@ def flip_predictions(pred: ImagePredictions, direction: str) -> ImagePredictions
     )
 
 
-def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> ImagePredictions:
+def merge_tta(
+    preds: Sequence[ImagePredictions], iou_thr: float = 0.55, image_class: str = "majority"
+) -> ImagePredictions:
     """Merge the (already un-flipped) predictions of one image's TTA passes (module docstring).
 
     Args:
         preds: One prediction per pass, all of the same image and of the same kind.
         iou_thr: WBF box match threshold.
+        image_class: ``'majority'``: every detection is relabelled to the image's class (score-weighted majority
+            over all passes, :func:`ensemble.boxes.image_class`) before WBF, as the ensemble does, so one cell
+            labelled differently in two passes forms one cluster; ``'per_instance'``: labels as predicted.
 
     Returns:
         The merged prediction.
@@ -247,13 +254,15 @@ def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> Image
             None if p0.masks is None else InstanceMasks.empty(p0.height, p0.width), semantic,
         )  # fmt: skip
     if all(p.mask_probs is not None for p in preds):
-        merged = _merge_soft_tta(preds, iou_thr)
+        merged = _merge_soft_tta(preds, iou_thr, image_class)
         merged.semantic = semantic
         return merged
     if p0.masks is not None:
         from ensemble.masks import FusionParams, fuse_image
 
-        params = FusionParams(iou_thr=iou_thr, conf_type="avg", vote_thr=0.5, max_lost_frac=1.0)
+        params = FusionParams(
+            iou_thr=iou_thr, conf_type="avg", vote_thr=0.5, max_lost_frac=1.0, image_class=image_class
+        )
         fused = fuse_image(list(preds), [1.0] * len(preds), params)
         fused.semantic = semantic
         return fused
@@ -264,7 +273,7 @@ def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> Image
     fb, fs, fl, _ = weighted_boxes_fusion(
         [normalize_boxes(p.boxes, h, w) for p in preds],
         [p.scores for p in preds],
-        [p.labels for p in preds],
+        _tta_labels(preds, image_class),
         iou_thr=iou_thr,
         skip_box_thr=MIN_FUSED_SCORE,  # zero-score boxes would fuse to 0/0 = NaN
         conf_type="avg",
@@ -273,8 +282,19 @@ def merge_tta(preds: Sequence[ImagePredictions], iou_thr: float = 0.55) -> Image
     return ImagePredictions(p0.image_id, h, w, boxes, fs, fl.astype(np.int64), None, semantic)
 
 
+def _tta_labels(preds: Sequence[ImagePredictions], image_class: str) -> list[np.ndarray]:
+    """The passes' labels, relabelled to the image's class under ``'majority'``."""
+    if image_class not in ("majority", "per_instance"):
+        raise ValueError(f"image_class must be 'majority' or 'per_instance', got {image_class!r}")
+    if image_class == "per_instance":
+        return [p.labels for p in preds]
+    from ensemble.boxes import relabel_to_image_class
+
+    return relabel_to_image_class([p.scores for p in preds], [p.labels for p in preds])[1]
+
+
 def _merge_soft_tta(
-    preds: Sequence[ImagePredictions], iou_thr: float, mask_thr: float = 0.5
+    preds: Sequence[ImagePredictions], iou_thr: float, image_class: str = "majority", mask_thr: float = 0.5
 ) -> ImagePredictions:
     """TTA merge of passes with soft masks: WBF clusters (``conf_type='avg'``); each cluster's probability is the
     score-weighted mean of its members' probabilities over the union of their windows (0 outside a member's
@@ -287,7 +307,7 @@ def _merge_soft_tta(
     fb, fs, fl, clusters = weighted_boxes_fusion(
         [normalize_boxes(p.boxes, h, w) for p in preds],
         [p.scores for p in preds],
-        [p.labels for p in preds],
+        _tta_labels(preds, image_class),
         iou_thr=iou_thr,
         skip_box_thr=MIN_FUSED_SCORE,
         conf_type="avg",

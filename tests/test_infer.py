@@ -141,6 +141,11 @@ def test_merge_tta_soft_masks_average_probabilities() -> None:
     np.testing.assert_allclose(m.mask_probs[0], want, atol=1e-6)
     np.testing.assert_array_equal(m.masks.crops[0], want >= 0.5)
     assert m.scores[0] == pytest.approx(0.6)
+    # one cell labelled differently in two passes: one instance of the majority class (score-weighted), full score
+    b2 = _pred([[3, 2, 8, 6]], [0.8], [2], InstanceMasks(H, W, win, [pb >= 0.5]), mask_probs=[pb])
+    m2 = merge_tta([a, b2, a])
+    assert len(m2) == 1 and m2.labels.tolist() == [0] and m2.scores[0] == pytest.approx(0.8)
+    assert len(merge_tta([a, b2, a], image_class="per_instance")) == 2
 
 
 def test_paste_soft_masks_equals_mmdet_paste() -> None:
