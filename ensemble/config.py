@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,17 @@ class EnsembleConfig:
         if self.tuning is not None:
             out["tuning"] = self.tuning
         return out
+
+    def evaluation_of(self, image_ids: Sequence[str]) -> str:
+        """How a score of this config on ``image_ids`` must be read: ``'in-sample'`` (tuned on all of them),
+        ``'held-out'`` (tuned on none of them), ``'partly in-sample'``, or ``'untuned'`` (no ``tuning`` record)."""
+        if not self.tuning or "images" not in self.tuning:
+            return "untuned"
+        tuned = set(self.tuning["images"])
+        n_in = sum(k in tuned for k in image_ids)
+        if n_in == 0:
+            return "held-out"
+        return "in-sample" if n_in == len(image_ids) else "partly in-sample"
 
     def with_predictions_dir(
         self, predictions_dir: str | os.PathLike, pattern: str = "{file}"

@@ -128,15 +128,8 @@ def _overlay_ids(report: ScoreReport, n: int) -> list[str]:
 
 
 def evaluation_label(config: EnsembleConfig, image_ids: Sequence[str]) -> str:
-    """How a score of ``config`` on ``image_ids`` must be read: ``'in-sample'`` (tuned on all of them),
-    ``'held-out'`` (tuned on none of them), ``'partly in-sample'`` or ``'untuned'`` (no ``tuning`` record)."""
-    if not config.tuning or "images" not in config.tuning:
-        return "untuned"
-    tuned = set(config.tuning["images"])
-    n_in = sum(k in tuned for k in image_ids)
-    if n_in == 0:
-        return "held-out"
-    return "in-sample" if n_in == len(image_ids) else "partly in-sample"
+    """:meth:`EnsembleConfig.evaluation_of` (kept as the name the score reports use)."""
+    return config.evaluation_of(image_ids)
 
 
 def run_ensemble(

@@ -12,7 +12,8 @@ as "no prediction" (a warning says how many).
 
 Output: the overall score and per-class / per-threshold tables, or with ``--json`` one JSON object with keys
 ``score``, ``n_images``, ``n_true``, ``n_pred``, ``n_missing``, ``per_class``, ``per_class_n_images``,
-``per_threshold`` (and ``per_image`` with ``--per-image``).
+``per_threshold`` (and ``per_image`` with ``--per-image``; ``evaluation`` with ``--tuned-config``: whether the
+scored images are the ones the ensemble was tuned on, ``in-sample``, or not, ``held-out``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from celldata.fileio import atomic_write_json
+from ensemble.config import load_config
 from ensemble.metrics import ScoreReport, evaluate
 from ensemble.submission import load_truth, read_submission
 
@@ -63,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-image", action="store_true", help="include per-image scores in the JSON output")
     p.add_argument("--report", type=Path, default=None, help="also write the full JSON report to this file")
     p.add_argument("--progress", action="store_true", help="show a progress bar while scoring")
+    p.add_argument(
+        "--tuned-config",
+        type=Path,
+        help="the ensemble YAML that produced the submission: labels the score in-sample / held-out / untuned "
+        "from its tuning record",
+    )
     return p
 
 
@@ -71,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         report, missing = score_submission(args.truth, args.submission, progress=args.progress)
+        evaluation = (
+            load_config(args.tuned_config).evaluation_of(list(report.per_image))
+            if args.tuned_config
+            else None
+        )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -83,12 +96,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     full: dict[str, Any] = report.to_dict()
     full["n_missing"] = len(missing)
+    if evaluation is not None:
+        full["evaluation"] = evaluation
     if args.report is not None:
         atomic_write_json(args.report, full, indent=2)
     if args.json:
         out = {k: v for k, v in full.items() if k != "per_image" or args.per_image}
         print(json.dumps(out))
     else:
+        if evaluation is not None:
+            print(f"evaluation: {evaluation}")
         print(report.format_table())
     return 0
 

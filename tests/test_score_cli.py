@@ -150,3 +150,36 @@ def test_score_module_entry_point(tmp_path: Path, truth_csv: Path) -> None:
         cwd=REPO,
     )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "start 0 < 1" in bad.stderr
+
+
+def test_tuned_config_labels_the_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--tuned-config labels a score in-sample when the scored images are those the ensemble was tuned on."""
+    import yaml
+
+    from celldata.instances import InstanceMasks
+    from ensemble.submission import write_submission
+
+    m = np.zeros((6, 8), dtype=bool)
+    m[1:3, 2:5] = True
+    inst = InstanceMasks.from_full(m[None])
+    truth = tmp_path / "t.csv"
+    truth.write_text(
+        "id,annotation,width,height\n" + "".join(f"{k},{inst.to_kaggle_rles()[0]},8,6\n" for k in "ab")
+    )
+    sub = tmp_path / "s.csv"
+    write_submission(sub, ["a", "b"], {"a": inst, "b": inst})
+    cfg = {"name": "e", "models": [{"predictions": "x.npz"}], "tuning": {"images": ["a", "b"]}}
+    for images, label in ((["a", "b"], "in-sample"), (["c"], "held-out"), (["a"], "partly in-sample")):
+        cfg["tuning"]["images"] = images
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+        argv = [
+            "--truth",
+            str(truth),
+            "--submission",
+            str(sub),
+            "--json",
+            "--tuned-config",
+            str(tmp_path / "c.yaml"),
+        ]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out)["evaluation"] == label
