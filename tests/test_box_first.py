@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -193,3 +194,92 @@ def test_box_first_run_end_to_end(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sub["i"].to_label_image() > 0, want.any(axis=0))
     score = json.loads((tmp_path / "out" / "box_first_score.json").read_text())
     assert score["score"] == pytest.approx(1.0)
+
+
+def test_box_first_three_steps_and_held_out_tuning(tmp_path: Path) -> None:
+    """Step 1 (fuse_boxes CLI) -> step 2 (simulated: a mask model's probabilities on the fused boxes, written like
+    tools/infer.py --mask-head-on) -> step 3 (run) on synthetic data; the tuner handles box_first (held-out CV) and
+    keeps the mode; a good soft mask model beats the raw vote of the same boxes."""
+    from ensemble.tune import main as tune_main
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _ensemble_data import H as H2
+    from _ensemble_data import W as W2
+    from _ensemble_data import make_truth, write_models, write_truth_csv
+
+    truth, types = make_truth(6, seed=0)
+    truth_csv = write_truth_csv(tmp_path / "train.csv", truth, types)
+    yolox, mrcnn, _ = write_models(tmp_path, truth, types)
+    step1 = {
+        "name": "boxes",
+        "models": [
+            {"name": "yolox", "predictions": str(yolox)},
+            {"name": "maskrcnn", "predictions": str(mrcnn)},
+        ],
+        "fusion": {"iou_thr": 0.5, "skip_box_thr": 0.05},
+    }
+    (tmp_path / "boxes.yaml").write_text(yaml.safe_dump(step1))
+    fused_path = tmp_path / "fused.npz"
+    assert (
+        fuse_boxes_main(["--config", str(tmp_path / "boxes.yaml"), "--out", str(fused_path), "--no-progress"])
+        == 0
+    )
+    fused, _ = load_predictions(fused_path)
+    # step 2, simulated: the truth cell under each fused box, blurred into probabilities, in the box window +-1
+    rng = np.random.default_rng(0)
+    on_boxes = []
+    for k, f in fused.items():
+        lab = truth[k].to_label_image()
+        win = np.concatenate([np.floor(f.boxes[:, :2]) - 1, np.ceil(f.boxes[:, 2:]) + 1], axis=1)
+        win = np.clip(win, 0, [W2, H2, W2, H2]).astype(np.int32)
+        probs = []
+        for x0, y0, x1, y1 in win:
+            crop = lab[y0:y1, x0:x1]
+            ids, counts = np.unique(crop[crop > 0], return_counts=True)
+            cell = (crop == ids[np.argmax(counts)]) if len(ids) else np.zeros(crop.shape, bool)
+            noise = rng.uniform(-0.3, 0.3, crop.shape)
+            probs.append(np.clip(np.where(cell, 0.8, 0.15) + noise, 0, 1).astype(np.float32))
+        masks = InstanceMasks(H2, W2, win, [p >= 0.5 for p in probs])
+        on_boxes.append(ImagePredictions(k, H2, W2, f.boxes, f.scores, f.labels, masks, None, probs))
+    save_predictions(tmp_path / "maskrcnn_on_boxes.npz", on_boxes, meta={"mask_head_on": str(fused_path)})
+    step3 = {
+        "name": "bf",
+        "models": [{"name": "maskrcnn_on_boxes", "predictions": str(tmp_path / "maskrcnn_on_boxes.npz")}],
+        "fusion": {"mode": "box_first", "vote_thr": 0.5, "rerank": True},
+        "class_thresholds": {c: {"score": 0.3} for c in ("shsy5y", "astro", "cort")},
+        "truth": str(truth_csv),
+        "out_dir": str(tmp_path / "out"),
+    }
+    (tmp_path / "bf.yaml").write_text(yaml.safe_dump(step3))
+    assert (
+        run_main(
+            ["--config", str(tmp_path / "bf.yaml"), "--no-progress", "--overlays", "0", "--workers", "1"]
+        )
+        == 0
+    )
+    bf_score = json.loads((tmp_path / "out" / "bf_score.json").read_text())["score"]
+    vote = {
+        **step3,
+        "name": "vote",
+        "models": step1["models"],
+        "fusion": {"iou_thr": 0.5, "skip_box_thr": 0.05},
+    }
+    (tmp_path / "vote.yaml").write_text(yaml.safe_dump(vote))
+    assert run_main(["--config", str(tmp_path / "vote.yaml"), "--no-progress", "--overlays", "0"]) == 0
+    vote_score = json.loads((tmp_path / "out" / "vote_score.json").read_text())["score"]
+    assert bf_score > vote_score  # the simulated mask model is better than the noisy models' masks
+    out = tmp_path / "tuned.yaml"
+    argv = [
+        "--config",
+        str(tmp_path / "bf.yaml"),
+        "--out",
+        str(out),
+        "--rounds",
+        "1",
+        "--cv",
+        "3",
+        "--no-progress",
+    ]
+    assert tune_main([*argv, "--workers", "1"]) == 0
+    tuned = load_config(out)
+    assert tuned.fusion.mode == "box_first" and 0.0 <= tuned.tuning["cv"]["score_held_out"] <= 1.0
