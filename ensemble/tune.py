@@ -292,7 +292,11 @@ def _coordinate_search(
     coords: list[tuple[str, Sequence[float]]] = []
     if len(tuner.box_models) > 1:  # weights only matter relative to other box models
         coords += [(f"weight[{m}]", space.weights) for m in tuner.box_models]
-    coords += [("iou_thr", space.iou_thr), ("vote_thr", space.vote_thr)]
+    if (
+        params.mode != "box_first"
+    ):  # box-first: WBF ran in step 1 (ensemble.fuse_boxes); iou_thr is unused here
+        coords.append(("iou_thr", space.iou_thr))
+    coords.append(("vote_thr", space.vote_thr))
     if tuner.has_semantic:
         coords.append(("semantic_weight", space.semantic_weight))
 
@@ -369,9 +373,10 @@ def _tpe_search(
         for m in tuned_w:
             w[m] = trial.suggest_float(f"w{m}", w_lo, w_hi)
         changes: dict[str, Any] = {
-            "iou_thr": trial.suggest_float("iou_thr", min(space.iou_thr), max(space.iou_thr)),
             "vote_thr": trial.suggest_float("vote_thr", min(space.vote_thr), max(space.vote_thr)),
         }
+        if params.mode != "box_first":
+            changes["iou_thr"] = trial.suggest_float("iou_thr", min(space.iou_thr), max(space.iou_thr))
         if tuner.has_semantic:
             changes["semantic_weight"] = trial.suggest_float(
                 "semantic_weight", min(space.semantic_weight), max(space.semantic_weight)
@@ -387,7 +392,9 @@ def _tpe_search(
             }
         return w, _with(params, **changes)
 
-    start: dict[str, Any] = {"iou_thr": params.iou_thr, "vote_thr": params.vote_thr}
+    start: dict[str, Any] = {"vote_thr": params.vote_thr}
+    if params.mode != "box_first":
+        start["iou_thr"] = params.iou_thr
     start.update({f"w{m}": float(np.clip(weights[m], w_lo, w_hi)) for m in tuned_w})
     if tuner.has_semantic:
         start["semantic_weight"] = params.semantic_weight
