@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pprint
 import sys
 import time
 from pathlib import Path
@@ -324,15 +325,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sem-depths", default=",".join(SEM_DEPTHS), help="SEM CNN depths to run (1..5, 5fc)")
     p.add_argument("--sem-tile", type=int, default=64, help="SEM CNN tile side (paper: 128)")
     p.add_argument("--studies", default=",".join(STUDIES), help=f"comma list of {STUDIES}")
-    p.add_argument("--out", required=True)
+    p.add_argument(
+        "--out", required=True, help="output directory (processes may share one; runs done are skipped)"
+    )
+    p.add_argument("--skip", default="", help="comma list of run names to leave out (e.g. aug_none)")
     args = p.parse_args(argv)
     studies = [s for s in args.studies.split(",") if s]
     bad = set(studies) - set(STUDIES)
     if bad:
         print(f"bench_classifiers.py: error: unknown studies {sorted(bad)}", file=sys.stderr)
         return 2
+    from mmengine.config import Config
+
     from celldata.fileio import atomic_write_json, atomic_write_text
     from custom_modules.cls.cross_validation import cross_validate
+
+    # The Runner formats the whole config with yapf several times per fold (log, dump, visualizer); at this scale
+    # that costs more CPU than the training itself. Runs here log the plain dict instead (training is unchanged).
+    Config.pretty_text = property(lambda self: pprint.pformat(self.to_dict(), width=110))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -346,16 +356,23 @@ def main(argv: list[str] | None = None) -> int:
         "sem_iters": args.sem_iters,
     }
     results_path = out / "results.json"
-    results: dict[str, Any] = json.loads(results_path.read_text())["results"] if results_path.exists() else {}
+
+    def load() -> dict[str, Any]:
+        return json.loads(results_path.read_text())["results"] if results_path.exists() else {}
+
+    results = load()
+    skip = {x for x in args.skip.split(",") if x}
     for study, row, name, cfg, opts in runs(
         studies, args.iters, args.sem_tile, args.sem_iters, tuple(args.sem_depths.split(','))
     ):
-        if name in results:
+        results.update(load())  # another process may share this output directory
+        if name in results or name in skip:
             continue
         t0 = time.time()
         summary = cross_validate(
             cfg, args.folds, args.seed, out / name, {"data_root": args.data_root, **opts}
         )
+        results = load()
         results[name] = {
             "study": study,
             "row": row,
