@@ -112,6 +112,21 @@ def test_plan_folds_and_box_first(tmp_path: Path) -> None:
     assert [n for n, _, _ in r.members()] == ["mask_rcnn_on_boxes", "upernet"]
     merge = plan.step("test/mask_rcnn_on_boxes/merge")
     assert len(merge.deps) == 2
+    # test images: one fused box set over every fold's box models, every fold's mask head on it
+    fused = plan.step("test/fused_boxes")
+    assert sorted(fused.deps) == [
+        "test/mask_rcnn/fold0",
+        "test/mask_rcnn/fold2",
+        "test/yolox/fold0",
+        "test/yolox/fold2",
+    ]
+    assert plan.step("test/mask_rcnn_on_boxes/fold2").deps[0] == "test/fused_boxes"
+    assert fused.func.weights == {
+        "yolox_fold0": 0.5,
+        "yolox_fold2": 0.5,
+        "mask_rcnn_fold0": 0.5,
+        "mask_rcnn_fold2": 0.5,
+    }
     # every dependency comes before its step
     pos = {s.id: i for i, s in enumerate(plan.steps)}
     assert all(pos[d] < pos[s.id] for s in plan.steps for d in s.deps)

@@ -425,11 +425,20 @@ def build_plan(
         return c + (extra or [])
 
     def prediction_steps(
-        split: str, k: int, src: list[str], folder: Path, stage: str, dep0: list[str]
+        split: str,
+        k: int,
+        src: list[str],
+        folder: Path,
+        stage: str,
+        dep0: list[str],
+        raw: bool = True,
+        derived: bool = True,
+        shared_fused: Path | None = None,
     ) -> None:
-        """Per fold k: every model's raw predictions, then the derived members."""
+        """Per fold k: every model's raw predictions, then the derived members (box-first: on ``shared_fused``,
+        the boxes fused over all folds, when given)."""
         for m in recipe.models:
-            if k not in recipe.folds_of(m):
+            if not raw or k not in recipe.folds_of(m):
                 continue
             add(
                 Step(
@@ -442,6 +451,8 @@ def build_plan(
                     outputs=[folder / f"{m.name}.npz"],
                 )
             )
+        if not derived:
+            return
         if recipe.ensemble.mode == "vote":
             for m in recipe.models:
                 if m.masks_from is None or k not in recipe.folds_of(m):
@@ -469,23 +480,28 @@ def build_plan(
                 m for m in recipe.models if m.role in ("boxes", "instance") and k in recipe.folds_of(m)
             ]
             fused = folder / "fused_boxes.npz"
-            add(
-                Step(
-                    f"{stage}/fused_boxes/fold{k}",
-                    stage,
-                    f"fuse the boxes of {', '.join(m.name for m in box_models)} (fold {k}, {split})",
-                    func=S.FuseBoxes(
-                        recipe,
-                        {m.name: folder / f"{m.name}.npz" for m in box_models},
-                        fused,
-                        folder / "fuse_boxes.yaml",
-                        py,
-                    ),  # fmt: skip
-                    params={"fusion": recipe.ensemble.fusion},
-                    deps=[f"{stage}/{m.name}/fold{k}" for m in box_models],
-                    outputs=[fused],
+            fused_dep = f"{stage}/fused_boxes/fold{k}"
+            if shared_fused is not None:
+                fused, fused_dep = shared_fused, f"{stage}/fused_boxes"
+            else:
+                add(
+                    Step(
+                        fused_dep,
+                        stage,
+                        f"fuse the boxes of {', '.join(m.name for m in box_models)} (fold {k}, {split})",
+                        func=S.FuseBoxes(
+                            recipe,
+                            {m.name: folder / f"{m.name}.npz" for m in box_models},
+                            {m.name: m.weight for m in box_models},
+                            fused,
+                            folder / "fuse_boxes.yaml",
+                            py,
+                        ),  # fmt: skip
+                        params={"fusion": recipe.ensemble.fusion},
+                        deps=[f"{stage}/{m.name}/fold{k}" for m in box_models],
+                        outputs=[fused],
+                    )
                 )
-            )
             for m in recipe.models:
                 if m.role != "instance" or k not in recipe.folds_of(m):
                     continue
@@ -502,7 +518,7 @@ def build_plan(
                             ["--mask-head-on", str(fused), "--name", f"{m.name}_on_boxes"],
                         ),  # fmt: skip
                         params={"src": src},
-                        deps=[f"{stage}/fused_boxes/fold{k}", f"train/{m.name}/fold{k}"],
+                        deps=[fused_dep, f"train/{m.name}/fold{k}"],
                         outputs=[folder / f"{m.name}_on_boxes.npz"],
                     )
                 )
@@ -591,9 +607,48 @@ def build_plan(
     test_ready = bool(test_images) or synthetic  # synthetic data writes its test images in prepare
     test_files = {n: P / "test" / f"{n}_test.npz" for n in member_names}
     if test_ready:
-        for k in trained:
-            prediction_steps("test images", k, ["--images", str(test_dir)], P / f"test_fold{k}", "test",
-                             ["prepare/folds"])  # fmt: skip
+        tsrc = ["--images", str(test_dir)]
+        if recipe.ensemble.mode == "box_first" and len(trained) > 1:
+            # the test images are predicted by every fold model: fuse all their boxes once, so that every mask
+            # model of every fold predicts on the same boxes (box-first needs one box set per image)
+            for k in trained:
+                prediction_steps(
+                    "test images", k, tsrc, P / f"test_fold{k}", "test", ["prepare/folds"], derived=False
+                )
+            box_parts = {
+                f"{m.name}_fold{k}": (
+                    P / f"test_fold{k}" / f"{m.name}.npz",
+                    m.weight / len(recipe.folds_of(m)),
+                )
+                for m in recipe.models
+                if m.role in ("boxes", "instance")
+                for k in recipe.folds_of(m)
+            }
+            shared = P / "test" / "fused_boxes.npz"
+            add(
+                Step(
+                    "test/fused_boxes",
+                    "test",
+                    f"fuse the boxes of every box model of every fold ({len(box_parts)} files) on the test images",
+                    func=S.FuseBoxes(
+                        recipe,
+                        {n: p for n, (p, _) in box_parts.items()},
+                        {n: w for n, (_, w) in box_parts.items()},
+                        shared,
+                        P / "test" / "fuse_boxes.yaml",
+                        py,
+                    ),  # fmt: skip
+                    params={"fusion": recipe.ensemble.fusion},
+                    deps=[f"test/{n.rsplit('_fold', 1)[0]}/fold{n.rsplit('_fold', 1)[1]}" for n in box_parts],
+                    outputs=[shared],
+                )
+            )
+            for k in trained:
+                prediction_steps("test images", k, tsrc, P / f"test_fold{k}", "test", ["prepare/folds"], raw=False,
+                                 shared_fused=shared)  # fmt: skip
+        else:
+            for k in trained:
+                prediction_steps("test images", k, tsrc, P / f"test_fold{k}", "test", ["prepare/folds"])
         for n in member_names:
             deps = [f"test/{n}/fold{k}" for k in trained if any(s.id == f"test/{n}/fold{k}" for s in steps)]
             parts = [P / f"test_fold{d.rsplit('fold', 1)[1]}" / f"{n}.npz" for d in deps]

@@ -92,15 +92,15 @@ class FuseBoxes:
 
     recipe: Recipe
     files: dict[str, Path]
+    weights: dict[str, float]
     out: Path
     config_path: Path
     python: str
 
     def __call__(self, ctx: StepContext) -> None:
         data = ensemble_start_dict(self.recipe, "fused_boxes", self.files)
-        weights = {m.name: m.weight for m in self.recipe.models}
         for m in data["models"]:
-            m["weight"] = float(weights[m["name"]])
+            m["weight"] = float(self.weights[m["name"]])
         _write_yaml(self.config_path, data)
         ctx.run(
             [
