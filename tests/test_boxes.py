@@ -93,9 +93,12 @@ def _check_clusters(boxes_list, scores_list, labels_list, weights, skip, conf_ty
     assert set(seen) == expected, "clusters do not cover exactly the boxes above skip_box_thr"
 
 
-def test_parity_random_cases() -> None:
+@pytest.mark.parametrize(
+    "n_cases", [pytest.param(80, id="80-cases"), pytest.param(320, id="320-cases", marks=pytest.mark.slow)]
+)
+def test_parity_random_cases(n_cases: int) -> None:
+    """Exact parity with ensemble-boxes on random cases (80 in ``make test``, 320 in ``make test-slow``)."""
     rng = np.random.default_rng(2024)
-    n_cases = 320
     for case in range(n_cases):
         max_n = 700 if case % 40 == 0 else 120
         boxes_list, scores_list, labels_list, weights = _random_case(rng, max_n)
