@@ -19,7 +19,8 @@ ensemble itself does not fuse it), and the notebook runs it first. Explicit ``mo
 override what the files record.
 
 Roles: ``boxes`` (an mmdet model without masks), ``instance`` (mmdet with masks), ``mask_head`` (mmdet masks
-predicted on another model's boxes), ``semantic`` (an mmseg foreground map).
+predicted on another model's boxes or on fused boxes), ``semantic`` (an mmseg foreground map), ``fused_boxes``
+(box-first step 1: ``python -m ensemble.fuse_boxes`` of box models, with ``fuse_boxes/<name>.yaml`` in the bundle).
 
 Importing this module does not import torch; :func:`make_bundle` does.
 """
@@ -49,6 +50,7 @@ __all__ = [
     "ROLES",
     "BundleError",
     "FoldSource",
+    "FusedBoxesSource",
     "ModelSource",
     "Step",
     "collect_models",
@@ -68,7 +70,7 @@ __all__ = [
 BUNDLE_FILE = "bundle.json"
 ENSEMBLE_FILE = "ensemble.yaml"
 BUNDLE_FORMAT = "sartorius-bundle/1"
-ROLES: tuple[str, ...] = ("boxes", "instance", "mask_head", "semantic")
+ROLES: tuple[str, ...] = ("boxes", "instance", "mask_head", "semantic", "fused_boxes")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -124,12 +126,35 @@ class ModelSource:
 
 
 @dataclass
+class FusedBoxesSource:
+    """Box-first step 1 as a bundle member: WBF of box models into one file of fused boxes.
+
+    Attributes:
+        name: Its name (the fused file is ``<name>.npz``, per fold ``<name>.fold<k>.npz``).
+        boxes: ``(bundle model name, weight)`` of each fused box model.
+        fusion: The WBF parameters recorded by ``python -m ensemble.fuse_boxes``.
+        n_folds: Fused files per fold (the box models run fold by fold), or 1.
+        in_ensemble: Whether the ensemble names the fused file itself.
+        predictions: The ensemble's file of it, or None.
+    """
+
+    name: str
+    boxes: list[tuple[str, float]]
+    fusion: dict[str, Any]
+    n_folds: int = 1
+    in_ensemble: bool = False
+    predictions: str | None = None
+    role: str = "fused_boxes"
+
+
+@dataclass
 class Step:
     """One step of the notebook's inference plan: a command line, or an in-process function.
 
     Attributes:
         name: Short label (model name, ``<model> fold k`` or ``ensemble``).
-        kind: ``'infer'``, ``'merge'`` (fold models' predictions merged) or ``'ensemble'``.
+        kind: ``'infer'``, ``'fuse_boxes'`` (box-first step 1), ``'merge'`` (fold models' predictions merged) or
+            ``'ensemble'``.
         argv: The command line (empty for a function step).
         cwd: Working directory (None: the caller's).
         outputs: Files the step writes.
@@ -184,12 +209,13 @@ def _read_meta(pred_file: Path, who: str) -> dict:
 def collect_models(
     ensemble_yaml: str | os.PathLike,
     models: Mapping[str, tuple[str, str]] | None = None,
-) -> list[ModelSource]:
+) -> list[ModelSource | FusedBoxesSource]:
     """The models a bundle of ``ensemble_yaml`` needs, in the order the notebook must run them.
 
     A prediction file that merges fold models (``folds_merged`` in its meta, as the recipe's test predictions)
     gives a model with one network per fold; a file predicted with ``--mask-head-on`` brings its box provider
-    (per fold when the folds were chained fold by fold).
+    (per fold when the folds were chained fold by fold): another model, or the fused boxes of a box-first
+    ensemble (``python -m ensemble.fuse_boxes`` output) with the box models they were fused from.
 
     Args:
         ensemble_yaml: A (tuned) ensemble config (:mod:`ensemble.config`).
@@ -202,7 +228,7 @@ def collect_models(
     Raises:
         BundleError: A model without a config or checkpoint (recorded or given), a missing file, an unknown
             name in ``models``, an override of a fold-merged model, a ``--mask-head-on`` source that is not one
-            model's prediction file (box-first fused boxes), or a chain that loops.
+            model's prediction file nor fused boxes, or a chain that loops.
     """
     from ensemble.config import load_config
 
@@ -213,24 +239,73 @@ def collect_models(
         raise BundleError(
             f"--model names {unknown} are not models of {ensemble_yaml} ({[m.name for m in ens.models]})"
         )
-    out: list[ModelSource] = []
-    by_file: dict[Path, tuple[ModelSource, int | None]] = {}
+    out: list[ModelSource | FusedBoxesSource] = []
+    by_file: dict[Path, tuple[ModelSource | FusedBoxesSource, int | None]] = {}
     taken: set[str] = set()
 
-    def provider_of(paths: list[Path], who: str, depth: int) -> tuple[ModelSource, list[int | None]]:
+    def provider_of(
+        paths: list[Path], who: str, depth: int
+    ) -> tuple[ModelSource | FusedBoxesSource, list[int | None]]:
         hits = [by_file.get(p.resolve()) for p in paths]
         if all(hits) and len({id(h[0]) for h in hits}) == 1:
             return hits[0][0], [h[1] for h in hits]
         if any(hits):
             raise BundleError(f"model '{who}': its folds predicted masks on boxes of different models")
         meta = _read_meta(paths[0], who)
-        if not meta.get("config") or not meta.get("library"):
+        if meta.get("fused_boxes"):
+            src = add_fused(paths, None, who, depth + 1)
+        elif not meta.get("config") or not meta.get("library"):
             raise BundleError(
-                f"model '{who}': masks were predicted on {paths[0]}, which is not one model's prediction file "
-                "(fused boxes of a box-first ensemble?); bundles hold vote-mode ensembles"
+                f"model '{who}': masks were predicted on {paths[0]}, which is neither one model's prediction "
+                "file nor fused boxes of python -m ensemble.fuse_boxes"
             )
-        src = add(str(meta.get("name") or paths[0].stem), paths, None, False, depth + 1)
+        else:
+            src = add(str(meta.get("name") or paths[0].stem), paths, None, False, depth + 1)
         return src, [by_file[p.resolve()][1] for p in paths]
+
+    def add_fused(paths: list[Path], ens_file: Path | None, who: str, depth: int) -> FusedBoxesSource:
+        """Fused boxes (one file per fold) and the box models they were fused from (fold k from file k)."""
+        metas = [_read_meta(p, who) for p in paths]
+        lists = [m.get("models") for m in metas]
+        if not all(isinstance(x, list) and x for x in lists):
+            raise BundleError(
+                f"{paths[0]}: fused boxes without the list of their box models ('models' in meta)"
+            )
+        names = [str(b.get("name")) for b in lists[0]]
+        if any([str(b.get("name")) for b in x] != names for x in lists):
+            raise BundleError(
+                f"fused box files {[str(p) for p in paths]} were fused from different box models"
+            )
+        boxes = []
+        for j, bname in enumerate(names):
+            files = [Path(x[j]["predictions"]) for x in lists]
+            hits = [by_file.get(f.resolve()) for f in files]
+            if (
+                all(hits)
+                and len({id(h[0]) for h in hits}) == 1
+                and [h[1] for h in hits] == list(range(len(files)))
+            ):
+                box_src = hits[0][0]
+            else:
+                box_src = add(bname, files, None, False, depth + 1)
+            if len(files) > 1 and len(getattr(box_src, "folds", [])) != len(files):
+                raise BundleError(f"box model '{bname}' of {paths[0]}: one file per fold expected")
+            boxes.append((box_src.name, float(lists[0][j].get("weight", 1.0))))
+        fused = FusedBoxesSource(
+            name=_safe_name(str(metas[0].get("name") or "fused_boxes"), taken),
+            boxes=boxes,
+            fusion=dict(metas[0].get("fusion") or {}),
+            n_folds=len(paths),
+            in_ensemble=ens_file is not None,
+            predictions=None if ens_file is None else str(ens_file),
+        )
+        taken.add(fused.name)
+        for k, p in enumerate(paths):
+            by_file[p.resolve()] = (fused, k)
+        if ens_file is not None:
+            by_file[ens_file.resolve()] = (fused, None if len(paths) > 1 else 0)
+        out.append(fused)
+        return fused
 
     def add(
         name: str, files: list[Path], ens_file: Path | None, in_ensemble: bool, depth: int
@@ -301,7 +376,15 @@ def collect_models(
         if hit is not None:  # already added as another model's box provider
             hit[0].in_ensemble, hit[0].predictions = True, str(pred)
             continue
-        add(m.name, [pred], pred, True, 0)
+        meta = _read_meta(pred, m.name)
+        if meta.get("fused_boxes"):
+            fused = add_fused([pred], pred, m.name, 0)
+            if fused.name != m.name:  # the ensemble's own name for the fused file
+                taken.discard(fused.name)
+                fused.name = _safe_name(m.name, taken)
+                taken.add(fused.name)
+        else:
+            add(m.name, [pred], pred, True, 0)
     for m in ens.models:  # the YAML is rewritten with the bundle names
         if by_file[Path(m.predictions).resolve()][0].name != m.name:
             raise BundleError(
@@ -504,6 +587,9 @@ def make_bundle(
     try:
         entries = []
         for src in sources:
+            if isinstance(src, FusedBoxesSource):
+                entries.append(_write_fused_boxes(src, tmp))
+                continue
             folds = []
             n_params = 0
             for k, fold in enumerate(src.folds):
@@ -571,7 +657,7 @@ def make_bundle(
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "ensemble": ENSEMBLE_FILE,
             "ensemble_source": str(ensemble_yaml),
-            "mode": "vote",
+            "mode": str(getattr(ens.fusion, "mode", "vote")),
             "models": entries,
             "files": files,
             "total_bytes": sum(f["bytes"] for f in files.values()),
@@ -586,6 +672,36 @@ def make_bundle(
     return bundle
 
 
+def _write_fused_boxes(src: FusedBoxesSource, root: Path) -> dict:
+    """``fuse_boxes/<name>.yaml`` (the box models by bundle name, the recorded WBF parameters) and its entry."""
+    from ensemble.config import EnsembleConfig, save_config
+
+    data = {
+        "name": src.name,
+        "models": [{"name": n, "predictions": f"{n}.npz", "weight": w} for n, w in src.boxes],
+        "fusion": src.fusion,
+    }
+    try:
+        cfg = EnsembleConfig.from_dict(data, source=f"fused boxes '{src.name}'")
+    except ValueError as e:
+        raise BundleError(f"fused boxes '{src.name}': the recorded fusion cannot be replayed: {e}") from None
+    rel = f"fuse_boxes/{src.name}.yaml"
+    (root / "fuse_boxes").mkdir(exist_ok=True)
+    save_config(
+        cfg, root / rel, header="Box-first step 1 of the bundle: python -m ensemble.fuse_boxes --config"
+    )
+    return {
+        "name": src.name,
+        "role": "fused_boxes",
+        "in_ensemble": src.in_ensemble,
+        "predictions": f"{src.name}.npz",
+        "boxes_config": rel,
+        "box_models": [n for n, _ in src.boxes],
+        "n_folds": src.n_folds,
+        "masks_from": None,
+    }
+
+
 def _check_inside(root: Path, entries: Sequence[dict]) -> None:
     """Refuse a bundle whose ensemble YAML, configs or model entries name a path outside it."""
     import yaml
@@ -593,11 +709,13 @@ def _check_inside(root: Path, entries: Sequence[dict]) -> None:
 
     used: dict[str, Any] = {ENSEMBLE_FILE: yaml.safe_load((root / ENSEMBLE_FILE).read_text())}
     for e in entries:
-        for fold in e["folds"]:
+        for fold in e.get("folds", []):
             used[fold["config"]] = Config.fromfile(str(root / fold["config"])).to_dict()
+        if e.get("boxes_config"):
+            used[e["boxes_config"]] = yaml.safe_load((root / e["boxes_config"]).read_text())
         used[f"bundle.json models[{e['name']}]"] = {
             **{k: v for k, v in e.items() if k != "folds"},
-            "folds": [{k: v for k, v in f.items() if k != "source"} for f in e["folds"]],
+            "folds": [{k: v for k, v in f.items() if k != "source"} for f in e.get("folds", [])],
         }
     for where, obj in used.items():
         bad = paths_outside(obj, root)
@@ -638,6 +756,14 @@ def load_bundle(bundle_dir: str | os.PathLike, verify: bool = True) -> dict:
                 raise BundleError(f"{path}: models[{i}].{key} missing")
         if m["role"] not in ROLES:
             raise BundleError(f"{path}: models[{i}].role {m['role']!r} not one of {ROLES}")
+        if m["role"] == "fused_boxes":
+            boxes = m.get("box_models")
+            if not isinstance(m.get("boxes_config"), str) or not isinstance(m.get("n_folds"), int):
+                raise BundleError(f"{path}: models[{i}] (fused boxes) needs 'boxes_config' and 'n_folds'")
+            if not isinstance(boxes, list) or not boxes or not set(boxes) <= names:
+                raise BundleError(f"{path}: models[{i}].box_models must name earlier models, got {boxes!r}")
+            names.add(m["name"])
+            continue
         folds = m.get("folds")
         if not isinstance(folds, list) or not folds:
             raise BundleError(f"{path}: models[{i}].folds must be a non-empty list")
@@ -708,9 +834,13 @@ def merge_fold_predictions(parts: Sequence[str | os.PathLike], out: str | os.Pat
     save_predictions(out, merged, meta=dict(loaded[0][1], name=name, folds_merged=[str(p) for p in parts]))
 
 
+def _n_folds(model: Mapping[str, Any]) -> int:
+    return int(model["n_folds"]) if model["role"] == "fused_boxes" else len(model["folds"])
+
+
 def _fold_file(model: Mapping[str, Any], k: int | None) -> str:
     """Prediction file name of fold ``k`` of a bundle model (None or a single network: the model's file)."""
-    if k is None or len(model["folds"]) == 1:
+    if k is None or _n_folds(model) == 1:
         return model["predictions"]
     return f"{model['name']}.fold{k}.npz"
 
@@ -728,8 +858,9 @@ def inference_plan(
 
     One ``tools/infer.py`` run per network (box providers first; ``--tta``, ``--score-thr``, ``--max-per-img``
     and ``--mask-head-on`` as when the ensemble was tuned) writing ``<work_dir>/<model>.npz`` (fold networks:
-    ``<model>.fold<k>.npz``, then merged into ``<model>.npz``), then ``python -m ensemble.run`` with the
-    bundle's ensemble YAML on ``work_dir`` (``--predictions-dir``), writing ``out``.
+    ``<model>.fold<k>.npz``, then merged into ``<model>.npz``); for a box-first ensemble ``python -m
+    ensemble.fuse_boxes`` after its box models (per fold when they ran per fold); then ``python -m ensemble.run``
+    with the bundle's ensemble YAML on ``work_dir`` (``--predictions-dir``), writing ``out``.
 
     Args:
         bundle_dir: The bundle folder.
@@ -760,7 +891,16 @@ def inference_plan(
     steps = []
     for m in bundle["models"]:
         parts = []
-        for k, fold in enumerate(m["folds"]):
+        if m["role"] == "fused_boxes":
+            for k in range(m["n_folds"]):
+                pred = work / _fold_file(m, k)
+                pattern = "{name}.npz" if m["n_folds"] == 1 else f"{{name}}.fold{k}.npz"
+                argv = [py, "-m", "ensemble.fuse_boxes", "--config", str(root / m["boxes_config"])]
+                argv += ["--predictions-dir", str(work), "--predictions-pattern", pattern, "--out", str(pred)]
+                label = m["name"] + (f" fold {k}" if m["n_folds"] > 1 else "")
+                steps.append(Step(label, "fuse_boxes", [*argv, "--no-progress"], None, [str(pred)]))
+                parts.append(str(pred))
+        for k, fold in enumerate(m.get("folds", [])):
             pred = work / _fold_file(m, k)
             label = m["name"] + (f" fold {k}" if len(m["folds"]) > 1 else "")
             argv = [py, str(infer_script), str(root / fold["config"]), str(root / fold["checkpoint"])]
@@ -775,7 +915,7 @@ def inference_plan(
                 argv += ["--device", device]
             steps.append(Step(label, "infer", argv, None, [str(pred)]))
             parts.append(str(pred))
-        if len(parts) > 1:
+        if len(parts) > 1 and (m["in_ensemble"] or m["role"] != "fused_boxes"):
             merged = str(work / m["predictions"])
             steps.append(
                 Step(

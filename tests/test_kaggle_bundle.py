@@ -298,3 +298,58 @@ def test_fold_merged_model_bundles_every_fold_and_plans_the_merge(tmp_path: Path
     want = merge_tta([load_predictions(f)[0]["img0"] for f in folds])
     assert np.allclose(got["img0"].boxes, want.boxes) and np.allclose(got["img0"].scores, want.scores)
     assert meta["folds_merged"] == [str(work.resolve() / f"yolox.fold{k}.npz") for k in range(2)]
+
+
+def test_box_first_bundle_replays_fuse_boxes_before_the_mask_heads(tmp_path: Path, yolox_state: dict) -> None:
+    """Box-first: the mask model ran on fused boxes; the bundle holds the box model and step 1's YAML."""
+    from ensemble.fuse_boxes import main as fuse_main
+    from ensemble.predictions import load_predictions
+
+    ckpt = _training_checkpoint(tmp_path / "y.pth", yolox_state, ema=False)
+    boxes = np.array([[10, 10, 30, 30], [12, 11, 31, 30], [40, 40, 60, 50]], np.float32)
+    p = ImagePredictions("img0", 64, 64, boxes, np.array([0.9, 0.7, 0.6]), np.array([1, 1, 1]))
+    yolox = tmp_path / "yolox_val.npz"
+    save_predictions(
+        yolox, [p], meta={"library": "mmdet", "config": str(YOLOX_DEMO), "checkpoint": str(ckpt)}
+    )
+    boxes_yaml = tmp_path / "boxes.yaml"
+    boxes_yaml.write_text(yaml.safe_dump({"name": "bf", "models": [{"name": "yolox", "predictions": str(yolox)}],
+                                          "fusion": {"iou_thr": 0.5}}))  # fmt: skip
+    fused = tmp_path / "fused_val.npz"
+    assert fuse_main(["--config", str(boxes_yaml), "--out", str(fused), "--no-progress"]) == 0
+    heads = _pred_file(
+        tmp_path / "heads_val.npz",
+        {"config": str(YOLOX_DEMO), "checkpoint": str(ckpt), "mask_head_on": str(fused), "has_masks": True},
+    )
+    ens = tmp_path / "t.yaml"
+    ens.write_text(yaml.safe_dump({"name": "t", "models": [{"name": "heads", "predictions": str(heads)}],
+                                   "fusion": {"mode": "box_first"}}))  # fmt: skip
+    bundle = make_bundle(ens, tmp_path / "b")
+    assert bundle["mode"] == "box_first"
+    got = [(m["name"], m["role"], m["in_ensemble"], m.get("masks_from")) for m in bundle["models"]]
+    assert got == [
+        ("yolox", "boxes", False, None), ("bf_fused_boxes", "fused_boxes", False, None),
+        ("heads", "mask_head", True, "bf_fused_boxes"),
+    ]  # fmt: skip
+    step1 = yaml.safe_load((tmp_path / "b" / bundle["models"][1]["boxes_config"]).read_text())
+    assert step1["models"] == [{"name": "yolox", "predictions": "yolox.npz", "weight": 1.0}]
+    assert step1["fusion"]["iou_thr"] == 0.5
+
+    images = tmp_path / "test"
+    images.mkdir()
+    infer = tmp_path / "infer.py"
+    infer.write_text("")
+    work = tmp_path / "work"
+    plan = inference_plan(tmp_path / "b", images, work, tmp_path / "sub.csv", infer)
+    assert [(s.kind, s.name) for s in plan] == [
+        ("infer", "yolox"), ("fuse_boxes", "bf_fused_boxes"), ("infer", "heads"), ("ensemble", "ensemble"),
+    ]  # fmt: skip
+    assert plan[2].argv[plan[2].argv.index("--mask-head-on") + 1] == str(
+        work.resolve() / "bf_fused_boxes.npz"
+    )
+    # step 1 replayed from the bundle gives the fused boxes the mask model was tuned on
+    (work / "yolox.npz").write_bytes(yolox.read_bytes())
+    run_step(plan[1])
+    a = load_predictions(work / "bf_fused_boxes.npz")[0]["img0"]
+    b = load_predictions(fused)[0]["img0"]
+    assert len(a) == 2 and np.allclose(a.boxes, b.boxes) and np.allclose(a.scores, b.scores)
