@@ -8,7 +8,10 @@ fingerprint resumes from it (``--resume``); a work dir trained for another finge
 (``<dir>.stale``) and training restarts.
 
 ``only`` runs just the named steps or stages (their dependencies must be done); ``from_step`` redoes that step
-or stage and everything after it; ``dry_run`` prints the plan with each step's state and command.
+or stage and everything after it; ``dry_run`` prints the plan with each step's state and command. Several
+invocations may share a work dir (e.g. ``--only train/yolox`` and ``--only train/mask_rcnn`` on two GPUs beside a
+full run): a step being run by one (``.stamps/<step>.lock`` with a live process id) is waited for by the others,
+which then skip it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,39 @@ class StepState:
 
 def _stamp_path(work_dir: Path, step_id: str) -> Path:
     return work_dir / ".stamps" / (step_id.replace("/", "__") + ".json")
+
+
+def _lock_path(work_dir: Path, step_id: str) -> Path:
+    return work_dir / ".stamps" / (step_id.replace("/", "__") + ".lock")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _wait_for_other_run(work_dir: Path, step_id: str, poll_s: float = 10.0) -> bool:
+    """While another invocation (e.g. ``--only train/yolox`` started beside this one) runs this step, wait for
+    it. Returns whether there was one. A lock left by a dead process is ignored."""
+    lock = _lock_path(work_dir, step_id)
+    waited = False
+    while lock.is_file():
+        try:
+            pid = int(lock.read_text().strip() or 0)
+        except (OSError, ValueError):
+            break
+        if pid == os.getpid() or not _pid_alive(pid):
+            break
+        if not waited:
+            print(f"        {step_id}: running in another invocation (pid {pid}); waiting for it", flush=True)
+            waited = True
+        time.sleep(poll_s)
+    return waited
 
 
 def read_stamp(work_dir: Path, step_id: str) -> dict | None:
@@ -280,6 +316,8 @@ def run_plan(
     eff: dict[str, str] = {}
     for i, st0 in enumerate(states, 1):
         s = st0.step
+        if _wait_for_other_run(plan.work_dir, s.id):
+            redo.discard(s.id)  # another invocation just ran it
         st = _state_of(plan, s, eff, redo)  # with the stamps of the steps that ran before it
         eff[s.id] = _effective(plan, st)
         if selected is not None and s.id not in selected:
@@ -304,6 +342,8 @@ def run_plan(
         stamp_path = _stamp_path(plan.work_dir, s.id)
         if stamp_path.exists():
             stamp_path.unlink()
+        lock = _lock_path(plan.work_dir, s.id)
+        atomic_write_text(lock, f"{os.getpid()}\n")
         t0 = time.perf_counter()
         try:
             if s.cmd is not None:
@@ -316,6 +356,7 @@ def run_plan(
             if missing:
                 raise RuntimeError(f"finished without writing {missing}; log {log_path}")
         except Exception as e:  # a step failing must not leave a stamp; report it with its log
+            lock.unlink(missing_ok=True)
             ctx.log(f"FAILED: {type(e).__name__}: {e}")
             ctx.close()
             failed.add(s.id)
@@ -324,6 +365,10 @@ def run_plan(
             if not keep_going:
                 raise RuntimeError(f"step {s.id} failed: {e}") from e
             continue
+        except BaseException:  # interrupted: the lock goes, the step stays unfinished (resumable)
+            lock.unlink(missing_ok=True)
+            ctx.close()
+            raise
         ctx.close()
         secs = round(time.perf_counter() - t0, 1)
         atomic_write_json(
@@ -337,6 +382,7 @@ def run_plan(
                 "log": str(log_path),
             },  # fmt: skip
         )
+        lock.unlink(missing_ok=True)
         eff[s.id] = _effective(plan, StepState(s, st.fingerprint, "done"))
         result["ran"].append(s.id)
         result["seconds"][s.id] = secs
