@@ -618,14 +618,19 @@ class InferenceModel:
         return roi_head
 
     @property
-    def predicts_soft_masks(self) -> bool:
-        """Whether :meth:`predict_batch` returns mask probabilities (two-stage model with an FCN mask head)."""
+    def pastes_masks(self) -> bool:
+        """Whether masks come from our paste of the mask head's probabilities (a two-stage model with an FCN mask
+        head): binary masks identical to mmdet's, one host copy per image, probabilities available."""
         return (
-            self.soft_masks
-            and self._mask_roi_head is not None
+            self._mask_roi_head is not None
             and hasattr(self.model, "rpn_head")
             and hasattr(self._mask_roi_head, "predict_bbox")
         )
+
+    @property
+    def predicts_soft_masks(self) -> bool:
+        """Whether :meth:`predict_batch` returns mask probabilities (``mask_probs``)."""
+        return self.soft_masks and self.pastes_masks
 
     def _prepare(self, imgs: Sequence[np.ndarray]) -> dict:
         from mmengine.dataset import pseudo_collate
@@ -744,7 +749,7 @@ class InferenceModel:
         """One network pass over a batch of BGR images (no TTA), each converted to :class:`ImagePredictions`."""
         if len(imgs) == 0:
             return []
-        if self.predicts_soft_masks:
+        if self.pastes_masks:
             return self._forward_soft(imgs, image_ids)
         with _autocast(self.device, self.fp16):
             samples = self.model.test_step(self._prepare(imgs))

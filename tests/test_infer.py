@@ -279,6 +279,8 @@ def test_mask_rcnn_soft_masks_equal_mmdet_masks(mrcnn, val_json: Path) -> None:
 
 def test_batched_inference_equals_one_by_one(mrcnn, val_json: Path, tmp_path: Path) -> None:
     """--batch-size 2 writes the same file as one image at a time (Mask R-CNN with soft masks)."""
+    from custom_modules.inference import read_image
+
     items = list_images(ann_file=val_json)[:2]
     for bs in (1, 2):
         run_inference(
@@ -300,6 +302,15 @@ def test_batched_inference_equals_one_by_one(mrcnn, val_json: Path, tmp_path: Pa
         assert q.masks is not None and len(q.masks) == len(q) <= 15 and len(q.mask_probs) == len(q)
     with pytest.raises(ValueError, match="batch-size"):
         run_inference(mrcnn, items, tmp_path / "x.npz", batch_size=0, progress=False)
+    mrcnn.soft_masks = False  # --no-soft-masks: the same binary masks, no probabilities
+    try:
+        binary = limit_predictions(
+            mrcnn.predict_raw([read_image(items[0].path)], [items[0].image_id])[0], 0.0, 15
+        )
+    finally:
+        mrcnn.soft_masks = True
+    first = loaded[items[0].image_id]
+    assert binary.mask_probs is None and np.array_equal(binary.masks.to_full(), first.masks.to_full())
 
 
 @pytest.mark.slow
