@@ -316,7 +316,7 @@ def run_plan(
     eff: dict[str, str] = {}
     for i, st0 in enumerate(states, 1):
         s = st0.step
-        if _wait_for_other_run(plan.work_dir, s.id):
+        if (selected is None or s.id in selected) and _wait_for_other_run(plan.work_dir, s.id):
             redo.discard(s.id)  # another invocation just ran it
         st = _state_of(plan, s, eff, redo)  # with the stamps of the steps that ran before it
         eff[s.id] = _effective(plan, st)
