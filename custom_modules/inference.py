@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from celldata import CLASSES
+from celldata.coco import kaggle_id
 from celldata.instances import InstanceMasks
 from custom_modules.conversion import masks_to_instances, to_numpy
 from custom_modules.runner_utils import load_config, register_library
@@ -88,7 +89,7 @@ def list_images(
     ann_file: str | os.PathLike | None = None,
     data_root: str | os.PathLike | None = None,
 ) -> list[ImageItem]:
-    """Images of a folder (id = file stem, sorted) or of a COCO json (id = ``kaggle_id``/``image_id``/stem).
+    """Images of a folder (id = file stem, sorted) or of a COCO json (id: :func:`celldata.coco.kaggle_id`).
 
     Args:
         images_dir: Folder with images (png, jpg, tif, bmp).
@@ -134,8 +135,7 @@ def list_images(
             path = root / img["file_name"]
             if not path.is_file():
                 raise FileNotFoundError(f"{a}: images[{k}] file not found: {path}")
-            iid = img.get("kaggle_id", img.get("image_id"))
-            items.append(ImageItem(str(iid) if iid is not None else path.stem, str(path)))
+            items.append(ImageItem(kaggle_id(img), str(path)))
     ids = [it.image_id for it in items]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
