@@ -7,7 +7,11 @@ model = dict(
     decode_head=dict(
         loss_decode=[
             dict(
-                type='CrossEntropyLoss', use_sigmoid=False, avg_non_ignore=True, loss_weight=1.0 - ds_lambda
+                type='CrossEntropyLoss',
+                use_sigmoid=False,
+                avg_non_ignore=True,
+                loss_weight=1.0 - ds_lambda,
+                class_weight=_base_.loss_decode[0]['class_weight'],
             ),
             dict(
                 type='DiceLoss',
