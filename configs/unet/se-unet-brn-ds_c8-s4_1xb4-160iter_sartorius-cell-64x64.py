@@ -9,7 +9,7 @@ model = dict(
             dict(
                 type='CrossEntropyLoss',
                 use_sigmoid=False,
-                avg_non_ignore=True,
+                avg_non_ignore=False,
                 loss_weight=1.0 - ds_lambda,
                 class_weight=_base_.loss_decode[0]['class_weight'],
             ),

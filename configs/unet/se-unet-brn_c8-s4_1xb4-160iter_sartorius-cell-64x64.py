@@ -28,7 +28,7 @@ loss_decode = [
     dict(
         type='CrossEntropyLoss',
         use_sigmoid=False,
-        avg_non_ignore=True,
+        avg_non_ignore=False,  # mmseg fails with class_weight and True; the class-weighted mean is over valid pixels anyway
         loss_weight=1.0,
         class_weight=[1.0, 4.0],
     ),
