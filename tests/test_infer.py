@@ -419,6 +419,14 @@ def test_infer_cli_errors(tmp_path: Path, tiny_sartorius: Path, capsys: pytest.C
     imgs = str(tiny_sartorius / "test")
     assert main([str(MRCNN_DEMO), str(tmp_path / "missing.pth"), "--images", imgs, "--out", out]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+    dummy = tmp_path / "dummy.pth"
+    dummy.write_bytes(b"x")
+    assert (
+        main([str(MRCNN_DEMO), str(dummy), "--images", imgs, "--out", out, "--fp16", "--device", "cpu"]) == 2
+    )
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    assert main([str(MRCNN_DEMO), str(dummy), "--images", imgs, "--out", out, "--batch-size", "0"]) == 2
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
 
 

@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     from custom_modules.inference import list_images, load_model, run_inference
 
     try:
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         images = list_images(args.images, args.ann_file, args.data_root)
         model = load_model(
             args.config,
