@@ -511,6 +511,7 @@ def paste_soft_masks(
     dev = boxes.device
     b = boxes.float()
     lo = torch.clamp(b[:, :2].floor() - 1, min=0)
+    lo = torch.minimum(lo, lo.new_tensor([width, height]))  # a box beyond the image gets an empty window
     hi = torch.stack(
         [torch.clamp(b[:, 2].ceil() + 1, max=width), torch.clamp(b[:, 3].ceil() + 1, max=height)], 1
     )
