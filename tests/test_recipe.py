@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -226,3 +227,27 @@ def test_failed_step_leaves_no_stamp_and_training_resumes(tmp_path: Path) -> Non
     with pytest.raises(RuntimeError):
         run_plan(plan)
     assert (tdir.parent / "fold0.stale" / "iter_1.pth").is_file()
+
+
+def test_concurrent_invocations_wait_for_a_running_step(tmp_path: Path) -> None:
+    import subprocess
+    import threading
+
+    from custom_modules.recipe.runner import _lock_path, _wait_for_other_run
+
+    lock = _lock_path(tmp_path, "train/b")
+    lock.parent.mkdir(parents=True)
+    lock.write_text("999999999\n")  # a dead process: ignored
+    assert _wait_for_other_run(tmp_path, "train/b", poll_s=0.05) is False
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(1.0)"])
+    threading.Thread(target=proc.wait, daemon=True).start()  # reaped when it ends (as another invocation is)
+    lock.write_text(f"{proc.pid}\n")
+    assert _wait_for_other_run(tmp_path, "train/b", poll_s=0.05) is True
+    assert proc.poll() is not None, "returned before the other run ended"
+    # a full run skips a step that another invocation finished meanwhile; --only ignores other steps' locks
+    _Writer.calls = []
+    run_plan(_toy_plan(tmp_path))
+    lock.write_text(f"{os.getpid()}\n")  # our own pid: not waited for
+    _Writer.calls = []
+    run_plan(_toy_plan(tmp_path, param=5), only=["train/b"])
+    assert _Writer.calls == ["b"]
