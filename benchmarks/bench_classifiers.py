@@ -205,6 +205,24 @@ def tables(results: dict[str, Any], meta: dict[str, Any]) -> str:
         by_study["masking"].append(dict(results["lipnet_4"], row="cropped and masked"))
     if "augment" in by_study and "imb_oversample" in results and "aug_none" not in results:
         by_study["augment"].insert(0, dict(results["imb_oversample"], row="none"))
+    if "lipnet" in by_study and "lipnet_4" in results and results["lipnet_4"]["study"] != "lipnet":
+        by_study["lipnet"].append(dict(results["lipnet_4"], row="LipNet-4"))
+    order = {
+        "CNN1": 0,
+        "CNN2": 1,
+        "CNN3": 2,
+        "CNN4": 3,
+        "CNN5": 4,
+        "CNN5*": 5,
+        "LipNet-1": 0,
+        "LipNet-2": 1,
+        "LipNet-4": 2,
+        "LipNet-4c": 3,
+        "LipNet-6": 4,
+    }
+    for study in ("sem", "lipnet"):
+        if study in by_study:
+            by_study[study].sort(key=lambda r: order.get(r["row"], 99))
     for study in STUDIES:
         rows = by_study.get(study)
         if not rows:
@@ -214,14 +232,16 @@ def tables(results: dict[str, Any], meta: dict[str, Any]) -> str:
             lines += [
                 f"### SEM depth ablation (paper Table 3 shape; {meta['sem_tile']}x{meta['sem_tile']} tiles)",
                 "",
-                "| CNN architecture | Accuracy [%] | macro F1 |",
-                "| --- | --- | --- |",
+                "| CNN architecture | Accuracy [%] (tiles) | macro F1 (tiles) | image accuracy [%] (mean of tiles) |",
+                "| --- | --- | --- | --- |",
             ]
             for r in rows:
                 m, s = r["summary"]["mean"], r["summary"]["std"]
+                ia = r["summary"].get("image_accuracy")
+                ia_txt = f"{100 * ia['mean']:.1f} ± {100 * ia['std']:.1f}" if ia else "-"
                 lines.append(
                     f"| {r['row']} | {100 * m['accuracy']:.1f} ± {100 * s['accuracy']:.1f} "
-                    f"| {m['macro_f1']:.3f} ± {s['macro_f1']:.3f} |"
+                    f"| {m['macro_f1']:.3f} ± {s['macro_f1']:.3f} | {ia_txt} |"
                 )
             best = [r for r in rows if r["row"] == "CNN5*"]
             if best:
@@ -328,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--out", required=True, help="output directory (processes may share one; runs done are skipped)"
     )
+    p.add_argument(
+        "--report-only", action="store_true", help="only re-render results.md and PNGs from results.json"
+    )
     p.add_argument("--skip", default="", help="comma list of run names to leave out (e.g. aug_none)")
     args = p.parse_args(argv)
     studies = [s for s in args.studies.split(",") if s]
@@ -361,6 +384,14 @@ def main(argv: list[str] | None = None) -> int:
         return json.loads(results_path.read_text())["results"] if results_path.exists() else {}
 
     results = load()
+    if args.report_only:
+        if not results:
+            print(f"bench_classifiers.py: error: no results in {results_path}", file=sys.stderr)
+            return 2
+        meta = json.loads(results_path.read_text())["meta"]
+        atomic_write_text(out / "results.md", tables(results, meta))
+        plot_augment(results, out)
+        return 0
     skip = {x for x in args.skip.split(",") if x}
     for study, row, name, cfg, opts in runs(
         studies, args.iters, args.sem_tile, args.sem_iters, tuple(args.sem_depths.split(','))
