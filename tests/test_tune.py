@@ -105,12 +105,13 @@ def test_tune_cli_writes_valid_config(data: dict, tmp_path: Path, capsys: pytest
     tuned = load_config(out)
     assert tuned.name == "val_tuned" and len(tuned.models) == 3
     assert out.read_text().startswith("# Tuned by python -m ensemble.tune")
-    # the tuned config reproduces its reported score through the normal run path, and beats the start
+    # the tuned config reproduces its reported score through the normal run path, and the start config scores
+    # strictly lower on this data (the start weights are not the best), so tuning found something real
     start_report = run_ensemble(
         load_config(start), out_csv=tmp_path / "s" / "start.csv", overlays=0, progress=False
     )
     tuned_report = run_ensemble(tuned, out_csv=tmp_path / "t" / "tuned.csv", overlays=0, progress=False)
-    assert tuned_report["report"].score >= start_report["report"].score
+    assert tuned_report["report"].score > start_report["report"].score + 0.01
     assert f"-> {tuned_report['report'].score:.5f}" in printed
 
 
