@@ -128,6 +128,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--no-compile', action='store_true', help='skip torch.compile latencies')
     p.add_argument('--quick', action='store_true', help='smoke run: 2 combinations, a few iterations')
     p.add_argument('--report-only', action='store_true', help='write the report from the finished runs only')
+    p.add_argument(
+        '--costs-only',
+        action='store_true',
+        help='only measure size/latency (costs.json) from the first combination\'s trained seed-0 checkpoints',
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.combos = args.combos[:2]
@@ -283,7 +288,11 @@ def run_job(job: dict) -> dict:
 
 
 def measure_costs(args: argparse.Namespace, data_root: Path, job: dict) -> dict:
-    """Saved size, parameter counts and CPU latency of each variant's architecture (one trained model)."""
+    """Saved size, parameter counts and CPU latency of each variant's architecture (one trained model).
+
+    ``job``: ``combo``, ``seed``, ``ckpt`` (float) and optionally ``pruned_ckpt`` (magnitude-pruned; skipped
+    when absent: its architecture and dense kernels are the float model's).
+    """
     import torch
 
     from custom_modules.seg import compress as cp
@@ -318,17 +327,21 @@ def measure_costs(args: argparse.Namespace, data_root: Path, job: dict) -> dict:
         size_bytes=cp.saved_size(q, sd / 'int8.pt2'), **cp.count_parameters(q), **lat(q, True)
     )
     out['DuringTQ'] = dict(out['PostQ'], note='same int8 graph as PostQ (latency/size not re-measured)')
-    pmod = cp.SegLogits(cp.build_segmentor(cfg, job['pruned_ckpt'])).eval()
-    buf = io.BytesIO()
-    torch.save(pmod.state_dict(), buf)
-    import gzip
+    if job.get('pruned_ckpt') and Path(job['pruned_ckpt']).is_file():
+        import gzip
 
-    out['Pruned'] = dict(
-        size_bytes=cp.saved_size(pmod, sd / 'pruned.pt2'),
-        gzip_bytes=len(gzip.compress(buf.getvalue())),
-        **cp.count_parameters(pmod),
-        eager_ms=cp.latency_ms(pmod, x, args.repeats),
-    )
+        pmod = cp.SegLogits(cp.build_segmentor(cfg, job['pruned_ckpt'])).eval()
+        buf = io.BytesIO()
+        torch.save(pmod.state_dict(), buf)
+        dense = io.BytesIO()
+        torch.save(fmod.state_dict(), dense)
+        out['Pruned'] = dict(
+            size_bytes=cp.saved_size(pmod, sd / 'pruned.pt2'),
+            gzip_bytes=len(gzip.compress(buf.getvalue())),
+            dense_gzip_bytes=len(gzip.compress(dense.getvalue())),
+            **cp.count_parameters(pmod),
+            eager_ms=cp.latency_ms(pmod, x, args.repeats),
+        )
     smod = cp.prune_channels(fmod, calib[0], args.struct_ratio)
     out['Struct50'] = dict(
         size_bytes=cp.saved_size(smod, sd / 'struct50.pt2'), **cp.count_parameters(smod), **lat(smod, False)
@@ -424,7 +437,86 @@ def write_markdown(args, table: dict, costs: dict, results: list[dict], path: Pa
         f'int8 is not measured (the converted PT2E graph is a reference model).',
         '',
     ]
-    atomic_write_text(path, '\n'.join(head + lines) + '\n')
+    atomic_write_text(path, '\n'.join(head + lines + cost_and_target_lines(table, costs, results)) + '\n')
+
+
+def cost_and_target_lines(table: dict, costs: dict, results: list[dict]) -> list[str]:
+    """Markdown: cost table, the issue's speed / accuracy targets, int8 fidelity, ranking vs the paper."""
+    nan = float('nan')
+    out = ['', '## Size and CPU latency per architecture', '']
+    out += ['| Model | saved size (MB) | params | non-zero | eager (ms) | compiled (ms) | compile (s) |']
+    out += ['|---|---|---|---|---|---|---|']
+    for model in MODELS_ORDER:
+        c = costs.get(model)
+        if not c:
+            continue
+        out.append(
+            f"| {model} | {c['size_bytes'] / 1e6:.3f} | {c['params']} | {c['nonzero']} | "
+            f"{c.get('eager_ms', nan):.1f} | {c.get('compiled_ms', nan):.1f} | {c.get('compile_s', nan):.0f} |"
+        )
+    if 'Pruned' in costs and 'gzip_bytes' in costs['Pruned']:
+        p = costs['Pruned']
+        out += [
+            '',
+            f"Magnitude-pruned state dict gzip-compressed: {p['gzip_bytes'] / 1e6:.3f} MB vs dense "
+            f"{p['dense_gzip_bytes'] / 1e6:.3f} MB (only compression turns unstructured zeros into bytes saved).",
+        ]
+    base, q, st = costs.get('Base', {}), costs.get('PostQ', {}), costs.get('Struct50', {})
+    out += ['', '## Targets of the issue', '']
+    if 'compiled_ms' in base and 'compiled_ms' in q:
+        r = q['compiled_ms'] / base['compiled_ms']
+        out.append(
+            f"- int8 latency <= 0.5x float, both compiled: {q['compiled_ms']:.1f} / {base['compiled_ms']:.1f} ms = "
+            f"{r:.2f}x -> {'met' if r <= 0.5 else 'NOT met'} (float eager: {base.get('eager_ms', nan):.1f} ms)."
+        )
+    if 'compiled_ms' in base and 'compiled_ms' in st:
+        r = st['compiled_ms'] / base['compiled_ms']
+        re = st.get('eager_ms', nan) / base.get('eager_ms', nan)
+        out.append(
+            f"- structured pruning at 50 % channels faster than dense: compiled {r:.2f}x, eager {re:.2f}x -> "
+            f"{'met' if r < 1 and re < 1 else 'NOT met'}."
+        )
+    drops = []
+    for combo, models in table.items():
+        b = models['Base']['jaccard']['mean']
+        for model in ('PostQ', 'DuringTQ'):
+            drops.append((combo, model, 100 * (b - models[model]['jaccard']['mean'])))
+    worst = max(drops, key=lambda d: d[2]) if drops else None
+    if worst:
+        ok = sum(d[2] <= 1.0 for d in drops)
+        out.append(
+            f'- <= 1 point IoU (Jaccard) drop of int8 vs float: {ok} of {len(drops)} combination x int8 variants; '
+            f'worst {worst[0]} {worst[1]}: {worst[2]:+.2f} points.'
+        )
+    out += [
+        '',
+        '| Combination | seed | PostQ SQNR (dB) | PostQ mask agreement | DuringTQ mask agreement | '
+        'Pruned sparsity |',
+        '|---|---|---|---|---|---|',
+    ]
+    for r in sorted(results, key=lambda r: (list(COMBOS).index(r['combo']), r['seed'])):
+        rows = r['rows']
+        out.append(
+            f"| {r['combo']} | {r['seed']} | {rows['PostQ']['fidelity']['sqnr_db']:.1f} | "
+            f"{rows['PostQ']['fidelity']['mask_agreement']:.4f} | {rows['DuringTQ']['fidelity']['mask_agreement']:.4f} | "
+            f"{rows['Pruned']['sparsity']:.3f} |"
+        )
+    ours = sorted(table, key=lambda c: -table[c]['Base']['jaccard']['mean'])
+    paper = sorted(table, key=lambda c: -PAPER[c]['Base'][2])
+    best_model = {
+        c: max(('Base', 'PostQ', 'DuringTQ', 'Pruned'), key=lambda m: table[c][m]['jaccard']['mean'])
+        for c in table
+    }
+    out += [
+        '',
+        '## Ranking (Base Jaccard) and best compressed variant per combination',
+        '',
+        f"- ours: {' > '.join(ours)}",
+        f"- paper (same combinations): {' > '.join(paper)}",
+        f"- variant with the highest Jaccard per combination (paper: Pruned in 6 of 8): "
+        f"{', '.join(f'{c}: {m}' for c, m in best_model.items())}",
+    ]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -441,6 +533,22 @@ def main(argv: list[str] | None = None) -> int:
         for c in args.combos
     ]
     t0 = time.time()
+    if args.costs_only:
+        wd = work / f'{args.combos[0]}_s{args.seeds[0]}'
+        job = dict(
+            combo=args.combos[0],
+            seed=args.seeds[0],
+            ckpt=str(wd / 'base' / f'iter_{args.iters}.pth'),
+            pruned_ckpt=str(wd / 'pruned' / f'iter_{args.prune_iters}.pth'),
+        )
+        if not Path(job['ckpt']).is_file():
+            print(f"bench_unet_study: {job['ckpt']} not trained yet", file=sys.stderr)
+            return 1
+        from celldata.fileio import atomic_write_json
+
+        atomic_write_json(work / 'costs.json', measure_costs(args, data_root, job))
+        print(f'bench_unet_study: wrote {work / "costs.json"} ({time.time() - t0:.0f} s)')
+        return 0
     results = []
     if args.report_only:
         for j in jobs:
