@@ -28,6 +28,7 @@ __all__ = [
     "load_class_probabilities",
     "classifier_label",
     "image_labels",
+    "classifier_image_label",
 ]
 
 FORMAT = "cell-type-probabilities"
@@ -125,3 +126,21 @@ def image_labels(
     """:func:`classifier_label` of many images at once (``{image id: majority label}`` in, same keys out)."""
     prob_classes, probs = load_class_probabilities(probs_path)
     return {k: classifier_label(probs.get(k), prob_classes, v, threshold) for k, v in majority.items()}
+
+
+def classifier_image_label(
+    image_id: str, majority: int | None, probs_path: str | os.PathLike, threshold: float
+) -> int | None:
+    """The label of one image under ``fusion.image_class: classifier`` (used by ``ensemble.masks``).
+
+    Args:
+        image_id: Kaggle image id.
+        majority: The detectors' score-weighted majority label (the fallback).
+        probs_path: Class probability file.
+        threshold: Minimum top probability for the classifier to decide.
+
+    Returns:
+        The classifier's label, or ``majority``.
+    """
+    prob_classes, probs = load_class_probabilities(probs_path)
+    return classifier_label(probs.get(str(image_id)), prob_classes, majority, threshold)[0]
