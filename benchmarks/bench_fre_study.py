@@ -248,6 +248,7 @@ def run_search_step(name: str, args: argparse.Namespace) -> None:
             **_smoke_options(args),
         },
         seed=0,
+        startup_trials=args.startup_trials,
     )
 
 
@@ -412,6 +413,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--labels', nargs='+', choices=list(LABEL_SETS), default=['cell'])
     p.add_argument('--fre-trials', type=int, default=8)
     p.add_argument('--ds-trials', type=int, default=4)
+    p.add_argument(
+        '--startup-trials', type=int, default=10, help='random trials before TPE (optuna default 10)'
+    )
     p.add_argument('--search-fold', type=int, default=1)
     p.add_argument('--eval-fold', type=int, default=0)
     p.add_argument('--smoke-iters', type=int, default=0, help='train N iterations only (plumbing check)')

@@ -383,6 +383,7 @@ def run_search(
     pruner: str = 'none',
     seed: int = 0,
     study_name: str = 'search',
+    startup_trials: int = 10,
     objective_fn: Callable[[str, dict[str, Any], str, Callable[[float, int], None]], float] | None = None,
     write_outputs: bool = True,
 ):
@@ -399,6 +400,8 @@ def run_search(
         pruner: ``'none'``, ``'median'`` or ``'hyperband'``.
         seed: TPE sampler seed.
         study_name: Name of the study inside ``study.db``.
+        startup_trials: Trials sampled at random before TPE models the results (optuna's default 10: a
+            search of at most that many trials is a random search).
         objective_fn: Replaces the training (tests): ``objective_fn(config, cfg_options, work_dir, report)``
             returns the score.
         write_outputs: Write CSV, plots and the best config at the end.
@@ -414,6 +417,8 @@ def run_search(
         raise ValueError(f'direction must be max or min, got {direction!r}')
     if pruner not in _PRUNERS:
         raise ValueError(f'pruner must be one of {_PRUNERS}, got {pruner!r}')
+    if int(startup_trials) != startup_trials or startup_trials < 1:
+        raise ValueError(f'startup_trials must be an int >= 1, got {startup_trials!r}')
     from custom_modules.runner_utils import load_config
 
     specs = load_search_space(space) if isinstance(space, (str, os.PathLike)) else list(space)
@@ -430,7 +435,7 @@ def run_search(
         storage=storage,
         load_if_exists=True,
         direction=_DIRECTIONS[direction],
-        sampler=optuna.samplers.TPESampler(seed=seed),
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials),
         pruner=_make_pruner(pruner),
     )
     study.set_user_attr('config', str(config))
