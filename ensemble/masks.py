@@ -503,13 +503,15 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
         width: image width.
 
     Returns:
-        ``(keep (N,) bool, remain uint8 like flat, tight (N, 4) int64, left (N,) int64)``: kept flags, the kept
-        pixels of each crop, the tight window of the kept pixels in image coordinates, and their count.
+        ``(keep (N,) bool, compact uint8, coff (N + 1,) int64, tight (N, 4) int64, left (N,) int64)``: kept flags,
+        the kept pixels of each kept instance cropped to their tight window (row-major, instance i at
+        ``compact[coff[i]:coff[i + 1]]``; empty for dropped ones), that window in image coordinates, and the kept
+        pixel count.
     """
     n = offs.shape[0] - 1
     taken = np.zeros((height, width), dtype=np.uint8)
     keep = np.zeros(n, dtype=np.bool_)
-    remain = np.zeros(flat.shape[0], dtype=np.uint8)
+    remain = np.zeros(flat.shape[0], dtype=np.uint8)  # kept pixels in the input crop layout
     tight = np.zeros((n, 4), dtype=np.int64)
     kept_area = np.zeros(n, dtype=np.int64)
     for t in range(order.shape[0]):
@@ -548,7 +550,25 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
         tight[i, 1] = y0 + ty0
         tight[i, 2] = x0 + tx1
         tight[i, 3] = y0 + ty1
-    return keep, remain, tight, kept_area
+    coff = np.zeros(n + 1, dtype=np.int64)
+    for i in range(n):
+        size = (tight[i, 2] - tight[i, 0]) * (tight[i, 3] - tight[i, 1]) if keep[i] else 0
+        coff[i + 1] = coff[i] + size
+    compact = np.empty(coff[n], dtype=np.uint8)
+    for i in range(n):
+        if not keep[i]:
+            continue
+        bw = boxes[i, 2] - boxes[i, 0]
+        tw = tight[i, 2] - tight[i, 0]
+        ox = tight[i, 0] - boxes[i, 0]
+        oy = tight[i, 1] - boxes[i, 1]
+        o = coff[i]
+        for yy in range(tight[i, 3] - tight[i, 1]):
+            src = offs[i] + (oy + yy) * bw + ox
+            for xx in range(tw):
+                compact[o] = remain[src + xx]
+                o += 1
+    return keep, compact, coff, tight, kept_area
 
 
 def _pack_crops(
@@ -613,7 +633,7 @@ def _remove_overlaps_packed(
     """
     cand = np.arange(len(scores)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     order = cand[np.argsort(-scores[cand], kind="stable")].astype(np.int64)
-    keep, remain, tight, kept_area = _overlap_kernel(
+    keep, compact, coff, tight, kept_area = _overlap_kernel(
         flat,
         offs,
         boxes.astype(np.int64),
@@ -625,14 +645,12 @@ def _remove_overlaps_packed(
     )
 
     def crops_of(sel: np.ndarray) -> list[np.ndarray]:
-        rb = remain.view(bool)
-        out = []
-        for (x0, y0, x1, y1), (tx0, ty0, tx1, ty1), o in zip(
-            boxes[sel].tolist(), tight[sel].tolist(), offs[sel].tolist()
-        ):
-            full = rb[o : o + (y1 - y0) * (x1 - x0)].reshape(y1 - y0, x1 - x0)
-            out.append(full[ty0 - y0 : ty1 - y0, tx0 - x0 : tx1 - x0])
-        return out
+        cb = compact.view(bool)
+        t = tight[sel]
+        return [
+            cb[o : o + h * w].reshape(h, w)
+            for o, h, w in zip(coff[sel].tolist(), (t[:, 3] - t[:, 1]).tolist(), (t[:, 2] - t[:, 0]).tolist())
+        ]
 
     return np.flatnonzero(keep).astype(np.int64), crops_of, tight, kept_area
 
