@@ -9,6 +9,8 @@ models of one image (seeded, reproducible):
   5 % false positives; scores higher for clean detections than for merged/split/false ones.
 * ``mask_rcnn`` (boxes + instance masks): 88 % found, masks shifted by up to 2 px and dilated or eroded (3x3) with
   probability 0.5, 5 % merged pairs, 4 % splits, 8 % label noise, 5 % false positives.
+* optionally (``--image-confusion P``) each detector takes a whole image for another cell type with probability P
+  (all its true-label detections of that image get one wrong label), the case ``image_class: majority`` targets.
 * ``upernet`` (semantic model, no detections): the foreground of the truth blurred (sigma 1.5 px, so gaps between
   touching cells fill in), 10 % of the cells faded to 0.3, Gaussian noise (sigma 0.08).
 * box-first: the boxes of ``yolox`` and ``mask_rcnn`` fused by WBF (``ensemble.fuse_boxes``), then a simulated
@@ -201,15 +203,31 @@ def simulate_mask_head(
     return ImagePredictions(fused.image_id, h, w, fused.boxes, fused.scores, fused.labels, masks, None, probs)
 
 
-def simulate(truth: dict[str, InstanceMasks], types: dict[str, str], seed: int) -> dict[str, dict]:
+def confuse_image(rng: np.random.Generator, pred: ImagePredictions, label: int, p: float) -> ImagePredictions:
+    """With probability ``p`` the model takes the whole image for another cell type: every detection of it that
+    carried the true label gets one wrong label (image-level confusion, e.g. astro vs cort)."""
+    if p <= 0 or rng.random() >= p or len(pred) == 0:
+        return pred
+    wrong = int(rng.choice([c for c in range(len(CLASSES)) if c != label]))
+    labels = np.where(pred.labels == label, wrong, pred.labels)
+    return ImagePredictions(
+        pred.image_id, pred.height, pred.width, pred.boxes, pred.scores, labels, pred.masks, pred.semantic
+    )
+
+
+def simulate(
+    truth: dict[str, InstanceMasks], types: dict[str, str], seed: int, image_confusion: float = 0.0
+) -> dict[str, dict]:
     """Per model name, image id -> simulated predictions (box-first: ``mask_rcnn_on_boxes`` = the mask head on
     the WBF of yolox and mask_rcnn boxes, step 1 of ``ensemble.fuse_boxes`` with default parameters)."""
     out: dict[str, dict] = {"yolox": {}, "mask_rcnn": {}, "upernet": {}, "mask_rcnn_on_boxes": {}}
     for k, (image_id, t) in enumerate(truth.items()):
         label = CLASSES.index(types[image_id])
         rng = np.random.default_rng([seed, k])
-        out["yolox"][image_id] = simulate_detector(rng, t, label, SPECS["yolox"], False, image_id)
-        out["mask_rcnn"][image_id] = simulate_detector(rng, t, label, SPECS["mask_rcnn"], True, image_id)
+        yolox = simulate_detector(rng, t, label, SPECS["yolox"], False, image_id)
+        mrcnn = simulate_detector(rng, t, label, SPECS["mask_rcnn"], True, image_id)
+        out["yolox"][image_id] = confuse_image(rng, yolox, label, image_confusion)
+        out["mask_rcnn"][image_id] = confuse_image(rng, mrcnn, label, image_confusion)
         out["upernet"][image_id] = simulate_semantic(rng, t, image_id)
         fused = fuse_boxes_image(
             [out["yolox"][image_id], out["mask_rcnn"][image_id]], [1.0, 1.0], FusionParams(skip_box_thr=0.05)
@@ -257,11 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--out-dir", type=Path, default=Path("work_dirs/ensemble_heldout"))
     ap.add_argument("--setups", nargs="+", default=None, help="subset of the setups (substring match)")
+    ap.add_argument(
+        "--image-confusion",
+        type=float,
+        default=0.0,
+        help="probability that a detector labels a whole image as another cell type (default 0)",
+    )
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     truth, types = load_truth(args.truth)
     groups = read_sample_ids(args.truth)
-    sims = simulate(truth, types, args.seed)
+    sims = simulate(truth, types, args.seed, args.image_confusion)
     ids = list(truth)
     rows = []
     for setup, (names, fusion) in SETUPS.items():
@@ -298,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
         f"# Held-out ensemble comparison: {args.name} ({len(ids)} images, {n_groups} sample groups)",
         "",
         "SIMULATED model predictions (ground truth perturbed per model family, seed "
-        f"{args.seed}; see benchmarks/study_ensemble_heldout.py), not trained models.",
+        f"{args.seed}, image-level label confusion {args.image_confusion}; see "
+        "benchmarks/study_ensemble_heldout.py), not trained models.",
         f"Tuning: coordinate search, {args.rounds} rounds; held-out = {args.cv}-fold CV grouped by sample_id.",
         "",
         "| setup | default (untuned) | tuned, in-sample | tuned, held-out |",
