@@ -345,8 +345,8 @@ def report(args: argparse.Namespace) -> str:
             f'## Labels: {" / ".join(classes)}',
             '',
             '| method | ' + ' | '.join(f'{c} IoU [%]' for c in classes) + ' | mIoU [%] | seeds | '
-            'decoder BN running var | latency [ms] | params |',
-            '|---|' + '---:|' * (len(classes) + 5),
+            'Δ mIoU vs baseline (Welch p) | decoder BN running var | latency [ms] | params |',
+            '|---|' + '---:|' * (len(classes) + 6),
         ]
         names, means, stds = [], [], []
         for title, row in LABELS.items():
@@ -356,11 +356,18 @@ def report(args: argparse.Namespace) -> str:
             cols = [_fmt([r['metrics'].get(f'IoU.{c}', float('nan')) for r in rr]) for c in classes]
             miou = [r['mIoU'] for r in rr]
             var = _fmt([r.get('decoder0_bn_running_var_mean', float('nan')) for r in rr])
+            base = [r['mIoU'] for r in sub if r['row'] == 'baseline']
+            delta = '-'
+            if row != 'baseline' and len(base) > 1 and len(miou) > 1:
+                from scipy.stats import ttest_ind
+
+                p = ttest_ind(miou, base, equal_var=False).pvalue
+                delta = f'{statistics.mean(miou) - statistics.mean(base):+.2f} (p={p:.2f})'
             lt = lat.get(row, {})
             base_ms = lat.get('baseline', {}).get('ms')
             ms = f'{lt["ms"]} ({lt["ms"] / base_ms:.2f}x)' if lt and base_ms else lt.get('ms', '-')
             lines.append(
-                f'| {title} | ' + ' | '.join(cols) + f' | {_fmt(miou)} | {len(rr)} | {var} | '
+                f'| {title} | ' + ' | '.join(cols) + f' | {_fmt(miou)} | {len(rr)} | {delta} | {var} | '
                 f'{ms} | {lt.get("params", "-")} |'
             )
             names.append(title)
