@@ -46,8 +46,9 @@ __all__ = [
 CONF_TYPES: tuple[str, ...] = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 _CONF_CODE = {name: code for code, name in enumerate(CONF_TYPES)}
 
-IMAGE_CLASS_RULES: tuple[str, ...] = ("majority", "per_instance")
-"""How detections are labelled before fusion: one class per image (``'majority'``) or as predicted."""
+IMAGE_CLASS_RULES: tuple[str, ...] = ("majority", "per_instance", "classifier")
+"""How detections are labelled before fusion: one class per image (``'majority'``; ``'classifier'``: an image
+classifier's class where it is confident, else the majority) or as predicted."""
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ from .boxes import (
     normalize_boxes,
     weighted_boxes_fusion,
 )
+from .image_class import classifier_image_label
 from .predictions import ImagePredictions
 
 __all__ = [
@@ -102,7 +103,13 @@ class FusionParams:
             Never a factor in fused box scores.
         rerank: multiply each fused score by the mean vote inside its mask.
         image_class: ``'majority'``: one class per image (score-weighted majority of all box models'
-            detections), every detection relabelled to it before WBF; ``'per_instance'``: labels as predicted.
+            detections), every detection relabelled to it before WBF; ``'per_instance'``: labels as predicted;
+            ``'classifier'``: one class per image from an image classifier's probability file
+            (``class_probabilities``, written by ``tools/classify_images.py``) where its top probability is
+            ``>= classifier_threshold``, else (or for an image missing from the file) the majority class.
+        class_probabilities: path of the cell-type probability file (:mod:`ensemble.image_class`); required by
+            ``image_class='classifier'``.
+        classifier_threshold: minimum top probability for the classifier to set an image's class; in ``[0, 1]``.
         score_thr: per-class minimum final score (class name -> threshold; missing classes: no threshold).
         min_area: per-class minimum mask area in pixels, before and after overlap removal (missing classes: 1,
             i.e. only empty masks dropped).
@@ -120,6 +127,8 @@ class FusionParams:
     semantic_weight: float = 0.0
     rerank: bool = False
     image_class: str = "majority"
+    class_probabilities: str | None = None
+    classifier_threshold: float = 0.5
     score_thr: dict[str, float] = field(default_factory=dict)
     min_area: dict[str, int] = field(default_factory=dict)
     max_lost_frac: float = 0.5
@@ -133,6 +142,14 @@ class FusionParams:
         if self.image_class not in IMAGE_CLASS_RULES:
             raise ValueError(
                 f"FusionParams.image_class: {self.image_class!r} is not one of {IMAGE_CLASS_RULES}"
+            )
+        if self.image_class == "classifier" and not self.class_probabilities:
+            raise ValueError(
+                "FusionParams.image_class 'classifier' needs class_probabilities (a probability file)"
+            )
+        if not 0.0 <= self.classifier_threshold <= 1.0:
+            raise ValueError(
+                f"FusionParams.classifier_threshold must be in [0, 1], got {self.classifier_threshold}"
             )
         if not 0.0 <= self.iou_thr <= 1.0:
             raise ValueError(f"FusionParams.iou_thr must be in [0, 1], got {self.iou_thr}")
@@ -229,10 +246,14 @@ def _prepare(
     ]
     scores = [preds[m].scores.astype(np.float64) for m in box_idx]
     labels = [preds[m].labels.astype(np.int64) for m in box_idx]
-    if params.image_class == "majority" and len(box_idx):
+    if params.image_class in ("majority", "classifier") and len(box_idx):
         floor = max(params.skip_box_thr, MIN_FUSED_SCORE)
         voting = [np.where(s >= floor, s, 0.0) for s in scores]  # only detections that enter WBF vote
         label = image_class(voting, labels, w[box_idx], n_classes=len(CLASSES))
+        if params.image_class == "classifier":
+            label = classifier_image_label(
+                first.image_id, label, params.class_probabilities, params.classifier_threshold
+            )
         if label is not None:
             labels = [np.full(len(lab), label, dtype=np.int64) for lab in labels]
     maps, sem_w = [], []
