@@ -188,12 +188,17 @@ def _row(summary: dict, classes: list[str], keys: tuple[str, ...]) -> str:
 
 def tables(results: dict[str, Any], meta: dict[str, Any]) -> str:
     """Markdown tables in the papers' shapes."""
+    studies = {r["study"] for r in results.values()}
+    its = []
+    if studies - {"sem", "svm"}:
+        its.append(f"LipNet: {meta['iters']}")
+    if "sem" in studies:
+        its.append(f"SEM CNNs: {meta.get('sem_iters')}")
     lines = [
         f"## {meta['label']}: {meta['data_root']}",
         "",
-        f"{meta['folds']}-fold CV grouped by sample_id (StratifiedGroupKFold, seed {meta['seed']}), "
-        f"{meta['iters']} iterations of batch 32 per fold (SEM CNNs: {meta.get('sem_iters')}), one training seed "
-        "per fold (seed + fold). "
+        f"{meta['folds']}-fold CV grouped by sample_id (StratifiedGroupKFold, seed {meta['seed']}), training "
+        f"iterations of batch 32 per fold: {', '.join(its) or '-'}; one training seed per fold (seed + fold). "
         f"Samples: {meta.get('samples', {})}.",
         "",
     ]
