@@ -2,8 +2,10 @@
 
 Registered on import in mmengine's own root registries (``mmengine.registry.MODELS``, ``DATASETS``,
 ``DATA_SAMPLERS``, ``TRANSFORMS``, ``METRICS``); configs use ``default_scope = 'mmengine'`` and
-``custom_imports = dict(imports=['custom_modules.cls'])``. mmpretrain is not used: no onedl fork of it exists and the
-original package pins the original mmcv/mmengine. Nothing here imports mmdet or mmseg.
+``custom_imports = dict(imports=['custom_modules.cls'])`` (``tools/train.py`` / ``tools/test.py`` accept that scope).
+mmpretrain is not used: the original package depends on the original mmcv/mmengine, and its onedl fork
+(``onedl-mmpretrain``) is not part of this environment; the classifiers need nothing beyond mmengine's registries,
+``BaseModel``, ``BaseDataset`` and ``BaseMetric``. Nothing here imports mmdet or mmseg.
 """
 
 from .data import SartoriusImageTileDataset, SartoriusInstanceCropDataset
