@@ -1,12 +1,12 @@
 # CPU demo overrides for the semantic models: 256x256 crops, batch 2, 250 iterations (about 2.5 minutes for
 # UPerNet-R18 on 2 cores; leaves may set their own schedule), one validation at the end, plain BN (leaves set
-# it), data in work_dirs/demo/synthetic/ (tools/make_synthetic.py + tools/prepare_sartorius.py).
+# it), data in work_dirs/demo/data/ (tools/make_synthetic.py + tools/prepare_sartorius.py).
 # Cells cover only 0.2-7.5 % of the pixels, so the loss adds to the CE a Dice term on the three cell classes
 # (mmseg DiceLoss's `ignore_index` drops a class *channel*: 0 drops background), which makes the heads predict
 # foreground early instead of settling on "all background". (Down-weighting background in the CE as well made
 # the U-Net over-predict cells: fgIoU 44 against 80.)
 _base_ = ['./datasets/sartorius_semantic.py', './seg_default_runtime.py', './schedules/seg_schedule_40k.py']
-data_root = 'work_dirs/demo/synthetic/'
+data_root = 'work_dirs/demo/data/'
 crop_size = (256, 256)
 max_iters = 250
 warmup_iters = 20

@@ -6,7 +6,7 @@
 # images leaves 74.4 % of the cells without an anchor at IoU >= 0.5 with mmdet's scale 8, 9.5 % with 3 (4: 11.6 %);
 # on the demo's synthetic data 49.7 % and 4.2 %. Fixed seed.
 #   python tools/train.py configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py \
-#       --work-dir work_dirs/demo/mask_rcnn --cfg-options data_root=work_dirs/demo/synthetic/
+#       --work-dir work_dirs/demo/mask_rcnn --cfg-options data_root=work_dirs/demo/data/
 _base_ = [
     '../_base_/models/mask-rcnn_r50_fpn_sartorius.py',
     '../_base_/datasets/sartorius_instance.py',

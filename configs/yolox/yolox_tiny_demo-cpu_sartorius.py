@@ -5,7 +5,7 @@
 # (cells keep their real 10-70 px size), flipped, at one fixed input size (no multi-scale, no ProgressiveResize),
 # with a linear warm-up, cosine decay, EMA weights and a fixed seed. Evaluated once at the end on full images.
 #   python tools/train.py configs/yolox/yolox_tiny_demo-cpu_sartorius.py \
-#       --work-dir work_dirs/demo/yolox --cfg-options data_root=work_dirs/demo/synthetic/
+#       --work-dir work_dirs/demo/yolox --cfg-options data_root=work_dirs/demo/data/
 _base_ = './yolox_s_8xb8-300e_sartorius.py'
 
 max_iters = 400

@@ -2,7 +2,7 @@
 #   <data_root>/annotations/fold{k}_train.json, fold{k}_val.json, train_all.json
 #   (file_name relative to data_root, e.g. 'train/<kaggle id>.png'; categories 1 shsy5y, 2 astro, 3 cort;
 #   COCO-RLE segmentations; each image carries its Kaggle id and cell_type).
-# Override the root on the command line: --cfg-options data_root=work_dirs/demo/synthetic/  (the evaluator reads
+# Override the root on the command line: --cfg-options data_root=work_dirs/demo/data/  (the evaluator reads
 # the ground truth from the data samples, so no annotation path is repeated there).
 # The 704x520 8-bit grayscale PNGs are read by LoadImageFromFile with color_type='color' (the default): OpenCV
 # replicates the gray channel into 3 identical BGR channels, so 3-channel backbones and their mean/std apply.

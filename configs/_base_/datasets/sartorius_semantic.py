@@ -5,7 +5,7 @@
 #   <data_root>/splits/fold{k}_train.txt, fold{k}_val.txt   one image id per line
 # Leaves change the fold by overriding the three `ann_file`s, the data root with
 # `--cfg-options train_dataloader.dataset.data_root=... val_dataloader.dataset.data_root=...
-#  test_dataloader.dataset.data_root=...` (tools/train.py --data-root does all three).
+#  test_dataloader.dataset.data_root=...` (tools/train.py --cfg-options data_root=DIR does all three).
 custom_imports = dict(imports=['custom_modules.seg'], allow_failed_imports=False)
 dataset_type = 'SartoriusSemanticDataset'
 data_root = 'data/sartorius/'
