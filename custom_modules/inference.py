@@ -600,13 +600,6 @@ class InferenceModel:
         self.soft_masks = bool(soft_masks)
 
     @property
-    def has_masks(self) -> bool:
-        """Whether the detector predicts instance masks."""
-        return bool(getattr(self.model, "with_mask", False)) or getattr(
-            getattr(self.model, "roi_head", None), "with_mask", False
-        )
-
-    @property
     def _mask_roi_head(self):
         """The RoI head when the model is a two-stage detector whose mask head can be run on given boxes."""
         roi_head = getattr(self.model, "roi_head", None)

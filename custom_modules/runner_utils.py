@@ -297,9 +297,7 @@ def prepare_train_config(
             raise ValueError(
                 "--amp needs a CUDA device (mmengine's AmpOptimWrapper); run without --amp on CPU"
             )
-        if cfg.optim_wrapper.get("type", "OptimWrapper") == "AmpOptimWrapper":
-            pass
-        else:
+        if cfg.optim_wrapper.get("type", "OptimWrapper") != "AmpOptimWrapper":
             cfg.optim_wrapper.type = "AmpOptimWrapper"
             cfg.optim_wrapper.loss_scale = "dynamic"
     if auto_scale_lr:
