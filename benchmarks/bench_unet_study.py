@@ -128,6 +128,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--no-compile', action='store_true', help='skip torch.compile latencies')
     p.add_argument('--quick', action='store_true', help='smoke run: 2 combinations, a few iterations')
     p.add_argument('--report-only', action='store_true', help='write the report from the finished runs only')
+    p.add_argument('--base-only', action='store_true', help='train and evaluate the float models only')
+    p.add_argument(
+        '--also', nargs='*', default=[], help='--report-only: other work dirs whose runs fill in missing ones'
+    )
     p.add_argument(
         '--costs-only',
         action='store_true',
@@ -237,6 +241,18 @@ def run_job(job: dict) -> dict:
     if not ckpt.is_file():
         train(config, opts, wd / 'base')
     t_train = time.time() - t0
+    if args.base_only:
+        cfg = cp.load_config(config, opts)
+        seg = cp.build_segmentor(cfg, ckpt)
+        val = cp.load_samples(cfg, seg, 'val')
+        logits = cp.predict(cp.padded_fn(cp.SegLogits(seg).eval()), val)
+        out = dict(combo=combo, seed=seed, n_val=len(val), base_only=True, train_s=t_train)
+        out['rows'] = {'Base': cp.evaluate(logits, val, float(seg.decode_head.threshold))}
+        out['total_s'], out['ckpt'] = time.time() - t0, str(ckpt)
+        from celldata.fileio import atomic_write_json
+
+        atomic_write_json(wd / 'result.json', out)
+        return out
     p_opts = cfg_options(args, data_root, seed, args.prune_iters, args.lr)
     p_ckpt = wd / 'pruned' / f'iter_{args.prune_iters}.pth'
     stop = max(args.prune_interval, (args.prune_iters * 2 // 3) // args.prune_interval * args.prune_interval)
@@ -359,6 +375,8 @@ def aggregate(results: list[dict]) -> dict:
             continue
         table[combo] = {}
         for model in MODELS_ORDER:
+            if not all(model in r['rows'] for r in runs):
+                continue
             vals = {m: [r['rows'][model][m] for r in runs] for m in METRICS}
             table[combo][model] = {
                 m: dict(mean=float(np.mean(v)), sd=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)
@@ -378,7 +396,7 @@ def heatmap(table: dict, path: Path, title: str) -> None:
 
     labels, data = [], []
     for combo, models in table.items():
-        for model in MODELS_ORDER:
+        for model in (m for m in MODELS_ORDER if m in models):
             labels.append(f'{combo} {model}')
             data.append([models[model][m]['mean'] for m in METRICS])
     arr = np.array(data)
@@ -408,7 +426,7 @@ def write_markdown(args, table: dict, costs: dict, results: list[dict], path: Pa
         '|---|---|---|---|---|---|---|---|---|---|---|',
     ]
     for combo, models in table.items():
-        for model in MODELS_ORDER:
+        for model in (m for m in MODELS_ORDER if m in models):
             cells = []
             for m in METRICS:
                 s = models[model][m]
@@ -418,8 +436,7 @@ def write_markdown(args, table: dict, costs: dict, results: list[dict], path: Pa
             lines.append(
                 f'| {combo} | {model} | '
                 + ' | '.join(cells)
-                + f" | {paper[2]:.4f}" * (paper is not None)
-                + (' | -' if paper is None else '')
+                + (f' | {paper[2]:.4f}' if paper is not None else ' | -')
                 + f" | {c.get('size_bytes', float('nan')) / 1e6:.3f} | {c.get('eager_ms', float('nan')):.1f} | "
                 f"{c.get('compiled_ms', float('nan')):.1f} |"
             )
@@ -479,7 +496,7 @@ def cost_and_target_lines(table: dict, costs: dict, results: list[dict]) -> list
     drops = []
     for combo, models in table.items():
         b = models['Base']['jaccard']['mean']
-        for model in ('PostQ', 'DuringTQ'):
+        for model in (m for m in ('PostQ', 'DuringTQ') if m in models):
             drops.append((combo, model, 100 * (b - models[model]['jaccard']['mean'])))
     worst = max(drops, key=lambda d: d[2]) if drops else None
     if worst:
@@ -496,6 +513,8 @@ def cost_and_target_lines(table: dict, costs: dict, results: list[dict]) -> list
     ]
     for r in sorted(results, key=lambda r: (list(COMBOS).index(r['combo']), r['seed'])):
         rows = r['rows']
+        if 'PostQ' not in rows:
+            continue
         out.append(
             f"| {r['combo']} | {r['seed']} | {rows['PostQ']['fidelity']['sqnr_db']:.1f} | "
             f"{rows['PostQ']['fidelity']['mask_agreement']:.4f} | {rows['DuringTQ']['fidelity']['mask_agreement']:.4f} | "
@@ -503,10 +522,11 @@ def cost_and_target_lines(table: dict, costs: dict, results: list[dict]) -> list
         )
     ours = sorted(table, key=lambda c: -table[c]['Base']['jaccard']['mean'])
     paper = sorted(table, key=lambda c: -PAPER[c]['Base'][2])
-    best_model = {
-        c: max(('Base', 'PostQ', 'DuringTQ', 'Pruned'), key=lambda m: table[c][m]['jaccard']['mean'])
-        for c in table
-    }
+    best_model = {}
+    for c in table:
+        if 'Pruned' in table[c]:
+            present = [m for m in ('Base', 'PostQ', 'DuringTQ', 'Pruned') if m in table[c]]
+            best_model[c] = max(present, key=lambda m, c=c: table[c][m]['jaccard']['mean'])
     out += [
         '',
         '## Ranking (Base Jaccard) and best compressed variant per combination',
@@ -552,9 +572,11 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     if args.report_only:
         for j in jobs:
-            f = work / f"{j['combo']}_s{j['seed']}" / 'result.json'
-            if f.is_file():
-                results.append(json.loads(f.read_text()))
+            for folder in [work, *map(Path, args.also)]:
+                f = folder / f"{j['combo']}_s{j['seed']}" / 'result.json'
+                if f.is_file():
+                    results.append(json.loads(f.read_text()))
+                    break
     elif args.workers > 1:
         with mp.get_context('spawn').Pool(args.workers) as pool:
             for r in pool.imap_unordered(run_job, jobs, chunksize=1):
