@@ -1,8 +1,9 @@
 # FRE study row "U-Net + SE block + SuperVision": a 1x1-conv classifier on the 64-channel bottleneck (output
 # index 0), upsampled to the label size; loss = (1 - lambda) * main + lambda * bottleneck CE (paper eq. 1).
-# lambda is searched with TPE (configs/unet/search/ds_lambda.yaml); the value here is that search's best.
+# lambda is searched with TPE (configs/unet/search/ds_lambda.yaml); the value here is that search's best
+# (3 trials on fold 1, docs/results/fre_study.md).
 _base_ = ['./se-unet-brn_c8-s4_1xb4-160iter_sartorius-cell-64x64.py']
-ds_lambda = 0.3
+ds_lambda = 0.35
 model = dict(
     decode_head=dict(
         loss_decode=[
