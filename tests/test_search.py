@@ -234,3 +234,57 @@ def test_real_training_trial_on_real_images(tmp_path) -> None:
     trial = study.trials[0]
     assert trial.state == TrialState.COMPLETE and 0.0 <= trial.value <= 100.0
     assert trial.user_attrs["val/IoU.cell"] == trial.value and "val/mIoU" in trial.user_attrs
+
+
+def test_per_class_iou_metric_keys_and_cell_dataset_labels(tmp_path) -> None:
+    """The metric keys ``--metric IoU.<class>`` relies on, and the cell / boundary label merge of the study."""
+    import numpy as np
+    import torch
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import DATASETS, METRICS
+    from mmseg.utils import register_all_modules
+
+    import custom_modules.seg  # noqa: F401  (registers the datasets and the metric)
+    from celldata.fileio import atomic_write_png
+
+    register_all_modules(init_default_scope=False)
+
+    lab = np.array([[0, 1, 2, 3, 4, 0]], dtype=np.uint8).repeat(4, axis=0)
+    atomic_write_png(tmp_path / "train" / "a.png", np.full((4, 6), 128, np.uint8))
+    atomic_write_png(tmp_path / "semantic" / "train" / "a.png", np.minimum(lab, 3))
+    atomic_write_png(tmp_path / "semantic" / "train_boundary" / "a.png", lab)
+    (tmp_path / "splits").mkdir()
+    (tmp_path / "splits" / "val.txt").write_text("a\n")
+    pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
+    with DefaultScope.overwrite_default_scope("mmseg"):
+        cell = DATASETS.build(
+            dict(
+                type="SartoriusCellDataset",
+                data_root=str(tmp_path),
+                ann_file="splits/val.txt",
+                data_prefix=dict(img_path="train", seg_map_path="semantic/train"),
+                pipeline=pipeline,
+            )
+        )
+        boundary = DATASETS.build(
+            dict(
+                type="SartoriusCellBoundaryDataset",
+                data_root=str(tmp_path),
+                ann_file="splits/val.txt",
+                data_prefix=dict(img_path="train", seg_map_path="semantic/train_boundary"),
+                pipeline=pipeline,
+            )
+        )
+        metric = METRICS.build(dict(type="PerClassIoUMetric", iou_metrics=["mIoU"]))
+    gt = cell[0]["data_samples"].gt_sem_seg.data[0]
+    assert gt[0].tolist() == [0, 1, 1, 1, 1, 0]  # three cell types merged; label 4 absent from semantic/train
+    assert boundary[0]["data_samples"].gt_sem_seg.data[0][0].tolist() == [0, 1, 1, 1, 2, 0]
+    assert cell.metainfo["classes"] == ("background", "cell")
+    metric.dataset_meta = cell.metainfo
+    pred = gt.clone()
+    pred[:, 1] = 0  # one cell column missed: cell IoU 3/4, background IoU 2/3
+    metric.process([], [dict(pred_sem_seg=dict(data=pred[None]), gt_sem_seg=dict(data=gt[None]))])
+    out = metric.compute_metrics(metric.results)
+    assert out["IoU.cell"] == pytest.approx(75.0) and out["IoU.background"] == pytest.approx(66.67)
+    assert out["mIoU"] == pytest.approx((75.0 + 66.67) / 2, abs=0.01)
+    assert isinstance(torch.tensor(out["IoU.cell"]).item(), float)
