@@ -183,6 +183,8 @@ def _row(summary: dict, classes: list[str], keys: tuple[str, ...]) -> str:
             cells.append(f"{m[key][i]:.2f} ± {s[key][i]:.2f}")
     cells.append(f"{m['accuracy']:.3f} ± {s['accuracy']:.3f}")
     cells.append(f"{m['macro_f1']:.3f} ± {s['macro_f1']:.3f}")
+    ia = summary.get("image_accuracy")
+    cells.append(f"{ia['mean']:.3f} ± {ia['std']:.3f}" if ia else "-")
     return " | ".join(cells)
 
 
@@ -282,8 +284,10 @@ def tables(results: dict[str, Any], meta: dict[str, Any]) -> str:
         lines += [
             f"### {title}",
             "",
-            "| setting | " + " | ".join(f"{key[0]} {c}" for c in classes) + " | accuracy | macro F1 |",
-            "| --- |" + " --- |" * (len(classes) + 2),
+            "| setting | "
+            + " | ".join(f"{key[0]} {c}" for c in classes)
+            + " | accuracy | macro F1 | image accuracy (mean of its cells) |",
+            "| --- |" + " --- |" * (len(classes) + 3),
         ]
         for r in rows:
             lines.append(f"| {r['row']} | {_row(r['summary'], classes, key)} |")
