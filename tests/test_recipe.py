@@ -251,3 +251,17 @@ def test_concurrent_invocations_wait_for_a_running_step(tmp_path: Path) -> None:
     _Writer.calls = []
     run_plan(_toy_plan(tmp_path, param=5), only=["train/b"])
     assert _Writer.calls == ["b"]
+
+
+def test_config_digest_ignores_comments_not_values(tmp_path: Path) -> None:
+    from custom_modules.recipe.plan import _config_digest
+
+    base = tmp_path / "base.py"
+    base.write_text("a = 1\nmodel = dict(x=a)\n")
+    leaf = tmp_path / "leaf.py"
+    leaf.write_text("_base_ = ['./base.py']\nmodel = dict(y=2)\n")
+    d0 = _config_digest(str(leaf))
+    leaf.write_text("# a new comment\n_base_ = ['./base.py']\n\nmodel = dict(y=2)  # same value\n")
+    assert _config_digest(str(leaf)) == d0
+    base.write_text("a = 1\nmodel = dict(x=3)\n")  # a value in the _base_ chain
+    assert _config_digest(str(leaf)) != d0

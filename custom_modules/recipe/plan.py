@@ -169,11 +169,16 @@ def config_files(config: str | Path) -> list[Path]:
 
 
 def _config_digest(config: str) -> str:
-    h = hashlib.sha256()
-    for p in config_files(config):
-        h.update(_rel(p).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+    """Digest of a config as resolved by mmengine (with its whole ``_base_`` chain): edits of comments or layout
+    leave it unchanged, any changed value changes it."""
+    import json as _json
+
+    from mmengine.config import Config
+
+    path = Path(config) if Path(config).is_absolute() else REPO / config
+    cfg = Config.fromfile(str(path), import_custom_modules=False)
+    text = _json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _cfg_opts(opts: dict[str, Any]) -> list[str]:
