@@ -36,16 +36,9 @@ def _score_of(report: dict | None) -> float | None:
 
 
 def _heldout_score(rep: dict | None) -> float | None:
-    """The held-out score of an ``ensemble.tune --cv`` report (key names of that tool, tolerated loosely)."""
-    if not rep:
-        return None
-    for key in ("heldout_score", "held_out_score", "cv_score", "heldout", "held_out"):
-        v = rep.get(key)
-        if isinstance(v, (int, float)):
-            return float(v)
-        if isinstance(v, dict) and isinstance(v.get("score"), (int, float)):
-            return float(v["score"])
-    return None
+    """The held-out score of ``<run>_heldout.json`` (the ``tuning.cv`` record of ``ensemble.tune --cv``)."""
+    v = (rep or {}).get("score_held_out")
+    return float(v) if isinstance(v, (int, float)) else None
 
 
 def _stamps(work_dir: Path) -> dict[str, float]:
