@@ -450,8 +450,8 @@ def write_markdown(args, table: dict, costs: dict, results: list[dict], path: Pa
         f'MagnitudePruningHook 0.5 -> 0.9 every {args.prune_interval}. Struct50: {args.struct_ratio:.0%} of the '
         f'channels removed + {args.struct_iters} iterations.',
         f"Size/latency: one model per architecture, input {tuple(costs.get('_input', []))}, {args.threads} "
-        f'thread(s), median of {args.repeats} runs; PostQ/DuringTQ compiled = int8 kernels (inductor), eager '
-        f'int8 is not measured (the converted PT2E graph is a reference model).',
+        f'thread(s), median of {args.repeats} runs; PostQ/DuringTQ compiled = int8 kernels (inductor); their '
+        f'eager column times the converted PT2E reference graph (quantize/dequantize around fp32 ops).',
         '',
     ]
     atomic_write_text(path, '\n'.join(head + lines + cost_and_target_lines(table, costs, results)) + '\n')
