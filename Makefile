@@ -6,7 +6,7 @@ STAMP := $(VENV)/.install-stamp
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install demo test test-slow bench lint format clean
+.PHONY: install demo test test-slow bench bench-study lint format clean
 
 install: $(STAMP)
 
@@ -27,6 +27,10 @@ test-slow: install
 bench: install
 	$(PY) benchmarks/bench_ensemble.py $(BENCH_ARGS)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_models.py $(BENCH_ARGS)
+
+# the U-Net optimizer x loss x compression study on the real images of ../shared (long; BENCH_ARGS e.g. --quick)
+bench-study: install
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_unet_study.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .
