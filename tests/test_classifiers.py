@@ -22,8 +22,9 @@ from custom_modules.cls import (
     SartoriusImageTileDataset,
     SartoriusInstanceCropDataset,
 )
-from custom_modules.cls.cross_validation import grouped_stratified_folds, summarize_folds
+from custom_modules.cls.cross_validation import summarize_folds
 from custom_modules.cls.data import image_tiles, object_centred_crop
+from custom_modules.cls.folds import grouped_stratified_folds
 from custom_modules.cls.metrics import ClsMetric, classification_metrics, normalize_confusion
 from custom_modules.cls.samplers import epoch_indices
 from custom_modules.cls.svm import FEATURE_NAMES, object_features

@@ -24,6 +24,7 @@ from sklearn.svm import SVC
 from celldata import CLASSES
 
 from .data import iter_instances
+from .folds import grouped_stratified_folds
 from .metrics import confusion_matrix
 
 __all__ = ["FEATURE_NAMES", "object_features", "extract_features", "make_svm", "svm_fold_confusions"]
@@ -148,13 +149,11 @@ def svm_fold_confusions(
     min_area: int = 1,
 ) -> tuple[list[np.ndarray], list[dict]]:
     """Per-fold confusion matrices of the SVM on the grouped stratified folds of
-    :func:`~custom_modules.cls.cross_validation.grouped_stratified_folds`.
+    :func:`~custom_modules.cls.folds.grouped_stratified_folds`.
 
     Returns:
         (``folds`` ``(C, C)`` count matrices, per-fold ``{'train': n, 'test': n}``).
     """
-    from .cross_validation import grouped_stratified_folds
-
     X, y, g = extract_features(ann_file, data_root, classes, min_area)
     out, sizes = [], []
     for tr, te in grouped_stratified_folds(y, g, folds, seed):
