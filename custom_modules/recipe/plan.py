@@ -201,18 +201,6 @@ def _list_images(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def tool_supports(module_or_script: str, option: str) -> bool:
-    """Whether a project CLI accepts ``option`` (read from its argparse parser or, for a script, its source)."""
-    if module_or_script.endswith(".py"):
-        p = REPO / module_or_script
-        return p.is_file() and f'"{option}"' in p.read_text()
-    import importlib
-
-    mod = importlib.import_module(module_or_script)
-    parser = mod.build_parser()
-    return any(option in a.option_strings for a in parser._actions)
-
-
 def build_plan(
     recipe: Recipe,
     work_dir: str | Path | None = None,

@@ -251,8 +251,6 @@ class Tune:
     python: str
 
     def __call__(self, ctx: StepContext) -> None:
-        from custom_modules.recipe.plan import tool_supports
-
         t = self.recipe.ensemble.tune
         start = self.out_dir / f"{self.run_name}.yaml"
         tuned = self.out_dir / f"{self.run_name}_tuned.yaml"
@@ -267,11 +265,8 @@ class Tune:
                "--seed", str(t.seed), "--no-progress"]  # fmt: skip
         heldout_json = self.out_dir / f"{self.run_name}_heldout.json"
         if t.cv:
-            if tool_supports("ensemble.tune", "--cv"):
-                cmd += ["--cv", str(t.cv)]
-            else:
-                ctx.log("note: this ensemble.tune has no --cv; no held-out report")
-        if t.workers is not None and tool_supports("ensemble.tune", "--workers"):
+            cmd += ["--cv", str(t.cv)]
+        if t.workers is not None:
             cmd += ["--workers", str(t.workers)]
         ctx.run(cmd)
         record = (yaml.safe_load(tuned.read_text()) or {}).get("tuning") or {}
