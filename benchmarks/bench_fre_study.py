@@ -68,6 +68,8 @@ LABEL_SETS = {
             'test_dataloader.dataset.type': 'SartoriusCellBoundaryDataset',
             'test_dataloader.dataset.data_prefix.seg_map_path': 'semantic/train_boundary',
             'model.decode_head.num_classes': 3,
+            # the CE's class weights follow the label set (cells and boundaries weighted like cells)
+            'model.decode_head.loss_decode.0.class_weight': [1.0, 4.0, 4.0],
         },
     ),
 }
