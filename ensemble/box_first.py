@@ -41,7 +41,7 @@ from numba import njit
 
 from celldata.instances import InstanceMasks
 
-from .masks import FusionParams, _box_windows, filter_instances
+from .masks import FusionParams, _add_crop, _box_windows, filter_instances
 from .predictions import ImagePredictions
 
 __all__ = ["check_same_boxes", "fuse_image_box_first"]
@@ -144,17 +144,9 @@ def _box_first_kernel(flat, offs, mwins, mw, n_box, fwin, sem, lam, den, vote_th
         num = np.zeros(size, dtype=np.float64)
         for t in range(n_t):
             g = t * n_box + k
-            a = mw[t]
             bx0 = mwins[g, 0]
             by0 = mwins[g, 1]
-            bw = mwins[g, 2] - bx0
-            bh = mwins[g, 3] - by0
-            base = offs[g]
-            for yy in range(bh):
-                row = (by0 + yy - uy0) * uw + (bx0 - ux0)
-                src = base + yy * bw
-                for xx in range(bw):
-                    num[row + xx] += a * np.float64(flat[src + xx])
+            _add_crop(num, flat, offs[g], bx0, by0, mwins[g, 2] - bx0, mwins[g, 3] - by0, ux0, uy0, uw, mw[t])
         for si in range(n_s):
             for y in range(fwin[k, 1], fwin[k, 3]):
                 row = (y - uy0) * uw - ux0

@@ -384,6 +384,19 @@ def _finish(
 # ----------------------------------------------------------------------------------------------------------------
 # numba kernels
 # ----------------------------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _add_crop(num, flat, base, bx0, by0, bw, bh, ux0, uy0, uw, weight):  # pragma: no cover - numba
+    """``num[window] += weight * crop`` for a packed crop (``flat[base:]``, ``bh x bw`` at ``(bx0, by0)``) inside
+    the flattened union window ``num`` (width ``uw``, origin ``(ux0, uy0)``); zero pixels are skipped."""
+    for yy in range(bh):
+        row = (by0 + yy - uy0) * uw + (bx0 - ux0)
+        src = base + yy * bw
+        for xx in range(bw):
+            q = flat[src + xx]
+            if q:
+                num[row + xx] += weight * np.float64(q)
+
+
 @njit(cache=True)
 def _vote_kernel(
     flat, offs, mboxes, mscale, cl_ptr, cl_g, cl_a, fwin, sem, sem_w, use_sem, vote_thr
@@ -462,19 +475,21 @@ def _vote_kernel(
                 continue
             a = cl_a[j]
             den += a
-            av = a * mscale[g]
             bx0 = mboxes[g, 0]
             by0 = mboxes[g, 1]
-            bw = mboxes[g, 2] - bx0
-            bh = mboxes[g, 3] - by0
-            base = offs[g]
-            for yy in range(bh):
-                row = (by0 + yy - uy0) * uw + (bx0 - ux0)
-                src = base + yy * bw
-                for xx in range(bw):
-                    q = flat[src + xx]
-                    if q:
-                        num[row + xx] += av * np.float64(q)
+            _add_crop(
+                num,
+                flat,
+                offs[g],
+                bx0,
+                by0,
+                mboxes[g, 2] - bx0,
+                mboxes[g, 3] - by0,
+                ux0,
+                uy0,
+                uw,
+                a * mscale[g],
+            )
         if use_sem:
             n_mem = cl_ptr[k + 1] - cl_ptr[k]
             mean_a = 0.0
