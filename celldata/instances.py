@@ -196,13 +196,22 @@ class InstanceMasks:
     @classmethod
     def from_kaggle_rles(cls, rles: Sequence[str], height: int, width: int) -> InstanceMasks:
         """From Kaggle RLE strings (validated), decoding each directly into its tight crop."""
-        boxes = np.zeros((len(rles), 4), dtype=np.int32)
-        crops = []
+        runs = []
         for i, rle in enumerate(rles):
             try:
-                starts, lengths = kaggle_rle_runs(rle, height, width)
+                runs.append(kaggle_rle_runs(rle, height, width))
             except ValueError as e:
                 raise ValueError(f"instance {i}: {e}") from None
+        return cls.from_runs(runs, height, width)
+
+    @classmethod
+    def from_runs(
+        cls, runs: Sequence[tuple[np.ndarray, np.ndarray]], height: int, width: int
+    ) -> InstanceMasks:
+        """From parsed row-major runs ``(starts, lengths)`` (0-based starts), each decoded into its tight crop."""
+        boxes = np.zeros((len(runs), 4), dtype=np.int32)
+        crops = []
+        for i, (starts, lengths) in enumerate(runs):
             box, crop = runs_to_crop(starts, starts + lengths, width)
             boxes[i] = box
             crops.append(crop)

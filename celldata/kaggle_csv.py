@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from celldata import CLASSES
 from celldata.instances import InstanceMasks
-from celldata.rle import kaggle_rle_runs, runs_to_crop
+from celldata.rle import kaggle_rle_runs
 
 __all__ = [
     "KAGGLE_COLUMNS",
@@ -88,13 +88,7 @@ class KaggleImage:
 
     def to_instances(self) -> InstanceMasks:
         """The image's instance masks as tight crops (decoded from the parsed runs, no full frames)."""
-        boxes = np.zeros((len(self.runs), 4), dtype=np.int32)
-        crops = []
-        for i, (starts, lengths) in enumerate(self.runs):
-            box, crop = runs_to_crop(starts, starts + lengths, self.width)
-            boxes[i] = box
-            crops.append(crop)
-        return InstanceMasks(self.height, self.width, boxes, crops)
+        return InstanceMasks.from_runs(self.runs, self.height, self.width)
 
 
 def _row_error(csv_path: Path, row: int, fld: str, msg: str) -> ValueError:
