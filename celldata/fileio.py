@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,3 +88,33 @@ def encode_png(image: np.ndarray) -> bytes:
 def atomic_write_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write a uint8 image as PNG to ``path`` atomically."""
     atomic_write_bytes(path, encode_png(image))
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Put directory ``src`` at ``dst``, replacing a directory already there (the old one is moved aside first, then
+    deleted), so ``dst`` never holds a mix of old and new files."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    trash = None
+    if dst.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old.", dir=dst.parent))
+        os.replace(dst, trash / dst.name)
+    os.replace(src, dst)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def move_staged_files(staging: str | os.PathLike, out_dir: str | os.PathLike) -> list[str]:
+    """Move every file under ``staging`` to the same relative path under ``out_dir`` (``os.replace`` each).
+
+    Returns:
+        The moved files' relative paths (posix), sorted.
+    """
+    staging, out_dir = Path(staging), Path(out_dir)
+    moved = []
+    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = src.relative_to(staging)
+        (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, out_dir / rel)
+        moved.append(rel.as_posix())
+    return moved

@@ -41,7 +41,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from celldata import CLASSES
-from celldata.fileio import atomic_write_json, encode_png
+from celldata.fileio import atomic_write_json, encode_png, move_staged_files
 from celldata.instances import InstanceMasks
 from celldata.prepare import coco_categories, instances_to_coco_annotations
 from celldata.rle import coco_rle_decode
@@ -295,12 +295,7 @@ def convert_livecell(
                 {"images": out_images, "annotations": out_anns, "categories": out_cats},
             )
             summary["files"][f"annotations/{name}"] = {"images": len(out_images), "instances": len(out_anns)}
-        written = []
-        for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-            rel = src.relative_to(staging)
-            (out_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, out_dir / rel)
-            written.append(rel.as_posix())
+        written = move_staged_files(staging, out_dir)
         ok = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -51,7 +51,7 @@ import numpy as np
 from tqdm import tqdm
 
 from celldata import CLASSES
-from celldata.fileio import atomic_write_json, encode_png
+from celldata.fileio import atomic_write_json, encode_png, move_staged_files, replace_dir
 from celldata.instances import InstanceMasks
 from celldata.kaggle_csv import check_images, read_image_size, read_train_csv
 from celldata.rle import coco_rle_encode_crop
@@ -223,23 +223,9 @@ def _commit(staging: Path, data_root: Path) -> list[str]:
     replace the old ones (no stale masks of images that left the csv)."""
     written = []
     for sub in ("semantic/train", "semantic/train_boundary"):
-        src, dst = staging / sub, data_root / sub
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        trash = None
-        if dst.exists():
-            trash = Path(tempfile.mkdtemp(prefix=".old.", dir=dst.parent))
-            os.replace(dst, trash / "x")
-        os.replace(src, dst)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
+        replace_dir(staging / sub, data_root / sub)
         written.append(sub + "/")
-    for src in sorted(p for p in staging.rglob("*") if p.is_file()):
-        rel = src.relative_to(staging)
-        dst = data_root / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
-        written.append(rel.as_posix())
-    return written
+    return written + move_staged_files(staging, data_root)
 
 
 def prepare_sartorius(

@@ -41,7 +41,7 @@ from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from celldata import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
-from celldata.fileio import encode_png
+from celldata.fileio import encode_png, replace_dir
 from celldata.instances import InstanceMasks
 from celldata.kaggle_csv import KAGGLE_COLUMNS
 from celldata.rle import coco_rle_decode
@@ -575,13 +575,7 @@ def _commit_staging(staging: Path, out_dir: Path, names: Sequence[str]) -> None:
     for name in names:
         src, dst = staging / name, out_dir / name
         if src.is_dir():
-            trash = None
-            if dst.exists():
-                trash = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=out_dir))
-                os.replace(dst, trash / name)
-            os.replace(src, dst)
-            if trash is not None:
-                shutil.rmtree(trash)
+            replace_dir(src, dst)
         else:
             os.replace(src, dst)
 
