@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -323,3 +324,18 @@ def test_malformed_soft_masks(tmp_path: Path) -> None:
     bad[1][0, 0] = 1.5
     with pytest.raises(ValueError, match=r"image x: mask probability crop 1 must hold finite probabilities"):
         ImagePredictions("x", H, W, p.boxes, p.scores, p.labels, p.masks, None, bad)
+
+
+def test_atomic_write_gives_the_usual_permissions(tmp_path: Path) -> None:
+    """Files written atomically get what ``open()`` would give (0666 & ~umask), not mkstemp's 0600."""
+    from celldata.fileio import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.csv", "id,predicted\n")
+        os.umask(0o002)
+        atomic_write_text(tmp_path / "b.csv", "id,predicted\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.csv").stat().st_mode & 0o777 == 0o664
