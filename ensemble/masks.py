@@ -387,17 +387,15 @@ def _finish(
 @njit(cache=True, inline="always")
 def _add_crop(num, flat, base, bx0, by0, bw, bh, ux0, uy0, uw, weight):  # pragma: no cover - numba
     """``num[window] += weight * crop`` for a packed crop (``flat[base:]``, ``bh x bw`` at ``(bx0, by0)``) inside
-    the flattened union window ``num`` (width ``uw``, origin ``(ux0, uy0)``); zero pixels are skipped."""
+    the flattened union window ``num`` (width ``uw``, origin ``(ux0, uy0)``)."""
     for yy in range(bh):
         row = (by0 + yy - uy0) * uw + (bx0 - ux0)
         src = base + yy * bw
-        for xx in range(bw):
-            q = flat[src + xx]
-            if q:
-                num[row + xx] += weight * np.float64(q)
+        for xx in range(bw):  # branch-free (vectorizes): a zero pixel adds exactly +0.0
+            num[row + xx] += weight * np.float64(flat[src + xx])
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # no zero-division check per pixel (den > 0 is tested first)
 def _vote_kernel(
     flat, offs, mboxes, mscale, cl_ptr, cl_g, cl_a, fwin, sem, sem_w, use_sem, vote_thr
 ):  # pragma: no cover
@@ -501,6 +499,11 @@ def _vote_kernel(
                 den += lam[si]
             for y in range(fwin[k, 1], fwin[k, 3]):
                 row = (y - uy0) * uw - ux0
+                if n_sem == 1:  # same sums as below (0.0 + v == v), in a loop that vectorizes
+                    l0 = lam[0]
+                    for x in range(fwin[k, 0], fwin[k, 2]):
+                        num[row + x] += l0 * np.float64(sem[0, y, x])
+                    continue
                 for x in range(fwin[k, 0], fwin[k, 2]):
                     sv = 0.0
                     for si in range(n_sem):
