@@ -115,13 +115,22 @@ def main(argv: list[str] | None = None) -> int:
     ctx = _Context(W / "logs" / "study_trained.log")
     runs = [(f"single_{n}_bf", {n: oof[n]}) for n, kind, _ in bf.members() if kind == "instance"]
     runs.append(("box_first", oof))
-    for name, files in runs:
+    # the vote ensemble with per-instance labels (image_class: per_instance) beside the recipe's majority rule
+    per_inst = dataclasses.replace(
+        recipe,
+        ensemble=dataclasses.replace(
+            recipe.ensemble, fusion={**recipe.ensemble.fusion, "image_class": "per_instance"}
+        ),
+    )
+    vote_files = {n: W / "predictions" / "oof" / f"{n}_val.npz" for n, _, _ in recipe.members()}
+    todo = [(bf, name, files) for name, files in runs] + [(per_inst, "vote_per_instance", vote_files)]
+    for rec, name, files in todo:
         if (E / f"{name}_tuned_score.json").is_file():
             print(f"tune {name}: done before, kept", flush=True)
             continue
         t = time.perf_counter()
         print(f"tune {name} ({', '.join(files)}) ...", flush=True)
-        S.Tune(bf, name, files, R / "train.csv", R, E, sys.executable)(ctx)
+        S.Tune(rec, name, files, R / "train.csv", R, E, sys.executable)(ctx)
         print(f"tune {name}: {time.perf_counter() - t:.0f} s", flush=True)
 
     rows = []
@@ -132,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         if kind == "instance":
             rows.append({**_row(E, f"single_{n}_bf"), "setup": f"{n} alone (fused boxes)", "mode": "single"})
     members = ", ".join(n for n, _, _ in recipe.members())
-    rows.append({**_row(E, "ensemble"), "setup": f"vote ({members})", "mode": "vote"})
+    rows.append({**_row(E, "ensemble"), "setup": f"vote ({members}), majority class", "mode": "vote"})
+    rows.append({**_row(E, "vote_per_instance"), "setup": "vote, per-instance class", "mode": "vote"})
     bf_members = ", ".join(n for n, _, _ in bf.members())
     rows.append({**_row(E, "box_first"), "setup": f"box-first ({bf_members})", "mode": "box_first"})
 
