@@ -6,8 +6,8 @@ the detectors, nothing else retrained:
 
 1. an image-level cell-type classifier is trained on fold K's TRAINING images only (``tools/train.py <config>
    --cfg-options data_root=... fold=K``), then ``tools/classify_images.py`` writes the cell-type probabilities of
-   fold K's validation images (``<work_dir>/image_class/cell_type.json``). Default set-up: the SEM CNN3 on 64x64
-   grid tiles, 300 iterations (SGD, the paper's settings) - the best image-tile classifier of
+   fold K's validation images (``<work_dir>/image_class/<set-up>/cell_type.json``). Default set-up: the SEM
+   CNN3 on 64x64 grid tiles, 300 iterations (SGD, the paper's settings) - the best image-tile classifier of
    ``docs/results/classifiers.md`` (92.3 % image accuracy, 2-fold CV on the 26 real images) and the kind
    ``tools/classify_images.py`` supports (image tiles; the instance-crop LipNet needs cell masks per image);
 2. per validation image: the true cell type (COCO ``cell_type``), the detectors' score-weighted majority class
@@ -19,7 +19,7 @@ the detectors, nothing else retrained:
    with ``majority``), of the starting config (nothing fitted), and the held-out score of tuning from the starting
    config with ``image_class`` fixed to each (``ensemble.tune.cross_validate``, ``--cv`` parts grouped by
    sample_id, the recipe's tuning settings). "A beats B" is read from the held-out column;
-4. ``<work_dir>/study_image_class.json`` and ``.md``; the tables are printed.
+4. ``<work_dir>/study_image_class<suffix>.json`` and ``.md``; the tables are printed.
 
 Run (heavy steps are one process at a time; ``OMP_NUM_THREADS=1`` recommended)::
 
@@ -170,7 +170,7 @@ def train_and_classify(
         ``(checkpoint, probability file, record)``; the record holds the commands and the training time.
     """
     opts = classifier_options(inp, tile, iters, seed)
-    train_dir = out_dir / inp.classifier_config.stem
+    train_dir = out_dir / f"{inp.classifier_config.stem}_tile{tile}_iters{iters or 'cfg'}_seed{seed}"
     train_cmd = [python, "tools/train.py", str(inp.classifier_config), "--work-dir", str(train_dir)]
     train_cmd += ["--cfg-options", *opts]
     stamp = train_dir / "study_stamp.json"
@@ -193,7 +193,7 @@ def train_and_classify(
         atomic_write_json(stamp, {"command": train_cmd, "seconds": record["train_seconds"]})
     ckpt = Path(_need(ckpt_file, "classifier last_checkpoint").read_text().strip())
     _need(ckpt, "classifier checkpoint")
-    probs = out_dir / "cell_type.json"
+    probs = train_dir / "cell_type.json"
     cls_cmd = [python, "tools/classify_images.py", str(inp.classifier_config), str(ckpt), "--images",
                str(inp.val_json), "--data-root", str(inp.data_root), "--out", str(probs), "--cfg-options",
                *opts]  # fmt: skip
@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         inp = find_inputs(
             args.work_dir.resolve(), args.data_root and args.data_root.resolve(), args.fold, cfg_path
         )
-        out_dir = inp.work_dir / f"image_class{args.suffix}"
+        out_dir = inp.work_dir / "image_class"
         tuned = _retarget(load_config(inp.tuned), inp.oof_dir)
         start = _retarget(load_config(inp.start), inp.oof_dir)
         if tuned.fusion.mode != "vote":
