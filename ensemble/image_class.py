@@ -7,7 +7,12 @@ The probability file is written by ``tools/classify_images.py`` (``custom_module
 
 Rule (:func:`classifier_label`): an image takes the classifier's most probable class when that probability is at
 least ``threshold``; otherwise (or when the image is missing from the file) it keeps the detectors' majority class.
-Framework-free (numpy only).
+
+Relabelling every detection to one class turns a model's multi-class outputs for one proposal (Mask R-CNN's box
+head scores every class of a proposal; mmdet keeps each class above its threshold, so one cell often comes out
+twice, as ``shsy5y`` and as ``cort``, with nearly the same box) into duplicates of ONE model that would both join
+the cell's WBF cluster and vote twice. :func:`label_twins` finds them: under one class per image the lower-scored
+twin is dropped before fusion (``FusionParams.twin_iou``). Framework-free (numpy + numba).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 from celldata import CLASSES
 
@@ -29,6 +35,7 @@ __all__ = [
     "classifier_label",
     "image_labels",
     "classifier_image_label",
+    "label_twins",
 ]
 
 FORMAT = "cell-type-probabilities"
@@ -144,3 +151,72 @@ def classifier_image_label(
     """
     prob_classes, probs = load_class_probabilities(probs_path)
     return classifier_label(probs.get(str(image_id)), prob_classes, majority, threshold)[0]
+
+
+@njit(cache=True)
+def _twins_kernel(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray, iou_thr: float) -> np.ndarray:
+    n = boxes.shape[0]
+    drop = np.zeros(n, dtype=np.bool_)
+    # a box overlapping box i in x has x0 in (x0_i - max width, x1_i): scan that range of the x0-sorted list
+    by_x = np.argsort(boxes[:, 0], kind="mergesort")
+    x0s = boxes[by_x, 0]
+    rank = np.empty(n, dtype=np.int64)
+    for r in range(n):
+        rank[order[r]] = r
+    max_w = 0.0
+    for k in range(n):
+        max_w = max(max_w, boxes[k, 2] - boxes[k, 0])
+    for r in range(n):
+        i = order[r]
+        if drop[i]:
+            continue
+        ax0, ay0, ax1, ay1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        area_a = max(ax1 - ax0, 0.0) * max(ay1 - ay0, 0.0)
+        lo = np.searchsorted(x0s, ax0 - max_w, side="left")
+        hi = np.searchsorted(x0s, ax1, side="left")
+        for q in range(lo, hi):
+            j = by_x[q]
+            if rank[j] <= r or drop[j] or labels[j] == labels[i]:
+                continue
+            iw = min(ax1, boxes[j, 2]) - max(ax0, boxes[j, 0])
+            ih = min(ay1, boxes[j, 3]) - max(ay0, boxes[j, 1])
+            if iw <= 0.0 or ih <= 0.0:
+                continue
+            inter = iw * ih
+            area_b = max(boxes[j, 2] - boxes[j, 0], 0.0) * max(boxes[j, 3] - boxes[j, 1], 0.0)
+            union = area_a + area_b - inter
+            if union > 0.0 and inter / union >= iou_thr:
+                drop[j] = True
+    return drop
+
+
+def label_twins(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_thr: float) -> np.ndarray:
+    """Lower-scored twins of ONE model's detections: same object, another label, box IoU >= ``iou_thr``.
+
+    Greedy in descending score (ties: lower index first): a detection not yet dropped drops every lower-scored
+    detection with a different label whose box IoU with it is at least ``iou_thr`` (a class-agnostic NMS among
+    differently labelled boxes; same-label pairs are left to the model's own NMS).
+
+    Args:
+        boxes: ``(N, 4)`` boxes ``x0, y0, x1, y1`` (any consistent unit).
+        scores: ``(N,)`` scores.
+        labels: ``(N,)`` integer labels as the model predicted them.
+        iou_thr: IoU at which two differently labelled boxes are the same object, in ``(0, 1]``.
+
+    Returns:
+        ``(N,)`` bool, True for the detections to drop.
+
+    Raises:
+        ValueError: On mismatched lengths or ``iou_thr`` outside ``(0, 1]``.
+    """
+    b = np.ascontiguousarray(boxes, dtype=np.float64).reshape(-1, 4)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    lab = np.asarray(labels).reshape(-1).astype(np.int64)
+    if not (len(b) == len(s) == len(lab)):
+        raise ValueError(f"label_twins: {len(b)} boxes, {len(s)} scores, {len(lab)} labels")
+    if not 0.0 < iou_thr <= 1.0:
+        raise ValueError(f"label_twins: iou_thr must be in (0, 1], got {iou_thr}")
+    if len(b) < 2:
+        return np.zeros(len(b), dtype=bool)
+    order = np.argsort(-s, kind="stable").astype(np.int64)
+    return _twins_kernel(b, order, lab, float(iou_thr))

@@ -1,0 +1,76 @@
+"""``ensemble.image_class.label_twins``: one model's differently labelled duplicates of one object."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ensemble.image_class import label_twins
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _reference(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, thr: float) -> np.ndarray:
+    """Plain greedy loop over every pair (the definition)."""
+    order = np.argsort(-scores, kind="stable")
+    drop = np.zeros(len(boxes), bool)
+    for r, i in enumerate(order):
+        if drop[i]:
+            continue
+        for j in order[r + 1 :]:
+            if not drop[j] and labels[j] != labels[i] and _iou(boxes[i], boxes[j]) >= thr:
+                drop[j] = True
+    return drop
+
+
+def test_hand_case() -> None:
+    boxes = np.array(
+        [
+            [10, 10, 30, 30],  # cell A as shsy5y, 0.9
+            [10.5, 10, 30, 30.5],  # cell A again as cort, 0.4: twin -> dropped
+            [11, 11, 29, 29],  # cell A as shsy5y again, 0.3: same label -> the model's own NMS, kept here
+            [50, 50, 70, 70],  # cell B as cort, 0.2
+            [51, 50, 70, 71],  # cell B as astro, 0.6: B's top -> keeps, drops the cort one
+            [60, 60, 80, 80],  # touching neighbour (IoU 0.14 with B): kept
+        ]
+    )
+    scores = np.array([0.9, 0.4, 0.3, 0.2, 0.6, 0.5])
+    labels = np.array([0, 2, 0, 2, 1, 2])
+    assert label_twins(boxes, scores, labels, 0.8).tolist() == [False, True, False, True, False, False]
+    assert not label_twins(boxes, scores, labels, 1.0).any()  # only exact duplicates at 1.0
+    assert label_twins(boxes, scores, np.zeros(6, int), 0.5).sum() == 0  # one label: nothing is a twin
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_matches_the_pairwise_definition(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 160))
+    xy = rng.uniform(0, 300, (n, 2))
+    wh = rng.uniform(3, 60, (n, 2))
+    boxes = np.concatenate([xy, xy + wh], 1)
+    # a third of the boxes get a jittered twin with another label, as a multi-class box head produces
+    k = n // 3
+    twins = boxes[:k] + rng.normal(0, 1.0, (k, 4))
+    boxes = np.concatenate([boxes, twins])
+    labels = rng.integers(0, 3, len(boxes))
+    labels[n:] = (labels[:k] + 1 + rng.integers(0, 2, k)) % 3
+    scores = rng.uniform(0, 1, len(boxes))
+    scores[int(rng.integers(len(boxes)))] = scores[0]  # a tie
+    for thr in (0.5, 0.8, 0.95):
+        got = label_twins(boxes, scores, labels, thr)
+        np.testing.assert_array_equal(got, _reference(boxes, scores, labels, thr))
+    assert label_twins(boxes, scores, labels, 0.5).sum() > 0
+
+
+def test_bad_input() -> None:
+    with pytest.raises(ValueError, match="iou_thr"):
+        label_twins(np.zeros((2, 4)), np.zeros(2), np.zeros(2, int), 0.0)
+    with pytest.raises(ValueError, match="3 boxes, 2 scores"):
+        label_twins(np.zeros((3, 4)), np.zeros(2), np.zeros(3, int), 0.5)
+    assert label_twins(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), 0.5).shape == (0,)
