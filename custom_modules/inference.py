@@ -226,7 +226,10 @@ def flip_predictions(pred: ImagePredictions, direction: str) -> ImagePredictions
 
 
 def merge_tta(
-    preds: Sequence[ImagePredictions], iou_thr: float = 0.55, image_class: str = "majority"
+    preds: Sequence[ImagePredictions],
+    iou_thr: float = 0.55,
+    image_class: str = "majority",
+    twin_iou: float | None = None,
 ) -> ImagePredictions:
     """Merge the (already un-flipped) predictions of one image's TTA passes (module docstring).
 
@@ -236,6 +239,9 @@ def merge_tta(
         image_class: ``'majority'``: every detection is relabelled to the image's class (score-weighted majority
             over all passes, :func:`ensemble.boxes.image_class`) before WBF, as the ensemble does, so one cell
             labelled differently in two passes forms one cluster; ``'per_instance'``: labels as predicted.
+        twin_iou: Under ``'majority'``, a pass's lower-scored detections of one object under another label (box
+            IoU >= this, :func:`ensemble.image_class.label_twins`) are dropped before WBF, as the ensemble does
+            (default :data:`ensemble.image_class.TWIN_IOU`).
 
     Returns:
         The merged prediction.
@@ -254,15 +260,16 @@ def merge_tta(
             None if p0.masks is None else InstanceMasks.empty(p0.height, p0.width), semantic,
         )  # fmt: skip
     if all(p.mask_probs is not None for p in preds):
-        merged = _merge_soft_tta(preds, iou_thr, image_class)
+        merged = _merge_soft_tta(preds, iou_thr, image_class, twin_iou=twin_iou)
         merged.semantic = semantic
         return merged
     if p0.masks is not None:
         from ensemble.masks import FusionParams, fuse_image
 
         params = FusionParams(
-            iou_thr=iou_thr, conf_type="avg", vote_thr=0.5, max_lost_frac=1.0, image_class=image_class
-        )
+            iou_thr=iou_thr, conf_type="avg", vote_thr=0.5, max_lost_frac=1.0, image_class=image_class,
+            **({} if twin_iou is None else {"twin_iou": twin_iou}),
+        )  # fmt: skip
         fused = fuse_image(list(preds), [1.0] * len(preds), params)
         fused.semantic = semantic
         return fused
@@ -272,29 +279,39 @@ def merge_tta(
     h, w = p0.height, p0.width
     fb, fs, fl, _ = weighted_boxes_fusion(
         [normalize_boxes(p.boxes, h, w) for p in preds],
-        [p.scores for p in preds],
-        _tta_labels(preds, image_class),
+        *_tta_scores_labels(preds, image_class, twin_iou),
         iou_thr=iou_thr,
-        skip_box_thr=MIN_FUSED_SCORE,  # zero-score boxes would fuse to 0/0 = NaN
+        skip_box_thr=MIN_FUSED_SCORE,  # zero-score boxes would fuse to 0/0 = NaN (and dropped twins are 0)
         conf_type="avg",
     )
     boxes = np.clip(denormalize_boxes(fb, h, w), 0, [w, h, w, h])
     return ImagePredictions(p0.image_id, h, w, boxes, fs, fl.astype(np.int64), None, semantic)
 
 
-def _tta_labels(preds: Sequence[ImagePredictions], image_class: str) -> list[np.ndarray]:
-    """The passes' labels, relabelled to the image's class under ``'majority'``."""
+def _tta_scores_labels(
+    preds: Sequence[ImagePredictions], image_class: str, twin_iou: float | None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The passes' scores and labels for WBF: under ``'majority'`` relabelled to the image's class, each pass's
+    label twins (:func:`ensemble.image_class.label_twins`) given score 0 (WBF skips them)."""
     if image_class not in ("majority", "per_instance"):
         raise ValueError(f"image_class must be 'majority' or 'per_instance', got {image_class!r}")
+    scores = [p.scores for p in preds]
     if image_class == "per_instance":
-        return [p.labels for p in preds]
+        return scores, [p.labels for p in preds]
     from ensemble.boxes import relabel_to_image_class
+    from ensemble.image_class import TWIN_IOU, label_twins
 
-    return relabel_to_image_class([p.scores for p in preds], [p.labels for p in preds])[1]
+    thr = TWIN_IOU if twin_iou is None else twin_iou
+    scores = [np.where(label_twins(p.boxes, p.scores, p.labels, thr), 0.0, p.scores) for p in preds]
+    return scores, relabel_to_image_class(scores, [p.labels for p in preds])[1]
 
 
 def _merge_soft_tta(
-    preds: Sequence[ImagePredictions], iou_thr: float, image_class: str = "majority", mask_thr: float = 0.5
+    preds: Sequence[ImagePredictions],
+    iou_thr: float,
+    image_class: str = "majority",
+    mask_thr: float = 0.5,
+    twin_iou: float | None = None,
 ) -> ImagePredictions:
     """TTA merge of passes with soft masks: WBF clusters (``conf_type='avg'``); each cluster's probability is the
     score-weighted mean of its members' probabilities over the union of their windows (0 outside a member's
@@ -306,8 +323,7 @@ def _merge_soft_tta(
     h, w = p0.height, p0.width
     fb, fs, fl, clusters = weighted_boxes_fusion(
         [normalize_boxes(p.boxes, h, w) for p in preds],
-        [p.scores for p in preds],
-        _tta_labels(preds, image_class),
+        *_tta_scores_labels(preds, image_class, twin_iou),
         iou_thr=iou_thr,
         skip_box_thr=MIN_FUSED_SCORE,
         conf_type="avg",

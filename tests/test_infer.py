@@ -148,6 +148,26 @@ def test_merge_tta_soft_masks_average_probabilities() -> None:
     assert len(merge_tta([a, b2, a], image_class="per_instance")) == 2
 
 
+def test_merge_tta_drops_label_twins_under_majority() -> None:
+    """A multi-class box head outputs one cell twice (another label, nearly the same box): under one class per
+    image the lower-scored twin does not join the cluster (its mask and score would count twice)."""
+    win = np.array([[3, 2, 8, 6]])
+    good = np.full((4, 5), 0.9, np.float32)
+    bad = np.full((4, 5), 0.1, np.float32)
+    masks = InstanceMasks(H, W, np.concatenate([win, win]), [good >= 0.5, bad >= 0.5])
+    twin = _pred([[3, 2, 8, 6], [3, 2, 8, 6.2]], [0.8, 0.3], [0, 2], masks, mask_probs=[good, bad])
+    m = merge_tta([twin, twin])
+    assert len(m) == 1 and m.labels.tolist() == [0]
+    assert m.scores[0] == pytest.approx(0.8)  # not (0.8 + 0.3) / 2: the twin is not a cluster member
+    np.testing.assert_allclose(m.mask_probs[0], good, atol=1e-6)
+    # twin_iou=1.0 keeps boxes that are not identical: the twin then joins and drags score and probability down
+    kept = merge_tta([twin, twin], twin_iou=1.0)
+    assert len(kept) == 1 and kept.scores[0] < 0.8 and kept.mask_probs[0].max() < 0.9
+    # box-only passes follow the same rule
+    boxes_only = _pred([[3, 2, 8, 6], [3, 2, 8, 6.2]], [0.8, 0.3], [0, 2])
+    assert merge_tta([boxes_only, boxes_only]).scores.tolist() == pytest.approx([0.8])
+
+
 def test_paste_soft_masks_equals_mmdet_paste() -> None:
     """Probabilities pasted per box window equal mmdet's _do_paste_mask (one box at a time, as on CPU); the binary
     masks equal its >= 0.5; chunking (tiny max_elements) changes nothing."""
