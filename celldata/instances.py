@@ -15,7 +15,31 @@ import numpy as np
 
 from .rle import coco_rle_encode, coco_rle_to_crop, kaggle_rle_runs, kaggle_rles_from_crops, runs_to_crop
 
-__all__ = ["InstanceMasks"]
+__all__ = ["InstanceMasks", "pack_crops"]
+
+
+def pack_crops(crops: Sequence[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenates crops row-major into one buffer: ``(flat uint8, offsets int64 (N + 1,))``.
+
+    Crop i is ``flat[offsets[i]:offsets[i + 1]]``; bool crops become 0/1, other dtypes are cast to uint8.
+
+    Args:
+        crops: N 2-D arrays.
+        boxes: their ``(N, 4)`` integer windows ``(x0, y0, x1, y1)`` (give the sizes without a Python loop).
+
+    Raises:
+        ValueError: if the crops hold a different number of pixels than their windows.
+    """
+    b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
+    sizes = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    offs = np.zeros(len(crops) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offs[1:])
+    if len(crops) == 0 or offs[-1] == 0:
+        return np.zeros(0, dtype=np.uint8), offs
+    flat = np.concatenate(crops, axis=None)  # flattens every crop without a Python-level reshape
+    if flat.size != offs[-1]:
+        raise ValueError(f"{len(crops)} crops hold {flat.size} pixels, their windows {int(offs[-1])}")
+    return (flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)), offs
 
 
 @dataclass
@@ -41,6 +65,16 @@ class InstanceMasks:
         self.crops = [np.asarray(c, dtype=bool) for c in self.crops]
         if len(self.crops) != len(self.boxes):
             raise ValueError(f"InstanceMasks: {len(self.boxes)} boxes but {len(self.crops)} crops")
+        self._check_windows()
+        for i, (c, bb) in enumerate(zip(self.crops, self.boxes)):
+            if c.shape != (bb[3] - bb[1], bb[2] - bb[0]):
+                raise ValueError(
+                    f"InstanceMasks: crop {i} has shape {c.shape}, window {bb.tolist()} needs "
+                    f"{(int(bb[3] - bb[1]), int(bb[2] - bb[0]))}"
+                )
+
+    def _check_windows(self) -> None:
+        """Raises ValueError unless every crop window lies inside the image with x1 >= x0 and y1 >= y0."""
         if len(self.boxes):
             b = self.boxes
             if (
@@ -61,12 +95,6 @@ class InstanceMasks:
             if (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any():
                 i = int(np.flatnonzero((b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]))[0])
                 raise ValueError(f"InstanceMasks: crop window {i} {b[i].tolist()} has x1 < x0 or y1 < y0")
-            for i, (c, bb) in enumerate(zip(self.crops, b)):
-                if c.shape != (bb[3] - bb[1], bb[2] - bb[0]):
-                    raise ValueError(
-                        f"InstanceMasks: crop {i} has shape {c.shape}, window {bb.tolist()} needs "
-                        f"{(int(bb[3] - bb[1]), int(bb[2] - bb[0]))}"
-                    )
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -77,9 +105,23 @@ class InstanceMasks:
         """No instances."""
         return cls(height, width)
 
+    def packed(self) -> tuple[np.ndarray, np.ndarray]:
+        """All crops in one row-major buffer, ``(flat uint8 0/1, offsets int64 (N + 1,))`` (:func:`pack_crops`).
+
+        Instances built by :meth:`from_packed` return their buffer without copying; others concatenate their
+        crops on every call.
+        """
+        cached = self.__dict__.get("_packed")
+        if cached is not None and cached[0] is self.crops and len(cached[2]) == len(self.crops) + 1:
+            return cached[1], cached[2]
+        return pack_crops(self.crops, self.boxes)
+
     def areas(self) -> np.ndarray:
         """Pixel counts, int64 (N,)."""
-        return np.array([int(c.sum()) for c in self.crops], dtype=np.int64)
+        flat, offs = self.packed()
+        csum = np.zeros(flat.size + 1, dtype=np.int64)
+        np.cumsum(flat, out=csum[1:])
+        return csum[offs[1:]] - csum[offs[:-1]]
 
     def tight_boxes(self) -> np.ndarray:
         """Tight integer boxes of the masks, int32 (N, 4) ``(x0, y0, x1, y1)`` exclusive; empty masks give 0s."""
@@ -136,6 +178,46 @@ class InstanceMasks:
         return out
 
     # ------------------------------------------------------------- constructors
+    @classmethod
+    def from_packed(
+        cls, height: int, width: int, boxes: np.ndarray, flat: np.ndarray, offsets: np.ndarray
+    ) -> InstanceMasks:
+        """From crops packed in one row-major buffer (as :meth:`packed` returns them).
+
+        The crops are bool views of ``flat`` (no copy), and :meth:`packed` returns the buffer itself, so packing
+        stages (metric, RLE, overlap removal) do not concatenate the crops again. Replace ``crops`` as a whole
+        (a new list) rather than assigning into the list, or :meth:`packed` would no longer match it.
+
+        Args:
+            height: image height H.
+            width: image width W.
+            boxes: ``(N, 4)`` integer crop windows ``(x0, y0, x1, y1)``, inside the image.
+            flat: uint8 (0/1) or bool buffer; crop i is ``flat[offsets[i]:offsets[i + 1]]``.
+            offsets: ``(N + 1,)`` offsets; ``offsets[i + 1] - offsets[i]`` must be the size of window i.
+
+        Raises:
+            ValueError: on windows outside the image or offsets that do not match the windows.
+        """
+        b = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
+        offs = np.asarray(offsets, dtype=np.int64).reshape(-1)
+        flat = np.ascontiguousarray(flat).reshape(-1)
+        data = flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)
+        hs = (b[:, 3] - b[:, 1]).astype(np.int64)
+        ws = (b[:, 2] - b[:, 0]).astype(np.int64)
+        if offs.shape != (len(b) + 1,) or (np.diff(offs) != hs * ws).any() or offs[-1] > data.size:
+            raise ValueError("InstanceMasks.from_packed: offsets do not match the crop windows")
+        if data.size and data.max() > 1:
+            raise ValueError("InstanceMasks.from_packed: the buffer must hold 0/1 values")
+        out = cls.__new__(cls)
+        out.height, out.width, out.boxes = int(height), int(width), b
+        out._check_windows()
+        view = data.view(bool)
+        out.crops = [
+            view[o : o + h * w].reshape(h, w) for o, h, w in zip(offs[:-1].tolist(), hs.tolist(), ws.tolist())
+        ]
+        out.__dict__["_packed"] = (out.crops, data, offs)
+        return out
+
     @classmethod
     def from_full(cls, masks: np.ndarray) -> InstanceMasks:
         """From full-frame masks.
@@ -264,11 +346,7 @@ class InstanceMasks:
         """Kaggle RLE string of every instance (see :mod:`celldata.rle` for the format; one numba pass)."""
         if len(self) == 0:
             return []
-        b = self.boxes.astype(np.int64)
-        sizes = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # crop shapes were checked against the boxes
-        offs = np.zeros(len(self) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offs[1:])
-        flat = np.concatenate(self.crops, axis=None) if offs[-1] else np.zeros(0, dtype=bool)
+        flat, offs = self.packed()
         return kaggle_rles_from_crops(flat, offs, self.boxes, self.width)
 
     def to_coco_rles(self) -> list[dict]:

@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from celldata.instances import InstanceMasks
+from celldata.instances import InstanceMasks, pack_crops
 
 from . import CLASSES
 from .boxes import (
@@ -610,26 +610,16 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
     return keep, compact, coff, tight, kept_area
 
 
-def _pack_crops(
-    crops: Sequence[np.ndarray], boxes: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenates crops row-major: ``(flat uint8, offsets int64 (N + 1,))`` (bool crops become 0/1).
-
-    ``boxes`` (the crops' ``(N, 4)`` windows, when known) gives the sizes without a Python loop.
-    """
-    if boxes is not None:
-        b = np.asarray(boxes, dtype=np.int64).reshape(-1, 4)
-        sizes = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    else:
-        sizes = np.fromiter((c.size for c in crops), dtype=np.int64, count=len(crops))
-    offs = np.zeros(len(crops) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offs[1:])
-    if len(crops) == 0 or offs[-1] == 0:
-        return np.zeros(0, dtype=np.uint8), offs
-    flat = np.concatenate(crops, axis=None)  # flattens every crop without a Python-level reshape
-    if flat.size != offs[-1]:
-        raise ValueError(f"{len(crops)} crops hold {flat.size} pixels, their windows {int(offs[-1])}")
-    return (flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)), offs
+@njit(cache=True)
+def _gather_crops(flat, offs, sel):  # pragma: no cover - numba
+    """Packed crops ``sel`` (in that order) of a packed buffer: ``(flat uint8, offsets int64 (len(sel) + 1,))``."""
+    out_offs = np.zeros(sel.shape[0] + 1, dtype=np.int64)
+    for t in range(sel.shape[0]):
+        out_offs[t + 1] = out_offs[t] + offs[sel[t] + 1] - offs[sel[t]]
+    out = np.empty(out_offs[-1], dtype=np.uint8)
+    for t in range(sel.shape[0]):
+        out[out_offs[t] : out_offs[t + 1]] = flat[offs[sel[t]] : offs[sel[t] + 1]]
+    return out, out_offs
 
 
 def _vote_pack(p: ImagePredictions) -> tuple[np.ndarray, np.ndarray, float]:
@@ -646,9 +636,9 @@ def _vote_pack(p: ImagePredictions) -> tuple[np.ndarray, np.ndarray, float]:
         return cached[1]
     if probs is not None:
         crops = [np.rint(np.asarray(c, np.float32) * np.float32(255.0)).astype(np.uint8) for c in probs]
-        packed = (*_pack_crops(crops, p.masks.boxes), 1 / 255)
+        packed = (*pack_crops(crops, p.masks.boxes), 1 / 255)
     else:
-        packed = (*_pack_crops(p.masks.crops, p.masks.boxes), 1.0)
+        packed = (*p.masks.packed(), 1.0)
     p.__dict__["_vote_pack"] = (key, packed)
     return packed
 
@@ -663,12 +653,13 @@ def _remove_overlaps_packed(
     height: int,
     width: int,
     candidates: np.ndarray | None = None,
-) -> tuple[np.ndarray, Callable[[np.ndarray], list[np.ndarray]], np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, Callable[[np.ndarray], InstanceMasks], np.ndarray]:
     """Overlap removal over packed crops; only ``candidates`` (default: all) can be kept.
 
     Returns:
-        ``(idx, crops_of, tight, kept_area)``: kept indices (ascending), a function giving the tight kept crops of
-        some of them, and per index the tight window and the kept pixel count.
+        ``(idx, masks_of, kept_area)``: kept indices (ascending), a function giving the tight kept masks of some of
+        them (in the given order, packed: :meth:`InstanceMasks.packed` costs nothing), and per index the kept pixel
+        count.
     """
     cand = np.arange(len(scores)) if candidates is None else np.asarray(candidates, dtype=np.int64)
     order = cand[np.argsort(-scores[cand], kind="stable")].astype(np.int64)
@@ -682,16 +673,17 @@ def _remove_overlaps_packed(
         height,
         width,
     )
+    idx = np.flatnonzero(keep).astype(np.int64)
 
-    def crops_of(sel: np.ndarray) -> list[np.ndarray]:
-        cb = compact.view(bool)
-        t = tight[sel]
-        return [
-            cb[o : o + h * w].reshape(h, w)
-            for o, h, w in zip(coff[sel].tolist(), (t[:, 3] - t[:, 1]).tolist(), (t[:, 2] - t[:, 0]).tolist())
-        ]
+    def masks_of(sel: np.ndarray) -> InstanceMasks:
+        sel = np.asarray(sel, dtype=np.int64)
+        if np.array_equal(sel, idx):  # dropped instances have no pixels in compact: already in this order
+            f, o = compact, np.append(coff[idx], coff[-1])
+        else:
+            f, o = _gather_crops(compact, coff, sel)
+        return InstanceMasks.from_packed(height, width, tight[sel], f, o)
 
-    return np.flatnonzero(keep).astype(np.int64), crops_of, tight, kept_area
+    return idx, masks_of, kept_area
 
 
 def remove_overlaps(
@@ -722,11 +714,11 @@ def remove_overlaps(
     if not 0.0 <= max_lost_frac <= 1.0:
         raise ValueError(f"remove_overlaps: max_lost_frac must be in [0, 1], got {max_lost_frac}")
     amin = np.broadcast_to(np.asarray(min_area, dtype=np.int64), scores.shape)
-    flat, offs = _pack_crops(instances.crops, instances.boxes)
-    idx, crops_of, tight, _ = _remove_overlaps_packed(
+    flat, offs = instances.packed()
+    idx, masks_of, _ = _remove_overlaps_packed(
         flat, offs, instances.boxes, scores, max_lost_frac, amin, instances.height, instances.width
     )
-    return InstanceMasks(instances.height, instances.width, tight[idx].astype(np.int32), crops_of(idx)), idx
+    return masks_of(idx), idx
 
 
 def filter_instances(
@@ -752,8 +744,8 @@ def filter_instances(
         raise ValueError(f"{len(instances)} masks, {len(scores)} scores and {len(labels)} labels")
     min_area = params.min_area_array()[labels]
     cand = np.flatnonzero((instances.areas() >= min_area) & ~(scores < params.score_thr_array()[labels]))
-    flat, offs = _pack_crops(instances.crops, instances.boxes)
-    idx, crops_of, tight, _ = _remove_overlaps_packed(
+    flat, offs = instances.packed()
+    idx, masks_of, _ = _remove_overlaps_packed(
         flat,
         offs,
         instances.boxes,
@@ -764,7 +756,7 @@ def filter_instances(
         instances.width,
         cand,
     )
-    return InstanceMasks(instances.height, instances.width, tight[idx].astype(np.int32), crops_of(idx)), idx
+    return masks_of(idx), idx
 
 
 def fuse_image(
@@ -858,14 +850,9 @@ def fuse_image(
     clock.lap("voting")
     if len(keep_idx) == 0:
         return _empty_result(prep)
-    idx, crops_of, tight, _ = _remove_overlaps_packed(
+    idx, masks_of, _ = _remove_overlaps_packed(
         fg, fg_off, uwin, scores, params.max_lost_frac, min_area[labels], h, w_img, keep_idx
     )
-
-    def build(order: np.ndarray) -> InstanceMasks:
-        sel = idx[order]
-        return InstanceMasks(h, w_img, tight[sel].astype(np.int32), crops_of(sel))
-
-    out = _finish(prep, boxes_px[idx], scores[idx], labels[idx], build)
+    out = _finish(prep, boxes_px[idx], scores[idx], labels[idx], lambda order: masks_of(idx[order]))
     clock.lap("overlaps")
     return out

@@ -107,22 +107,11 @@ def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
         return masks
     n = len(masks)
     boxes = np.asarray(masks.boxes, dtype=np.int64).reshape(n, 4)
-    crops = masks.crops  # InstanceMasks checked every crop's shape against its box when it was built
-    want = np.stack([boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1)
-    sizes = want[:, 0] * want[:, 1]
-    offsets = np.zeros(n, dtype=np.int64)
-    if n:
-        np.cumsum(sizes[:-1], out=offsets[1:])
-    flat_all = (
-        np.ascontiguousarray(np.concatenate(crops, axis=None), dtype=bool).view(np.uint8)
-        if n and sizes.sum()
-        else np.zeros(0, dtype=np.uint8)
-    )
-    if flat_all.size != sizes.sum():
-        raise ValueError(f"crops hold {flat_all.size} pixels but their boxes {int(sizes.sum())}")
-    csum = np.concatenate([[0], np.cumsum(flat_all, dtype=np.int64)])
-    areas = csum[offsets + sizes] - csum[offsets]
-    return PackedMasks(int(masks.height), int(masks.width), boxes, flat_all, offsets, areas)
+    flat_all, offs = masks.packed()  # no copy for masks built packed (fused results)
+    csum = np.zeros(flat_all.size + 1, dtype=np.int64)
+    np.cumsum(flat_all, out=csum[1:])
+    areas = csum[offs[1:]] - csum[offs[:-1]]
+    return PackedMasks(int(masks.height), int(masks.width), boxes, flat_all, offs[:-1], areas)
 
 
 @numba.njit(cache=True, nogil=True)

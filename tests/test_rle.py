@@ -246,3 +246,29 @@ def test_batch_kaggle_encoder_matches_per_mask_encoder() -> None:
     assert InstanceMasks.empty(4, 5).to_kaggle_rles() == []
     with pytest.raises(ValueError, match="offsets"):
         kaggle_rles_from_crops(np.ones(4, np.uint8), np.array([0, 3]), np.array([[0, 0, 2, 2]]), 5)
+
+
+def test_instances_from_packed_round_trip() -> None:
+    """InstanceMasks.from_packed gives the same masks, areas and RLEs as the crop-list constructor, packed() returns
+    its buffer without a copy (and the concatenation otherwise), and mismatched offsets/values/windows raise."""
+    rng = np.random.default_rng(3)
+    frames = rng.random((6, 9, 11)) < 0.4
+    frames[2] = False  # an empty mask (0x0 crop)
+    ref = InstanceMasks.from_full(frames)
+    flat, offs = ref.packed()
+    assert flat.dtype == np.uint8 and offs.tolist()[0] == 0 and offs[-1] == flat.size
+    got = InstanceMasks.from_packed(ref.height, ref.width, ref.boxes, flat.copy(), offs)
+    assert np.array_equal(got.to_full(), frames)
+    assert all(c.dtype == bool for c in got.crops)
+    assert got.areas().tolist() == frames.sum(axis=(1, 2)).tolist() == ref.areas().tolist()
+    assert got.to_kaggle_rles() == ref.to_kaggle_rles() == [kaggle_rle_encode(f) for f in frames]
+    gflat, goffs = got.packed()
+    assert np.shares_memory(gflat, got.crops[0]) and np.array_equal(goffs, offs)
+    got.crops = [c.copy() for c in got.crops[::-1]]  # a new list: packed() concatenates it again
+    assert np.array_equal(got.packed()[0], InstanceMasks(9, 11, ref.boxes[::-1], ref.crops[::-1]).packed()[0])
+    with pytest.raises(ValueError, match="offsets"):
+        InstanceMasks.from_packed(9, 11, ref.boxes, flat, offs + 1)
+    with pytest.raises(ValueError, match="0/1"):
+        InstanceMasks.from_packed(9, 11, ref.boxes, flat * 2, offs)
+    with pytest.raises(ValueError, match="outside"):
+        InstanceMasks.from_packed(8, 11, np.array([[0, 0, 11, 9]]), np.ones(99, np.uint8), np.array([0, 99]))
