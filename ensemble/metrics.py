@@ -116,28 +116,42 @@ def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
 
 @numba.njit(cache=True, nogil=True)
 def _candidate_pairs(boxes_t, boxes_p):  # pragma: no cover - jit
-    """Index pairs ``(i, j)`` (int64[K] each, row-major order) whose boxes overlap by at least one pixel."""
+    """Index pairs ``(i, j)`` (int64[K] each, row-major order) whose boxes overlap by at least one pixel.
+
+    The predictions are sorted by left edge, so each true box scans only those whose left edge lies in
+    ``[tx0 - widest prediction, tx1)`` instead of all of them.
+    """
     nt = boxes_t.shape[0]
     np_ = boxes_p.shape[0]
-    count = 0
+    by_x = np.argsort(boxes_p[:, 0], kind="mergesort")
+    bs = np.empty((np_, 4), dtype=np.int64)
+    max_w = 0
+    for r in range(np_):
+        for c in range(4):
+            bs[r, c] = boxes_p[by_x[r], c]
+        max_w = max(max_w, bs[r, 2] - bs[r, 0])
+    lo = np.searchsorted(bs[:, 0], boxes_t[:, 0] - max_w, side="left")
+    hi = np.searchsorted(bs[:, 0], boxes_t[:, 2], side="left")
+    cap = 0
     for i in range(nt):
-        for j in range(np_):
-            if min(boxes_t[i, 2], boxes_p[j, 2]) > max(boxes_t[i, 0], boxes_p[j, 0]) and min(
-                boxes_t[i, 3], boxes_p[j, 3]
-            ) > max(boxes_t[i, 1], boxes_p[j, 1]):
-                count += 1
-    pi = np.empty(count, dtype=np.int64)
-    pj = np.empty(count, dtype=np.int64)
+        cap += hi[i] - lo[i]
+    pi = np.empty(cap, dtype=np.int64)
+    pj = np.empty(cap, dtype=np.int64)
     k = 0
     for i in range(nt):
-        for j in range(np_):
-            if min(boxes_t[i, 2], boxes_p[j, 2]) > max(boxes_t[i, 0], boxes_p[j, 0]) and min(
-                boxes_t[i, 3], boxes_p[j, 3]
-            ) > max(boxes_t[i, 1], boxes_p[j, 1]):
+        tx0 = boxes_t[i, 0]
+        ty0 = boxes_t[i, 1]
+        tx1 = boxes_t[i, 2]
+        ty1 = boxes_t[i, 3]
+        k0 = k
+        for r in range(lo[i], hi[i]):
+            if min(tx1, bs[r, 2]) > max(tx0, bs[r, 0]) and min(ty1, bs[r, 3]) > max(ty0, bs[r, 1]):
                 pi[k] = i
-                pj[k] = j
+                pj[k] = by_x[r]
                 k += 1
-    return pi, pj
+        if k - k0 > 1:
+            pj[k0:k].sort()
+    return pi[:k].copy(), pj[:k].copy()
 
 
 @numba.njit(cache=True, nogil=True)
