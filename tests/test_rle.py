@@ -272,3 +272,20 @@ def test_instances_from_packed_round_trip() -> None:
         InstanceMasks.from_packed(9, 11, ref.boxes, flat * 2, offs)
     with pytest.raises(ValueError, match="outside"):
         InstanceMasks.from_packed(8, 11, np.array([[0, 0, 11, 9]]), np.ones(99, np.uint8), np.array([0, 99]))
+
+
+def test_pack_crops_any_layout() -> None:
+    """pack_crops gives the row-major 0/1 concatenation for contiguous bool/uint8 crops (byte join), views with
+    strides and other dtypes (concatenation), writable; a size mismatch with the windows raises."""
+    from celldata.instances import pack_crops
+
+    a = np.random.default_rng(1).random((10, 12)) < 0.5
+    crops = [a, a[2:7, 3:9], a.astype(np.uint8), np.zeros((0, 0), bool), a[1:].astype(np.float32)]
+    boxes = np.array([[0, 0, 12, 10], [0, 0, 6, 5], [0, 0, 12, 10], [0, 0, 0, 0], [0, 0, 12, 9]])
+    for sel in ([0, 2], [0, 1, 2, 3, 4]):
+        flat, offs = pack_crops([crops[i] for i in sel], boxes[sel])
+        assert flat.dtype == np.uint8 and flat.flags.writeable
+        assert np.array_equal(flat, np.concatenate([np.asarray(crops[i], np.uint8).ravel() for i in sel]))
+        assert offs.tolist() == [0, *np.cumsum([crops[i].size for i in sel]).tolist()]
+    with pytest.raises(ValueError, match="pixels"):
+        pack_crops([a], boxes[[1]])
