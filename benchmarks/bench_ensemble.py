@@ -150,7 +150,8 @@ def _jitter_crop(
     if ys.size == 0:
         return None
     tb = np.array([cx0 + xs[0], cy0 + ys[0], cx0 + xs[-1] + 1, cy0 + ys[-1] + 1], dtype=np.int32)
-    return tb, c[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1]
+    # contiguous, like the crops of a loaded prediction file (ensemble.predictions: reshaped slices of one buffer)
+    return tb, np.ascontiguousarray(c[ys[0] : ys[-1] + 1, xs[0] : xs[-1] + 1])
 
 
 def make_models(
