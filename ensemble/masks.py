@@ -390,9 +390,10 @@ def _add_crop(num, flat, base, bx0, by0, bw, bh, ux0, uy0, uw, weight):  # pragm
     the flattened union window ``num`` (width ``uw``, origin ``(ux0, uy0)``)."""
     for yy in range(bh):
         row = (by0 + yy - uy0) * uw + (bx0 - ux0)
-        src = base + yy * bw
+        dst = num[row : row + bw]
+        src = flat[base + yy * bw : base + (yy + 1) * bw]
         for xx in range(bw):  # branch-free (vectorizes): a zero pixel adds exactly +0.0
-            num[row + xx] += weight * np.float64(flat[src + xx])
+            dst[xx] += weight * np.float64(src[xx])
 
 
 @njit(cache=True, error_model="numpy")  # no zero-division check per pixel (den > 0 is tested first)
@@ -501,8 +502,11 @@ def _vote_kernel(
                 row = (y - uy0) * uw - ux0
                 if n_sem == 1:  # same sums as below (0.0 + v == v), in a loop that vectorizes
                     l0 = lam[0]
-                    for x in range(fwin[k, 0], fwin[k, 2]):
-                        num[row + x] += l0 * np.float64(sem[0, y, x])
+                    fx0 = fwin[k, 0]
+                    dst = num[row + fx0 : row + fwin[k, 2]]
+                    src = sem[0, y, fx0 : fwin[k, 2]]
+                    for x in range(dst.shape[0]):
+                        dst[x] += l0 * np.float64(src[x])
                     continue
                 for x in range(fwin[k, 0], fwin[k, 2]):
                     sv = 0.0
@@ -514,11 +518,11 @@ def _vote_kernel(
             continue
         cnt = 0
         total = 0.0
-        o = fg_off[k]
+        fgk = fg[fg_off[k] : fg_off[k + 1]]
         for p in range(size):
             v = num[p] / den
             if v >= vote_thr:
-                fg[o + p] = 1
+                fgk[p] = 1
                 total += v
                 cnt += 1
         area[k] = cnt
