@@ -11,7 +11,10 @@ Pipeline of :func:`fuse_image` (all work happens inside crop windows, never on p
 1. **One cell type per image** (``image_class='majority'``, the default): the image's class is the majority over
    all box models' detections, each voting with ``model weight * score`` (:func:`ensemble.boxes.image_class`),
    and every detection is relabelled to it, so one cell predicted ``shsy5y`` by one model and ``astro`` by
-   another forms one cluster. ``'per_instance'`` keeps the predicted labels (WBF then fuses per label).
+   another forms one cluster. Before the vote, a model's lower-scored detection of the same object under another
+   label (box IoU >= ``twin_iou``, :func:`ensemble.image_class.label_twins`) is dropped: relabelled it would be
+   a second member of the same model in that cluster. ``'per_instance'`` keeps the predicted labels (WBF then
+   fuses per label).
 2. **Boxes.** Weighted Boxes Fusion (`ensemble.boxes.weighted_boxes_fusion`) of the box models' normalized boxes
    with their weights gives fused boxes, scores and labels and, per fused box, its *cluster*: the input
    detections fused into it.
@@ -64,7 +67,7 @@ from .boxes import (
     normalize_boxes,
     weighted_boxes_fusion,
 )
-from .image_class import classifier_image_label
+from .image_class import TWIN_IOU, classifier_image_label, label_twins
 from .predictions import ImagePredictions
 
 __all__ = [
@@ -110,6 +113,11 @@ class FusionParams:
         class_probabilities: path of the cell-type probability file (:mod:`ensemble.image_class`); required by
             ``image_class='classifier'``.
         classifier_threshold: minimum top probability for the classifier to set an image's class; in ``[0, 1]``.
+        twin_iou: under one class per image (``'majority'``, ``'classifier'``), a model's lower-scored detection of
+            the same object under another label (box IoU >= ``twin_iou`` with a higher-scored detection of that
+            model, :func:`ensemble.image_class.label_twins`) is dropped before the class vote and WBF: relabelled,
+            it would join the object's cluster as a second member of the same model (multi-class box heads such
+            as Mask R-CNN's output one proposal once per class). ``None`` keeps them; in ``(0, 1]``.
         score_thr: per-class minimum final score (class name -> threshold; missing classes: no threshold).
         min_area: per-class minimum mask area in pixels, before and after overlap removal (missing classes: 1,
             i.e. only empty masks dropped).
@@ -129,6 +137,7 @@ class FusionParams:
     image_class: str = "majority"
     class_probabilities: str | None = None
     classifier_threshold: float = 0.5
+    twin_iou: float | None = TWIN_IOU
     score_thr: dict[str, float] = field(default_factory=dict)
     min_area: dict[str, int] = field(default_factory=dict)
     max_lost_frac: float = 0.5
@@ -147,6 +156,8 @@ class FusionParams:
             raise ValueError(
                 "FusionParams.image_class 'classifier' needs class_probabilities (a probability file)"
             )
+        if self.twin_iou is not None and not 0.0 < self.twin_iou <= 1.0:
+            raise ValueError(f"FusionParams.twin_iou must be in (0, 1] or None, got {self.twin_iou}")
         if not 0.0 <= self.classifier_threshold <= 1.0:
             raise ValueError(
                 f"FusionParams.classifier_threshold must be in [0, 1], got {self.classifier_threshold}"
@@ -247,6 +258,11 @@ def _prepare(
     scores = [preds[m].scores.astype(np.float64) for m in box_idx]
     labels = [preds[m].labels.astype(np.int64) for m in box_idx]
     if params.image_class in ("majority", "classifier") and len(box_idx):
+        if params.twin_iou is not None:  # before the vote: a twin is the same object, not a second opinion
+            scores = [
+                np.where(label_twins(preds[m].boxes, s, lab, params.twin_iou), 0.0, s)
+                for m, s, lab in zip(box_idx, scores, labels)
+            ]
         floor = max(params.skip_box_thr, MIN_FUSED_SCORE)
         voting = [np.where(s >= floor, s, 0.0) for s in scores]  # only detections that enter WBF vote
         label = image_class(voting, labels, w[box_idx], n_classes=len(CLASSES))

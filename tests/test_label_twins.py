@@ -74,3 +74,35 @@ def test_bad_input() -> None:
     with pytest.raises(ValueError, match="3 boxes, 2 scores"):
         label_twins(np.zeros((3, 4)), np.zeros(2), np.zeros(3, int), 0.5)
     assert label_twins(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), 0.5).shape == (0,)
+
+
+def test_fusion_drops_a_models_label_twin_under_one_class_per_image() -> None:
+    """Mask R-CNN style output: one cell as shsy5y (0.9, good mask) and as cort (0.3, poor mask, nearly the same
+    box). Under 'majority' the twin does not join the cluster: the cell keeps the other model's agreement score and
+    the twin's pixels do not vote; nor does the twin vote for the image's class."""
+    from celldata.instances import InstanceMasks
+    from ensemble.masks import FusionParams, fuse_image
+    from ensemble.predictions import ImagePredictions
+
+    h, w = 40, 48
+    good = np.zeros((10, 10), bool)
+    good[1:9, 1:9] = True
+    poor = np.ones((10, 12), bool)  # bleeds 2 px to the right
+    mrcnn = ImagePredictions(
+        "img", h, w, np.array([[10, 10, 20, 20], [10, 10, 22, 20]], np.float32), np.array([0.9, 0.3], np.float32),
+        np.array([0, 2]), InstanceMasks(h, w, np.array([[10, 10, 20, 20], [10, 10, 22, 20]]), [good, poor]), None,
+    )  # fmt: skip
+    other = ImagePredictions(
+        "img", h, w, np.array([[10, 10, 20, 20]], np.float32), np.array([0.9], np.float32), np.array([0]),
+        InstanceMasks(h, w, np.array([[10, 10, 20, 20]]), [good]), None,
+    )  # fmt: skip
+    out = fuse_image([mrcnn, other], [1.0, 1.0], FusionParams(iou_thr=0.5))
+    assert len(out) == 1 and out.labels.tolist() == [0]
+    assert out.scores[0] == pytest.approx(0.9, rel=1e-6)
+    full = out.masks.to_full()
+    assert full.sum() == good.sum() and not full[:, 20:].any()
+    # with twins kept (twin_iou=None) the twin is a third member of a 2-model cluster: the score is averaged down
+    kept = fuse_image([mrcnn, other], [1.0, 1.0], FusionParams(iou_thr=0.5, twin_iou=None))
+    assert kept.scores.max() < 0.9
+    with pytest.raises(ValueError, match="twin_iou"):
+        FusionParams(twin_iou=0.0)
