@@ -282,7 +282,10 @@ def _prepare(
         if sw > 0:
             maps.append(p.semantic)
             sem_w.append(sw)
-    sem_maps = np.ascontiguousarray(np.stack(maps), dtype=np.float32) if maps else None
+    if len(maps) == 1:  # a view when the map is already contiguous float32 (the vote kernel only reads it)
+        sem_maps = np.ascontiguousarray(maps[0][None], dtype=np.float32)
+    else:
+        sem_maps = np.ascontiguousarray(np.stack(maps), dtype=np.float32) if maps else None
     return _Prepared(
         first.image_id,
         h,
