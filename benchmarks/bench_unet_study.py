@@ -122,6 +122,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--struct-ratio', type=float, default=0.5)
     p.add_argument('--struct-iters', type=int, default=20)
     p.add_argument('--calib-images', type=int, default=4)
+    p.add_argument(
+        '--int8-upsample',
+        action='store_true',
+        help='PostQ/DuringTQ also quantize the decoder up-sampling (compress.ptq_pt2e(int8_upsample=True))',
+    )
     p.add_argument('--workers', type=int, default=2, help='parallel training processes (1 thread each)')
     p.add_argument('--threads', type=int, default=1, help='threads of the latency measurements')
     p.add_argument('--repeats', type=int, default=5, help='timed runs per latency (median)')
@@ -270,10 +275,13 @@ def run_job(job: dict) -> dict:
     float_logits = cp.predict(cp.padded_fn(fmod), val)
     rows['Base'] = cp.evaluate(float_logits, val, thr)
     torch.manual_seed(seed)
-    q = cp.ptq_pt2e(fmod, calib)
+    up8 = bool(getattr(args, 'int8_upsample', False))
+    q = cp.ptq_pt2e(fmod, calib, int8_upsample=up8)
     ql = cp.predict(cp.padded_fn(q), val)
     rows['PostQ'] = {**cp.evaluate(ql, val, thr), 'fidelity': cp.fidelity(float_logits, ql, thr)}
-    qat, _ = cp.qat_pt2e(fmod, seg, cfg, calib[0], args.qat_iters, lr=args.qat_lr, seed=seed)
+    qat, _ = cp.qat_pt2e(
+        fmod, seg, cfg, calib[0], args.qat_iters, lr=args.qat_lr, seed=seed, int8_upsample=up8
+    )
     qatl = cp.predict(cp.padded_fn(qat), val)
     rows['DuringTQ'] = {**cp.evaluate(qatl, val, thr), 'fidelity': cp.fidelity(float_logits, qatl, thr)}
     pseg = cp.build_segmentor(cfg, p_ckpt)
@@ -338,7 +346,7 @@ def measure_costs(args: argparse.Namespace, data_root: Path, job: dict) -> dict:
     out['Base'] = dict(
         size_bytes=cp.saved_size(fmod, sd / 'float.pt2'), **cp.count_parameters(fmod), **lat(fmod, False)
     )
-    q = cp.ptq_pt2e(fmod, calib)
+    q = cp.ptq_pt2e(fmod, calib, int8_upsample=bool(getattr(args, 'int8_upsample', False)))
     out['PostQ'] = dict(
         size_bytes=cp.saved_size(q, sd / 'int8.pt2'), **cp.count_parameters(q), **lat(q, True)
     )
@@ -445,7 +453,9 @@ def write_markdown(args, table: dict, costs: dict, results: list[dict], path: Pa
         f'images of the 26 in random {args.crop}x{args.crop} crops, batch {args.batch}, {args.iters} iterations, '
         f'lr {args.lr} (all optimizers; x0.1 at 80 %), U-Net width {args.base_channels} (paper: 64), seeds '
         f'{args.seeds}.',
-        f'PostQ: PT2E int8, {args.calib_images} calibration images. DuringTQ: {args.qat_iters} QAT iterations '
+        f'PostQ: PT2E int8, {args.calib_images} calibration images'
+        + (' (decoder up-sampling int8 too)' if getattr(args, 'int8_upsample', False) else '')
+        + f'. DuringTQ: {args.qat_iters} QAT iterations '
         f'(lr {args.qat_lr}) from the float weights. Pruned: {args.prune_iters} fine-tuning iterations with '
         f'MagnitudePruningHook 0.5 -> 0.9 every {args.prune_interval}. Struct50: {args.struct_ratio:.0%} of the '
         f'channels removed + {args.struct_iters} iterations.',
@@ -520,6 +530,20 @@ def cost_and_target_lines(table: dict, costs: dict, results: list[dict]) -> list
             f"{rows['PostQ']['fidelity']['mask_agreement']:.4f} | {rows['DuringTQ']['fidelity']['mask_agreement']:.4f} | "
             f"{rows['Pruned']['sparsity']:.3f} |"
         )
+    out += [
+        '',
+        '## Jaccard change of each variant vs its float Base (points; + = better than Base)',
+        '',
+        '| Combination | Base Jaccard | PostQ | DuringTQ | Pruned | Struct50 |',
+        '|---|---|---|---|---|---|',
+    ]
+    for combo, models in table.items():
+        b = models['Base']['jaccard']['mean']
+        cells = [
+            f"{100 * (models[m]['jaccard']['mean'] - b):+.2f}" if m in models else '-'
+            for m in ('PostQ', 'DuringTQ', 'Pruned', 'Struct50')
+        ]
+        out.append(f"| {combo} | {b:.4f} | {' | '.join(cells)} |")
     ours = sorted(table, key=lambda c: -table[c]['Base']['jaccard']['mean'])
     paper = sorted(table, key=lambda c: -PAPER[c]['Base'][2])
     best_model = {}

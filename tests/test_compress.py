@@ -123,6 +123,36 @@ def test_ptq_fast_random_small_unet(tmp_path):
     assert not any(p.dtype == torch.float32 and p.dim() == 4 for p in q.parameters())  # fp32 originals gone
 
 
+def _upsample_neighbours(gm: torch.fx.GraphModule) -> list[tuple[str, list[str]]]:
+    return [
+        (str(n.args[0].target), [str(u.target) for u in n.users])
+        for n in gm.graph.nodes
+        if n.op == 'call_function' and 'upsample_bilinear2d' in str(n.target)
+    ]
+
+
+def test_ptq_int8_upsample_option_moves_upsampling_between_dequantize_and_quantize():
+    """Stock recipe: fp32 up-sampling fed by the conv's fp32 output; the option: uint8 in, shared scale out."""
+    torch.manual_seed(0)
+    cfg = cp.load_config(CONFIG, tiny_options(channels=4))
+    fmod = cp.SegLogits(cp.build_segmentor(cfg)).eval()
+    calib = [torch.randn(1, 3, 32, 32) for _ in range(2)]
+    stock = _upsample_neighbours(cp.ptq_pt2e(fmod, calib))
+    q8 = cp.ptq_pt2e(fmod, calib, int8_upsample=True)
+    up8 = _upsample_neighbours(q8)
+    assert len(stock) == len(up8) == 4
+    assert all(not src.startswith('quantized_decomposed.dequantize') for src, _ in stock)
+    assert all(src.startswith('quantized_decomposed.dequantize_per_tensor') for src, _ in up8)
+    for n in q8.graph.nodes:  # output re-quantized with the input's scale / zero point
+        if 'upsample_bilinear2d' in str(n.target):
+            (user,) = n.users
+            assert 'quantize_per_tensor' in str(user.target)
+            assert tuple(user.args[1:3]) == tuple(n.args[0].args[1:3])
+    x = torch.randn(1, 3, 48, 32)
+    with torch.no_grad():
+        assert cp.fidelity([fmod(x)], [q8(x)])['sqnr_db'] >= 15.0
+
+
 def test_binary_metrics_by_hand():
     pred = torch.tensor([[True, True, False, False]])
     gt = torch.tensor([[1, 0, 1, 255]])

@@ -291,18 +291,57 @@ def export_dynamic(module: nn.Module, example: torch.Tensor) -> torch.export.Exp
     return torch.export.export(module, (example,), dynamic_shapes=dims)
 
 
-def _x86_quantizer(is_qat: bool):
-    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+UPSAMPLE_OPS = ('upsample_bilinear2d.vec', 'upsample_nearest2d.vec')
 
-    quantizer = xiq.X86InductorQuantizer()
-    quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat))
+
+def _x86_quantizer(is_qat: bool, int8_upsample: bool = False):
+    """``X86InductorQuantizer`` with the default static config; optionally also int8 around up-sampling.
+
+    The stock recipe quantizes conv / linear and propagates int8 through max-pool and concat, but not through
+    ``F.interpolate``: the conv before each decoder up-sampling then writes fp32, the up-sampling runs in fp32
+    at the larger size and its output is quantized again. ``int8_upsample=True`` annotates up-sampling like
+    max-pool (input quantized when it comes from a quantized op, output sharing the input's scale). Measured
+    (``benchmarks/bench_int8_latency.py``, width 8, 528x704, 1 thread): compiled it is 2.3x SLOWER than the
+    stock recipe (330 vs 143 ms; inductor's uint8 bilinear kernel is slow), so it is off by default and kept
+    only to reproduce that result.
+    """
+    import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
+    from torchao.quantization.pt2e.quantizer import SharedQuantizationSpec, get_input_act_qspec
+
+    config = xiq.get_default_x86_inductor_quantization_config(is_qat=is_qat)
+
+    class _Quantizer(xiq.X86InductorQuantizer):
+        def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            super().annotate(model)
+            if not int8_upsample:
+                return model
+            targets = {getattr(torch.ops.aten, n.split('.')[0]).vec for n in UPSAMPLE_OPS}
+            for node in model.graph.nodes:
+                if node.op != 'call_function' or node.target not in targets or xiq._is_any_annotated([node]):
+                    continue
+                src = node.args[0]
+                if not isinstance(src, torch.fx.Node) or not xiq._is_quantized_op_pt2e(src):
+                    continue
+                node.meta[xiq.QUANT_ANNOTATION_KEY] = xiq._X86InductorQuantizationAnnotation(
+                    input_qspec_map={src: get_input_act_qspec(config)},
+                    output_qspec=SharedQuantizationSpec((src, node)),
+                    _annotated=True,
+                    _is_output_of_quantized_pattern=True,
+                )
+            return model
+
+    quantizer = _Quantizer()
+    quantizer.set_global(config)
     return quantizer
 
 
-def ptq_pt2e(float_module: nn.Module, calib_inputs: Sequence[torch.Tensor]) -> torch.fx.GraphModule:
+def ptq_pt2e(
+    float_module: nn.Module, calib_inputs: Sequence[torch.Tensor], int8_upsample: bool = False
+) -> torch.fx.GraphModule:
     """Static int8 PTQ (per-channel weights, per-tensor uint8 activations) calibrated on ``calib_inputs``.
 
-    Returns the converted reference graph (call :func:`compile_module` for int8 kernels).
+    ``int8_upsample``: also keep decoder up-sampling in int8 (see :func:`_x86_quantizer`). Returns the
+    converted reference graph (call :func:`compile_module` for int8 kernels).
     """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -310,7 +349,7 @@ def ptq_pt2e(float_module: nn.Module, calib_inputs: Sequence[torch.Tensor]) -> t
         raise ValueError('PTQ needs at least one calibration image')
     example = _pad16(calib_inputs[0])
     gm = export_dynamic(float_module.eval(), example).module()
-    prepared = prepare_pt2e(gm, _x86_quantizer(is_qat=False))
+    prepared = prepare_pt2e(gm, _x86_quantizer(is_qat=False, int8_upsample=int8_upsample))
     with torch.no_grad():
         for x in calib_inputs:
             prepared(_pad16(x))
@@ -397,18 +436,20 @@ def qat_pt2e(
     lr: float | None = None,
     seed: int = 0,
     on_iter: Callable[[int, float], None] | None = None,
+    int8_upsample: bool = False,
 ) -> tuple[torch.fx.GraphModule, list[float]]:
     """Quantization-aware fine-tuning from the float weights, then conversion to the int8 reference graph.
 
     The graph is exported in eval mode with dynamic batch / sides, prepared with ``prepare_qat_pt2e``
     (conv-BN folded with fake quantization), switched to training behaviour (batch-norm statistics update)
     by ``move_exported_model_to_train`` and fine-tuned; ``move_exported_model_to_eval`` + ``convert_pt2e``.
+    ``int8_upsample``: as in :func:`ptq_pt2e`.
     """
     from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     gm = export_dynamic(copy.deepcopy(float_module).eval(), _pad16(example)).module()
-    prepared = prepare_qat_pt2e(gm, _x86_quantizer(is_qat=True))
+    prepared = prepare_qat_pt2e(gm, _x86_quantizer(is_qat=True, int8_upsample=int8_upsample))
     move_exported_model_to_train(prepared)
     losses = finetune(prepared, segmentor, cfg, iters, lr=lr, seed=seed, on_iter=on_iter)
     move_exported_model_to_eval(prepared)
@@ -442,12 +483,31 @@ def prune_channels(float_module: SegLogits, example: torch.Tensor, ratio: float)
     return module
 
 
-def compile_module(module: nn.Module, quantized: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``torch.compile`` (inductor); int8 graphs compile with weight freezing so the int8 kernels are chosen."""
+def compile_module(
+    module: nn.Module, quantized: bool, freezing: bool | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` (inductor) of ``module``.
+
+    Args:
+        module: Float module or converted PT2E int8 graph.
+        quantized: ``module`` is an int8 PT2E graph: always compiled with inductor weight freezing, which the
+            int8 lowering (dequantize-conv-quantize -> oneDNN ``qconv``) needs.
+        freezing: Inductor ``freezing`` for a float module (weights constant-folded and prepacked for
+            oneDNN; None: inductor's default, off). Passed per compile, not as a process-wide setting.
+    """
     import torch._inductor.config as inductor_config
 
-    inductor_config.freezing = bool(quantized)
-    return torch.compile(module)
+    freeze = True if quantized else bool(freezing)
+    compiled = torch.compile(module)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        # inductor compiles lazily (first call, recompiles): the setting must hold during the call.
+        # (``torch.compile(options={'freezing': True})`` is not equivalent: the int8 weight prepacking then
+        # runs under fake tensors and fails on ``onednn.qconv_prepack``.)
+        with inductor_config.patch(freezing=freeze):
+            return compiled(x)
+
+    return run
 
 
 def _pad16(x: torch.Tensor) -> torch.Tensor:
