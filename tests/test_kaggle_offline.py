@@ -1,7 +1,7 @@
 """The Kaggle offline path end to end (slow): wheelhouse -> fresh venv (--no-index) -> bundle -> notebook, headless.
 
 Also the stack on Python 3.12 (Kaggle's): the framework-free tests in a fresh 3.12 venv installed from a 3.12
-wheelhouse, and a model smoke test there when a CPU torch wheel for cp312 is at hand.
+wheelhouse, and a model smoke test there when a cp312 torch wheel (with its dependencies) is at hand.
 
 Set ``KAGGLE_TEST_REPORT=<file.json>`` to keep the measured times and sizes. The shared prebuilt onedl-mmcv wheel
 (``../shared/wheels``) stands in for the mmcv compile when present (``WHEELHOUSE``); without it the wheelhouse
@@ -371,7 +371,8 @@ def test_python312_framework_free_stack_and_model_smoke(tmp_path: Path) -> None:
     assert r.returncode == 0, f"framework-free tests failed on 3.12:\n{r.stdout[-6000:]}\n{r.stderr[-2000:]}"
     report = {"python": "3.12", "setup_s": round(setup_s, 1), "tests_s": round(time.perf_counter() - t0, 1)}
     report.update({"test_files": len(files), "result": tail})
-    # one model smoke test needs torch for cp312; PyPI's cp312 torch is a CUDA build, never pulled here
+    # one model smoke test needs torch for cp312: a folder with its wheel and dependencies (PyPI's is a CUDA
+    # build, which runs on the CPU; never downloaded by the test)
     torch_wheels = sorted(
         p
         for d in (os.environ.get("TORCH312_WHEELS", ""), str(SHARED_WHEELS))
@@ -379,10 +380,10 @@ def test_python312_framework_free_stack_and_model_smoke(tmp_path: Path) -> None:
         for p in Path(d).glob("torch-*-cp312-*.whl")
     )
     if not torch_wheels:
-        report["model_smoke"] = "skipped: no CPU torch wheel for cp312 (set TORCH312_WHEELS=<dir>)"
+        report["model_smoke"] = "skipped: no cp312 torch wheel (set TORCH312_WHEELS=<dir>)"
         _report("python312", report)
-        pytest.skip("framework-free tests passed on 3.12; model smoke test needs a cp312 CPU torch wheel "
-                    "(TORCH312_WHEELS=<dir>): PyPI's cp312 torch is a CUDA build")  # fmt: skip
+        pytest.skip("framework-free tests passed on 3.12; the model smoke test needs a folder with a cp312 torch "
+                    "wheel and its dependencies (TORCH312_WHEELS=<dir>)")  # fmt: skip
     _run(
         [
             vpy,
