@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,31 +35,9 @@ import yaml
 
 from celldata.fileio import atomic_write_json, atomic_write_text
 from custom_modules.recipe import steps as S
-from custom_modules.recipe.config import REPO, load_recipe
+from custom_modules.recipe.config import load_recipe
 from custom_modules.recipe.plan import build_plan
-from custom_modules.recipe.runner import run_plan
-
-
-class _Context:
-    """The runner's step context for the tuning calls: commands logged to one file, failures raise."""
-
-    def __init__(self, log: Path) -> None:
-        self.log_path = log
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("")
-
-    def run(self, cmd: list[str]) -> str:
-        with self.log_path.open("a") as f:
-            f.write("$ " + " ".join(map(str, cmd)) + "\n")
-        r = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, cwd=REPO)
-        with self.log_path.open("a") as f:
-            f.write(r.stdout + r.stderr)
-        if r.returncode != 0:
-            raise RuntimeError(f"{cmd[1:3]} failed (log {self.log_path}):\n{r.stderr[-3000:]}")
-        return r.stdout
-
-    def log(self, text: str) -> None:
-        print(text, flush=True)
+from custom_modules.recipe.runner import LogContext, run_plan, tool_env
 
 
 def _row(ens_dir: Path, run: str) -> dict:
@@ -112,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"box-first out-of-fold steps on the trained checkpoints: {', '.join(new)}", flush=True)
     run_plan(plan, only=new)
     oof = {n: W / "predictions" / "oof" / f"{n}_val.npz" for n, _, _ in bf.members()}
-    ctx = _Context(W / "logs" / "study_trained.log")
+    ctx = LogContext(W / "logs" / "study_trained.log", verbose=False, env=tool_env())
     runs = [(f"single_{n}_bf", {n: oof[n]}) for n, kind, _ in bf.members() if kind == "instance"]
     runs.append(("box_first", oof))
     # the vote ensemble with per-instance labels (image_class: per_instance) beside the recipe's majority rule

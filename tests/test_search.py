@@ -257,22 +257,19 @@ def test_per_class_iou_metric_keys_and_cell_dataset_labels(tmp_path) -> None:
     (tmp_path / "splits" / "val.txt").write_text("a\n")
     pipeline = [dict(type="LoadImageFromFile"), dict(type="LoadAnnotations"), dict(type="PackSegInputs")]
     with DefaultScope.overwrite_default_scope("mmseg"):
-        cell = DATASETS.build(
-            dict(
-                type="SartoriusCellDataset",
-                data_root=str(tmp_path),
-                ann_file="splits/val.txt",
-                data_prefix=dict(img_path="train", seg_map_path="semantic/train"),
-                pipeline=pipeline,
+        cell, boundary = (
+            DATASETS.build(
+                dict(
+                    type=kind,
+                    data_root=str(tmp_path),
+                    ann_file="splits/val.txt",
+                    data_prefix=dict(img_path="train", seg_map_path=f"semantic/{labels}"),
+                    pipeline=pipeline,
+                )
             )
-        )
-        boundary = DATASETS.build(
-            dict(
-                type="SartoriusCellBoundaryDataset",
-                data_root=str(tmp_path),
-                ann_file="splits/val.txt",
-                data_prefix=dict(img_path="train", seg_map_path="semantic/train_boundary"),
-                pipeline=pipeline,
+            for kind, labels in (
+                ("SartoriusCellDataset", "train"),
+                ("SartoriusCellBoundaryDataset", "train_boundary"),
             )
         )
         metric = METRICS.build(dict(type="PerClassIoUMetric", iou_metrics=["mIoU"]))

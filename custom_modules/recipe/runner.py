@@ -30,7 +30,7 @@ from celldata.fileio import atomic_write_json, atomic_write_text
 from custom_modules.recipe.config import REPO
 from custom_modules.recipe.plan import STAGES, Checkpoint, Plan, Step, step_fingerprint
 
-__all__ = ["StepState", "plan_states", "run_plan", "format_plan", "select_steps"]
+__all__ = ["StepState", "LogContext", "tool_env", "plan_states", "run_plan", "format_plan", "select_steps"]
 
 FINGERPRINT_FILE = "recipe_fingerprint.txt"
 
@@ -185,7 +185,15 @@ def format_plan(plan: Plan, states: list[StepState], selected: set[str] | None =
     return "\n".join(lines)
 
 
-class _Context:
+def tool_env() -> dict[str, str]:
+    """Environment of the tools a step runs: this one, unbuffered, with the repository on ``PYTHONPATH``."""
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+class LogContext:
     """Runs a step's commands with their output in the step's log (and echoed when ``verbose``)."""
 
     def __init__(self, log_path: Path, verbose: bool, env: dict[str, str]) -> None:
@@ -305,9 +313,7 @@ def run_plan(
                     raise ValueError(
                         f"--only {sid}: its dependency {d} is not done; run it first (or drop --only)"
                     )
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = tool_env()
     result: dict = {"ran": [], "skipped": [], "failed": [], "seconds": {}}
     failed: set[str] = set()
     t_all = time.perf_counter()
@@ -338,7 +344,7 @@ def run_plan(
         verb = "resume" if state == "resume" else "run"
         print(f"[{i:>2}/{n}] {s.id:<40} {verb}: {s.title}", flush=True)
         log_path = plan.work_dir / "logs" / (s.id.replace("/", "__") + ".log")
-        ctx = _Context(log_path, verbose, env)
+        ctx = LogContext(log_path, verbose, env)
         stamp_path = _stamp_path(plan.work_dir, s.id)
         if stamp_path.exists():
             stamp_path.unlink()
