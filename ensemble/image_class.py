@@ -163,23 +163,28 @@ def classifier_image_label(
 def _twins_kernel(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray, iou_thr: float) -> np.ndarray:
     n = boxes.shape[0]
     drop = np.zeros(n, dtype=np.bool_)
-    # a box overlapping box i in x has x0 in (x0_i - max width, x1_i): scan that range of the x0-sorted list
+    # IoU(a, b) >= t needs an x-overlap iw >= t * w_a and >= t * w_b, so x0_b lies in
+    # [x0_a - (1 - t) / t * w_a, x0_a + (1 - t) * w_a]: scan that range of the x0-sorted list (padded against
+    # rounding; the IoU test below decides)
     by_x = np.argsort(boxes[:, 0], kind="mergesort")
     x0s = boxes[by_x, 0]
     rank = np.empty(n, dtype=np.int64)
     for r in range(n):
         rank[order[r]] = r
-    max_w = 0.0
-    for k in range(n):
-        max_w = max(max_w, boxes[k, 2] - boxes[k, 0])
+    below = (1.0 - iou_thr) / iou_thr
+    above = 1.0 - iou_thr
     for r in range(n):
         i = order[r]
         if drop[i]:
             continue
         ax0, ay0, ax1, ay1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        area_a = max(ax1 - ax0, 0.0) * max(ay1 - ay0, 0.0)
-        lo = np.searchsorted(x0s, ax0 - max_w, side="left")
-        hi = np.searchsorted(x0s, ax1, side="left")
+        wa = max(ax1 - ax0, 0.0)
+        area_a = wa * max(ay1 - ay0, 0.0)
+        if area_a <= 0.0:  # IoU 0 with everything
+            continue
+        pad = 1e-7 * (abs(ax0) + wa) + 1e-300
+        lo = np.searchsorted(x0s, ax0 - below * wa - pad, side="left")
+        hi = np.searchsorted(x0s, ax0 + above * wa + pad, side="right")
         for q in range(lo, hi):
             j = by_x[q]
             if rank[j] <= r or drop[j] or labels[j] == labels[i]:

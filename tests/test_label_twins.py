@@ -68,6 +68,22 @@ def test_matches_the_pairwise_definition(seed: int) -> None:
     assert label_twins(boxes, scores, labels, 0.5).sum() > 0
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_matches_the_definition_at_exact_iou_ties(seed: int) -> None:
+    """Small integer boxes (and the same /16) hit IoU exactly at the thresholds: the kernel's x-window pruning
+    must not lose a pair whose IoU equals ``iou_thr``."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 40))
+    xy = rng.integers(0, 12, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.integers(0, 8, (n, 2))], 1).astype(float)
+    labels = rng.integers(0, 3, n)
+    scores = rng.integers(0, 5, n).astype(float)  # many ties
+    for scale in (1.0, 1 / 16):
+        for thr in (0.25, 0.5, 0.6, 2 / 3, 0.75, 0.8, 1.0):
+            got = label_twins(boxes * scale, scores, labels, thr)
+            np.testing.assert_array_equal(got, _reference(boxes * scale, scores, labels, thr))
+
+
 def test_bad_input() -> None:
     with pytest.raises(ValueError, match="iou_thr"):
         label_twins(np.zeros((2, 4)), np.zeros(2), np.zeros(2, int), 0.0)
