@@ -204,7 +204,8 @@ def fuse_image_reference(
     t0 = time.perf_counter()
     params = FusionParams() if params is None else params
     prep = _prepare(preds, weights, params, semantic_weights, box_models)
-    boxes_px, fs, labels, clusters = _fuse_boxes(prep, params, weighted_boxes_fusion_reference)
+    boxes_px, fs, labels, members, ptr = _fuse_boxes(prep, params, weighted_boxes_fusion_reference)
+    clusters = [members[a:b] for a, b in zip(ptr[:-1], ptr[1:])]
     t1 = time.perf_counter()
     if len(fs) == 0:
         return _empty_result(prep)

@@ -39,6 +39,7 @@ __all__ = [
     "normalize_boxes",
     "relabel_to_image_class",
     "weighted_boxes_fusion",
+    "weighted_boxes_fusion_members",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
 ]
@@ -470,9 +471,65 @@ def weighted_boxes_fusion(
         ValueError: on mismatched list lengths, wrong shapes, non-finite values, ``x2 < x1``/``y2 < y1``,
             non-positive or wrongly sized weights, or an unknown ``conf_type``.
     """
+    boxes, scores, labels, members, ptr = weighted_boxes_fusion_members(
+        boxes_list,
+        scores_list,
+        labels_list,
+        weights,
+        iou_thr,
+        skip_box_thr,
+        conf_type,
+        allows_overflow,
+        _stacklevel=3,
+    )
+    return boxes, scores, labels, [members[a:b] for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist())]
+
+
+def weighted_boxes_fusion_members(
+    boxes_list: Sequence[np.ndarray],
+    scores_list: Sequence[np.ndarray],
+    labels_list: Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray | None = None,
+    iou_thr: float = 0.55,
+    skip_box_thr: float = 0.0,
+    conf_type: str = "avg",
+    allows_overflow: bool = False,
+    *,
+    _stacklevel: int = 2,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`weighted_boxes_fusion` with the clusters as one flat member array (no per-cluster arrays).
+
+    Args:
+        boxes_list: per model, ``(N_m, 4)`` normalized ``(x1, y1, x2, y2)`` in ``[0, 1]`` (values outside are
+            clipped with a warning; ``x2 < x1`` or ``y2 < y1`` is an error).
+        scores_list: per model, ``(N_m,)`` confidence scores.
+        labels_list: per model, ``(N_m,)`` integer class labels.
+        weights: per model weight (positive); ``None`` means 1 for every model.
+        iou_thr: a box joins the best-matching fused box of its label when their IoU is strictly above this.
+        skip_box_thr: boxes with ``score < skip_box_thr`` are ignored.
+        conf_type: ``'avg'``, ``'max'``, ``'box_and_model_avg'`` or ``'absent_model_aware_avg'`` (see
+            ensemble-boxes).
+        allows_overflow: for ``'avg'``, allow fused scores above 1 for clusters with more boxes than models.
+
+    Returns:
+        ``(boxes, scores, labels, members, ptr)``: ``boxes``, ``scores`` and ``labels`` as
+        :func:`weighted_boxes_fusion`; ``members`` int64 ``(M, 2)`` ``(model index, box index)`` of every fused
+        input box, grouped by fused box: the members of fused box k are ``members[ptr[k]:ptr[k + 1]]`` (in the
+        order they joined), ``ptr`` int64 ``(K + 1,)``.
+
+    Raises:
+        ValueError: on mismatched list lengths, wrong shapes, non-finite values, ``x2 < x1``/``y2 < y1``,
+            non-positive or wrongly sized weights, or an unknown ``conf_type``.
+    """
     n_models, w = _validate_wbf_args(boxes_list, scores_list, labels_list, weights, conf_type)
 
-    empty = (np.zeros((0, 4)), np.zeros((0,)), np.zeros((0,)), [])
+    empty = (
+        np.zeros((0, 4)),
+        np.zeros((0,)),
+        np.zeros((0,)),
+        np.zeros((0, 2), np.int64),
+        np.zeros(1, np.int64),
+    )
     if n_models == 0:
         return empty
 
@@ -507,10 +564,10 @@ def weighted_boxes_fusion(
         warnings.warn(
             f"weighted_boxes_fusion: {n_clipped} box(es) with coordinates outside [0, 1] were clipped; "
             "check that boxes are normalized",
-            stacklevel=2,
+            stacklevel=_stacklevel,
         )
     if n_zero:
-        warnings.warn(f"weighted_boxes_fusion: {n_zero} zero-area box(es) skipped", stacklevel=2)
+        warnings.warn(f"weighted_boxes_fusion: {n_zero} zero-area box(es) skipped", stacklevel=_stacklevel)
     if not parts_coords:
         return empty
 
@@ -530,7 +587,7 @@ def weighted_boxes_fusion(
     weights_max = w.max()
     conf_code = _CONF_CODE[conf_type]
 
-    all_boxes, all_scores, all_labels, all_clusters = [], [], [], []
+    all_boxes, all_scores, all_labels, all_members, all_counts = [], [], [], [], []
     for lab_value in label_order:
         sel = np.flatnonzero(label == lab_value)
         # Same sort call as ensemble-boxes (on a column view of a 2-D array) so that ties break identically.
@@ -562,10 +619,8 @@ def weighted_boxes_fusion(
         lab_col = np.where(count > 1, float(np.float32(lab_value)), float(lab_value))
         all_labels.append(lab_col)
         members = np.stack([mdl, box_idx[order]], axis=1)
-        grouped = members[np.argsort(assign, kind="stable")]
-        ends = np.cumsum(count).tolist()
-        starts = [0, *ends[:-1]]
-        all_clusters.extend([grouped[a:b] for a, b in zip(starts, ends)])
+        all_members.append(members[np.argsort(assign, kind="stable")])  # grouped by cluster, join order kept
+        all_counts.append(count)
 
     boxes = np.concatenate(all_boxes)
     scores = np.concatenate(all_scores)
@@ -573,8 +628,15 @@ def weighted_boxes_fusion(
     key = np.empty((len(scores), 2), dtype=np.float64)
     key[:, 1] = scores
     final = key[:, 1].argsort()[::-1]
-    clusters = [all_clusters[i] for i in final]
-    return boxes[final], scores[final], labels[final], clusters
+    # the member groups in the final order: group k of the output is group final[k] of the concatenation
+    count = np.concatenate(all_counts)
+    start = np.zeros(len(count), dtype=np.int64)
+    np.cumsum(count[:-1], out=start[1:])
+    ptr = np.zeros(len(count) + 1, dtype=np.int64)
+    np.cumsum(count[final], out=ptr[1:])
+    take = np.repeat(start[final] - ptr[:-1], count[final]) + np.arange(ptr[-1], dtype=np.int64)
+    members = np.concatenate(all_members)[take]
+    return boxes[final], scores[final], labels[final], members, ptr
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def fuse_boxes_image(
         Fused boxes (xyxy pixels, clipped to the image), scores (descending) and labels; no masks.
     """
     prep = _prepare(preds, weights, params, None, [True] * len(preds))
-    boxes_px, scores, labels, _ = _fuse_boxes(prep, params)
+    boxes_px, scores, labels, _, _ = _fuse_boxes(prep, params)
     h, w = prep.height, prep.width
     boxes = np.clip(boxes_px, 0, [w, h, w, h]).astype(np.float32).reshape(-1, 4)
     return ImagePredictions(prep.image_id, h, w, boxes, scores, labels)

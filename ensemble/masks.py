@@ -65,7 +65,7 @@ from .boxes import (
     denormalize_boxes,
     image_class,
     normalize_boxes,
-    weighted_boxes_fusion,
+    weighted_boxes_fusion_members,
 )
 from .image_class import TWIN_IOU, classifier_image_label, label_twins
 from .predictions import ImagePredictions
@@ -325,26 +325,31 @@ def _box_windows(boxes_px: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def _fuse_boxes(
-    prep: _Prepared, params: FusionParams, wbf: Callable[..., tuple] = weighted_boxes_fusion
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    prep: _Prepared, params: FusionParams, wbf: Callable[..., tuple] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Runs WBF on the prepared boxes of the box models with the fusion parameters.
 
     Args:
         prep: the prepared inputs of one image.
         params: fusion parameters (``iou_thr``, ``skip_box_thr``, ``conf_type``, ``allows_overflow``).
-        wbf: the WBF implementation (``weighted_boxes_fusion``; the tests pass a reference).
+        wbf: a WBF implementation with the signature and result of ``weighted_boxes_fusion`` (the tests and
+            the reference path pass one); default: ``weighted_boxes_fusion_members``.
 
     Returns:
-        ``(boxes_px, scores, labels, clusters)``: fused boxes ``(K, 4)`` float64 xyxy in pixels, scores ``(K,)``,
-        labels ``(K,)`` int64 and the ``(model index, box index)`` members of each fused box (descending score;
-        model indices refer to the ``preds`` of :func:`fuse_image`).
+        ``(boxes_px, scores, labels, members, ptr)``: fused boxes ``(K, 4)`` float64 xyxy in pixels, scores
+        ``(K,)``, labels ``(K,)`` int64 (descending score), and the ``(model index, box index)`` members of every
+        fused box, int64 ``(M, 2)``: those of box k are ``members[ptr[k]:ptr[k + 1]]`` (model indices refer to
+        the ``preds`` of :func:`fuse_image`).
     """
     if len(prep.box_idx) == 0:
-        return np.zeros((0, 4)), np.zeros(0), np.zeros(0, np.int64), []
-    fb, fs, fl, clusters = wbf(
-        prep.boxes_norm,
-        prep.scores,
-        prep.labels,
+        return (
+            np.zeros((0, 4)),
+            np.zeros(0),
+            np.zeros(0, np.int64),
+            np.zeros((0, 2), np.int64),
+            np.zeros(1, np.int64),
+        )
+    kwargs = dict(
         weights=prep.box_weights,
         iou_thr=params.iou_thr,
         # a zero-score detection has no weight in any fused average (a cluster of them would fuse to 0/0 = NaN)
@@ -352,13 +357,19 @@ def _fuse_boxes(
         conf_type=params.conf_type,
         allows_overflow=params.allows_overflow,
     )
-    if len(clusters) and not np.array_equal(prep.box_idx, np.arange(len(prep.box_idx))):
-        # members refer to the box models; map them to model indices
-        sizes = [len(c) for c in clusters]
-        members = np.concatenate(clusters)
+    if wbf is None:
+        fb, fs, fl, members, ptr = weighted_boxes_fusion_members(
+            prep.boxes_norm, prep.scores, prep.labels, **kwargs
+        )
+    else:
+        fb, fs, fl, clusters = wbf(prep.boxes_norm, prep.scores, prep.labels, **kwargs)
+        ptr = np.zeros(len(clusters) + 1, dtype=np.int64)
+        np.cumsum([len(c) for c in clusters], out=ptr[1:])
+        members = np.concatenate(clusters).astype(np.int64) if clusters else np.zeros((0, 2), np.int64)
+    if len(members) and not np.array_equal(prep.box_idx, np.arange(len(prep.box_idx))):
+        members = members.copy()  # members refer to the box models; map them to model indices
         members[:, 0] = prep.box_idx[members[:, 0]]
-        clusters = np.split(members, np.cumsum(sizes)[:-1])
-    return denormalize_boxes(fb, prep.height, prep.width), fs, fl.astype(np.int64), clusters
+    return denormalize_boxes(fb, prep.height, prep.width), fs, fl.astype(np.int64), members, ptr
 
 
 def _empty_result(prep: _Prepared) -> ImagePredictions:
@@ -813,7 +824,7 @@ def fuse_image(
     clock = _Clock(timings)
     params = FusionParams() if params is None else params
     prep = _prepare(preds, weights, params, semantic_weights, box_models)
-    boxes_px, fs, labels, clusters = _fuse_boxes(prep, params)
+    boxes_px, fs, labels, members, cl_ptr = _fuse_boxes(prep, params)
     clock.lap("wbf")
     if len(fs) == 0:
         return _empty_result(prep)
@@ -841,10 +852,6 @@ def fuse_image(
     offs = np.concatenate([*off_parts, [base]]).astype(np.int64)
     mscale = np.concatenate(scale_parts) if scale_parts else np.zeros(0)
     mboxes = np.concatenate(box_parts) if box_parts else np.zeros((0, 4), np.int64)
-    sizes = np.array(list(map(len, clusters)), dtype=np.int64)
-    cl_ptr = np.zeros(len(clusters) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=cl_ptr[1:])
-    members = np.concatenate(clusters)
     mdl, bidx = members[:, 0], members[:, 1]
     cl_g = np.where(first[mdl] >= 0, first[mdl] + bidx, -1)
     score_of = np.concatenate([preds[m].scores.astype(np.float64) for m in range(len(preds))])
