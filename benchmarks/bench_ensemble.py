@@ -25,7 +25,9 @@ relative; WBF equal to ensemble-boxes).
 Inputs are realistic: ground truth = the instances of a real Sartorius image (``../shared/data/sartorius_real``)
 with at least N cells, subsampled to N; each model sees every cell with probability 0.93, its mask shifted by
 up to 2 px and randomly dilated/eroded, with noisy box, score and label, plus 5 % false positives; the third model
-also gives a semantic foreground map. Without the real data, random ellipses are used.
+also gives a semantic foreground map. Each model's predictions go through a prediction file (written and read
+back, as ``ensemble.run`` loads them) and the ground truth is decoded from the real COCO RLEs, so both arrive
+packed as in the pipeline. Without the real data, random ellipses are used.
 
 Results go to ``work_dirs/bench/ensemble_bench.json`` and ``.md`` (plus a PNG bar chart).
 
@@ -41,6 +43,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 import warnings
@@ -57,7 +60,7 @@ from celldata.instances import InstanceMasks
 from ensemble.boxes import weighted_boxes_fusion
 from ensemble.masks import FusionParams, fuse_image
 from ensemble.metrics import image_score, precisions_from_iou
-from ensemble.predictions import ImagePredictions
+from ensemble.predictions import ImagePredictions, load_predictions, save_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_COCO = REPO.parent / "shared" / "data" / "sartorius_real" / "val_fold0_part1_coco.json"
@@ -107,7 +110,8 @@ def _ellipse_truth(rng: np.random.Generator, n: int) -> tuple[InstanceMasks, np.
         x0, y0 = int(rng.integers(0, W - c.shape[1])), int(rng.integers(0, H - c.shape[0]))
         boxes.append((x0, y0, x0 + c.shape[1], y0 + c.shape[0]))
         crops.append(c.astype(bool))
-    return InstanceMasks(H, W, np.array(boxes, np.int32), crops).tighten(), rng.integers(0, 3, n)
+    m = InstanceMasks(H, W, np.array(boxes, np.int32), crops).tighten()
+    return InstanceMasks.from_crops_packed(H, W, m.boxes, m.crops), rng.integers(0, 3, n)  # packed, as decoded
 
 
 def pick_truth(
@@ -201,7 +205,17 @@ def make_models(
                 semantic,
             )
         )
-    return preds
+    return [as_loaded(p) for p in preds]
+
+
+def as_loaded(pred: ImagePredictions) -> ImagePredictions:
+    """The prediction as the pipeline sees it: written to a prediction file and read back
+    (``ensemble.predictions``: packed masks, semantic map quantized to ``q / 255``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.npz"
+        save_predictions(path, [pred])
+        loaded, _ = load_predictions(path)
+    return loaded[pred.image_id]
 
 
 # ----------------------------------------------------------------------------------------------------------------

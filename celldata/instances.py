@@ -8,14 +8,15 @@ overlap removal, RLE writing) works on directly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
 from .rle import coco_rle_encode, coco_rle_to_crop, kaggle_rle_runs, kaggle_rles_from_crops, runs_to_crop
 
-__all__ = ["InstanceMasks", "pack_crops"]
+__all__ = ["InstanceMasks", "PackedCrops", "gather_packed", "pack_crops"]
 
 
 def pack_crops(crops: Sequence[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,6 +50,73 @@ def pack_crops(crops: Sequence[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarr
     return (flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)), offs
 
 
+@njit(cache=True)
+def _gather_packed(flat, offs, sel):  # pragma: no cover - numba
+    """Packed crops ``sel`` (in that order) of a packed buffer: ``(flat uint8, offsets int64 (len(sel) + 1,))``."""
+    out_offs = np.zeros(sel.shape[0] + 1, dtype=np.int64)
+    for t in range(sel.shape[0]):
+        out_offs[t + 1] = out_offs[t] + offs[sel[t] + 1] - offs[sel[t]]
+    out = np.empty(out_offs[-1], dtype=np.uint8)
+    for t in range(sel.shape[0]):
+        out[out_offs[t] : out_offs[t + 1]] = flat[offs[sel[t]] : offs[sel[t] + 1]]
+    return out, out_offs
+
+
+def gather_packed(flat: np.ndarray, offsets: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The crops ``sel`` (indices, in that order) of a packed buffer as a new packed buffer.
+
+    Args:
+        flat: uint8 buffer; crop i is ``flat[offsets[i]:offsets[i + 1]]``.
+        offsets: int64 ``(N + 1,)``.
+        sel: int indices into the N crops (repeats allowed).
+
+    Returns:
+        ``(flat uint8, offsets int64 (len(sel) + 1,))``.
+    """
+    sel = np.asarray(sel, dtype=np.int64).reshape(-1)
+    return _gather_packed(np.ascontiguousarray(flat).view(np.uint8), np.asarray(offsets, dtype=np.int64), sel)
+
+
+class PackedCrops(Sequence[np.ndarray]):
+    """The crops of an :class:`InstanceMasks` built from one packed buffer: an immutable sequence of bool views.
+
+    Crop i is made (a reshaped view, no copy) when it is read, so building masks of many instances costs nothing
+    per instance, and :meth:`InstanceMasks.packed` returns the buffer itself. The views are writable and share
+    the buffer, so writing into a crop changes the packed data consistently; the sequence itself cannot be
+    changed (assign a new list to ``InstanceMasks.crops`` instead).
+    """
+
+    def __init__(
+        self, data: np.ndarray, offsets: np.ndarray, heights: np.ndarray, widths: np.ndarray
+    ) -> None:
+        self.data = data  # uint8 (B,) 0/1
+        self.offsets = offsets  # int64 (N + 1,)
+        self._view = data.view(bool)
+        self._o = offsets[:-1].tolist()
+        self._h = heights.tolist()
+        self._w = widths.tolist()
+
+    def __len__(self) -> int:
+        return len(self._o)
+
+    def _crop(self, i: int) -> np.ndarray:
+        o, h, w = self._o[i], self._h[i], self._w[i]
+        return self._view[o : o + h * w].reshape(h, w)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self._crop(k) for k in range(*i.indices(len(self)))]
+        return self._crop(range(len(self))[i])  # negative indices, IndexError as a list
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        view = self._view
+        for o, h, w in zip(self._o, self._h, self._w):
+            yield view[o : o + h * w].reshape(h, w)
+
+    def __repr__(self) -> str:
+        return f"PackedCrops({len(self)} crops, {self.data.size} pixels)"
+
+
 @dataclass
 class InstanceMasks:
     """N binary masks of an (H, W) image stored as crops.
@@ -57,13 +125,14 @@ class InstanceMasks:
         height: image height H.
         width: image width W.
         boxes: int32 array (N, 4) of crop windows ``(x0, y0, x1, y1)``, x1/y1 exclusive, inside the image.
-        crops: N bool arrays, crop i of shape ``(y1 - y0, x1 - x0)``.
+        crops: N bool arrays, crop i of shape ``(y1 - y0, x1 - x0)``: a list, or a :class:`PackedCrops` for masks
+            built from one packed buffer (:meth:`from_packed` and the decoders).
     """
 
     height: int
     width: int
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), dtype=np.int32))
-    crops: list[np.ndarray] = field(default_factory=list)
+    crops: Sequence[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.height = int(self.height)
@@ -115,13 +184,13 @@ class InstanceMasks:
     def packed(self) -> tuple[np.ndarray, np.ndarray]:
         """All crops in one row-major buffer, ``(flat uint8 0/1, offsets int64 (N + 1,))`` (:func:`pack_crops`).
 
-        Instances built by :meth:`from_packed` return their buffer without copying; others concatenate their
-        crops on every call.
+        Masks built packed (:meth:`from_packed`, the decoders, :meth:`subset` of packed masks) return their buffer
+        without copying; others concatenate their crops on every call.
         """
-        cached = self.__dict__.get("_packed")
-        if cached is not None and cached[0] is self.crops and len(cached[2]) == len(self.crops) + 1:
-            return cached[1], cached[2]
-        return pack_crops(self.crops, self.boxes)
+        crops = self.crops
+        if isinstance(crops, PackedCrops):
+            return crops.data, crops.offsets
+        return pack_crops(crops, self.boxes)
 
     def areas(self) -> np.ndarray:
         """Pixel counts, int64 (N,)."""
@@ -156,6 +225,12 @@ class InstanceMasks:
         idx = np.asarray(idx)
         if idx.dtype == bool:
             idx = np.flatnonzero(idx)
+        if isinstance(self.crops, PackedCrops):  # stays packed: one gather instead of N crop objects
+            idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+            flat, offs = gather_packed(self.crops.data, self.crops.offsets, idx)
+            return InstanceMasks.from_packed(
+                self.height, self.width, self.boxes[idx], flat, offs, validate=False
+            )
         return InstanceMasks(self.height, self.width, self.boxes[idx], [self.crops[int(i)] for i in idx])
 
     def mask(self, i: int) -> np.ndarray:
@@ -187,13 +262,19 @@ class InstanceMasks:
     # ------------------------------------------------------------- constructors
     @classmethod
     def from_packed(
-        cls, height: int, width: int, boxes: np.ndarray, flat: np.ndarray, offsets: np.ndarray
+        cls,
+        height: int,
+        width: int,
+        boxes: np.ndarray,
+        flat: np.ndarray,
+        offsets: np.ndarray,
+        validate: bool = True,
     ) -> InstanceMasks:
         """From crops packed in one row-major buffer (as :meth:`packed` returns them).
 
-        The crops are bool views of ``flat`` (no copy), and :meth:`packed` returns the buffer itself, so packing
-        stages (metric, RLE, overlap removal) do not concatenate the crops again. Replace ``crops`` as a whole
-        (a new list) rather than assigning into the list, or :meth:`packed` would no longer match it.
+        The crops are a :class:`PackedCrops` of bool views of ``flat`` (no copy, made when read), and
+        :meth:`packed` returns the buffer itself, so packing stages (metric, RLE, overlap removal) do not
+        concatenate the crops again.
 
         Args:
             height: image height H.
@@ -201,9 +282,12 @@ class InstanceMasks:
             boxes: ``(N, 4)`` integer crop windows ``(x0, y0, x1, y1)``, inside the image.
             flat: uint8 (0/1) or bool buffer; crop i is ``flat[offsets[i]:offsets[i + 1]]``.
             offsets: ``(N + 1,)`` offsets; ``offsets[i + 1] - offsets[i]`` must be the size of window i.
+            validate: check the windows, offsets and 0/1 values (callers that built the buffer from valid
+                masks themselves may skip it).
 
         Raises:
-            ValueError: on windows outside the image or offsets that do not match the windows.
+            ValueError: on windows outside the image, offsets that do not match the windows, or values other
+                than 0/1 (when ``validate``).
         """
         b = np.asarray(boxes, dtype=np.int32).reshape(-1, 4)
         offs = np.asarray(offsets, dtype=np.int64).reshape(-1)
@@ -211,19 +295,29 @@ class InstanceMasks:
         data = flat.view(np.uint8) if flat.dtype == bool else flat.astype(np.uint8, copy=False)
         hs = (b[:, 3] - b[:, 1]).astype(np.int64)
         ws = (b[:, 2] - b[:, 0]).astype(np.int64)
-        if offs.shape != (len(b) + 1,) or (np.diff(offs) != hs * ws).any() or offs[-1] > data.size:
-            raise ValueError("InstanceMasks.from_packed: offsets do not match the crop windows")
-        if data.size and data.max() > 1:
-            raise ValueError("InstanceMasks.from_packed: the buffer must hold 0/1 values")
         out = cls.__new__(cls)
         out.height, out.width, out.boxes = int(height), int(width), b
-        out._check_windows()
-        view = data.view(bool)
-        out.crops = [
-            view[o : o + h * w].reshape(h, w) for o, h, w in zip(offs[:-1].tolist(), hs.tolist(), ws.tolist())
-        ]
-        out.__dict__["_packed"] = (out.crops, data, offs)
+        if validate:
+            if offs.shape != (len(b) + 1,) or (np.diff(offs) != hs * ws).any() or offs[-1] > data.size:
+                raise ValueError("InstanceMasks.from_packed: offsets do not match the crop windows")
+            if data.size and data.max() > 1:
+                raise ValueError("InstanceMasks.from_packed: the buffer must hold 0/1 values")
+            out._check_windows()
+        out.crops = PackedCrops(data, offs, hs, ws)
         return out
+
+    @classmethod
+    def from_crops_packed(
+        cls, height: int, width: int, boxes: np.ndarray, crops: Sequence[np.ndarray]
+    ) -> InstanceMasks:
+        """Like the constructor (same checks), but stored packed: one buffer, crops as :class:`PackedCrops`.
+
+        For masks that are read many times (decoded ground truth, loaded predictions): every later
+        :meth:`packed` (metric, RLE, overlap removal, voting) is free.
+        """
+        checked = cls(height, width, boxes, crops)
+        flat, offs = pack_crops(checked.crops, checked.boxes)
+        return cls.from_packed(checked.height, checked.width, checked.boxes, flat, offs, validate=False)
 
     @classmethod
     def from_full(cls, masks: np.ndarray) -> InstanceMasks:
@@ -304,7 +398,7 @@ class InstanceMasks:
             box, crop = runs_to_crop(starts, starts + lengths, width)
             boxes[i] = box
             crops.append(crop)
-        return cls(height, width, boxes, crops)
+        return cls.from_crops_packed(height, width, boxes, crops)
 
     @classmethod
     def from_coco_rles(cls, rles: Sequence[dict]) -> InstanceMasks:
@@ -322,7 +416,7 @@ class InstanceMasks:
             except ValueError as e:
                 raise ValueError(f"COCO RLE {i}: {e}") from None
             crops.append(crop)
-        return cls(h, w, boxes, crops)
+        return cls.from_crops_packed(h, w, boxes, crops)
 
     # --------------------------------------------------------------- encoders
     def kaggle_runs(self, i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from celldata.instances import InstanceMasks, pack_crops
+from celldata.instances import InstanceMasks, gather_packed, pack_crops
 
 from . import CLASSES
 from .boxes import (
@@ -644,18 +644,6 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
     return keep, compact, coff, tight, kept_area
 
 
-@njit(cache=True)
-def _gather_crops(flat, offs, sel):  # pragma: no cover - numba
-    """Packed crops ``sel`` (in that order) of a packed buffer: ``(flat uint8, offsets int64 (len(sel) + 1,))``."""
-    out_offs = np.zeros(sel.shape[0] + 1, dtype=np.int64)
-    for t in range(sel.shape[0]):
-        out_offs[t + 1] = out_offs[t] + offs[sel[t] + 1] - offs[sel[t]]
-    out = np.empty(out_offs[-1], dtype=np.uint8)
-    for t in range(sel.shape[0]):
-        out[out_offs[t] : out_offs[t + 1]] = flat[offs[sel[t]] : offs[sel[t] + 1]]
-    return out, out_offs
-
-
 def _vote_pack(p: ImagePredictions) -> tuple[np.ndarray, np.ndarray, float]:
     """The packed crops a model votes with, ``(flat uint8, offsets (N + 1,), scale)``: soft masks as
     ``round(255 p)`` (scale 1/255) when the model has mask probabilities, else the binary masks (scale 1).
@@ -714,8 +702,8 @@ def _remove_overlaps_packed(
         if np.array_equal(sel, idx):  # dropped instances have no pixels in compact: already in this order
             f, o = compact, np.append(coff[idx], coff[-1])
         else:
-            f, o = _gather_crops(compact, coff, sel)
-        return InstanceMasks.from_packed(height, width, tight[sel], f, o)
+            f, o = gather_packed(compact, coff, sel)
+        return InstanceMasks.from_packed(height, width, tight[sel], f, o, validate=False)
 
     return idx, masks_of, kept_area
 

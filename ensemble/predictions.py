@@ -300,7 +300,8 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
 
     Returns:
         ``(predictions, meta)``: image id -> :class:`ImagePredictions` (file order) and the stored meta dict.
-        Mask crops are views into one unpacked buffer; semantic maps are float32 ``q / 255``.
+        Masks are packed (``InstanceMasks.from_packed``: crops are views into one unpacked buffer); semantic maps
+        are float32 ``q / 255``.
 
     Raises:
         FileNotFoundError: if the file does not exist.
@@ -429,12 +430,11 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
         masks = None
         try:
             if a["has_masks"][k]:
-                crops = []
-                for i in range(s, e):
-                    size = int(crop_h[i] * crop_w[i])
-                    crops.append(bits[bit_pos : bit_pos + size].reshape(int(crop_h[i]), int(crop_w[i])))
-                    bit_pos += size
-                masks = InstanceMasks(h, w, mb[s:e].astype(np.int32), crops)
+                offs = np.zeros(e - s + 1, dtype=np.int64)
+                np.cumsum(crop_h[s:e] * crop_w[s:e], out=offs[1:])
+                # packed: the crops are views of the file's buffer, and fusion, metric and RLE use it as it is
+                masks = InstanceMasks.from_packed(h, w, mb[s:e], bits[bit_pos : bit_pos + offs[-1]], offs)
+                bit_pos += int(offs[-1])
             mask_probs = None
             if a["has_mask_probs"][k]:
                 mask_probs = []

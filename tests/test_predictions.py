@@ -78,6 +78,9 @@ def test_round_trip(tmp_path: Path) -> None:
             assert len(q.masks) == len(p.masks)
             for a, b in zip(q.masks.crops, p.masks.crops):
                 np.testing.assert_array_equal(a, b)
+            # loaded packed: fusion, metric and RLE take the file's buffer as it is (no re-join of the crops)
+            flat, offs = q.masks.packed()
+            assert flat is q.masks.packed()[0] and offs[-1] == sum(c.size for c in p.masks.crops)
         if p.semantic is None:
             assert q.semantic is None
         else:

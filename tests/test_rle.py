@@ -274,6 +274,50 @@ def test_instances_from_packed_round_trip() -> None:
         InstanceMasks.from_packed(8, 11, np.array([[0, 0, 11, 9]]), np.ones(99, np.uint8), np.array([0, 99]))
 
 
+def test_packed_crops_behave_as_a_read_only_list_and_stay_packed() -> None:
+    """Masks built packed expose PackedCrops: indexing (negative, out of range), slices and iteration give the
+    same crops as the list form; the sequence cannot be changed; subset() of packed masks stays packed (one
+    buffer, same masks as the list subset); from_crops_packed checks like the constructor; the decoders
+    (Kaggle runs, COCO RLE) return packed masks."""
+    from celldata.instances import PackedCrops, gather_packed
+    from celldata.rle import coco_rle_encode
+
+    rng = np.random.default_rng(5)
+    frames = rng.random((7, 12, 10)) < 0.35
+    frames[3] = False
+    ref = InstanceMasks.from_full(frames)
+    got = InstanceMasks.from_crops_packed(ref.height, ref.width, ref.boxes, ref.crops)
+    assert isinstance(got.crops, PackedCrops) and len(got.crops) == 7
+    for i in (0, 3, 6, -1, -7):
+        assert np.array_equal(got.crops[i], ref.crops[i]) and got.crops[i].dtype == bool
+    assert all(np.array_equal(a, b) for a, b in zip(got.crops, ref.crops, strict=True))
+    assert [c.shape for c in got.crops[1:6:2]] == [c.shape for c in ref.crops[1:6:2]]
+    with pytest.raises(IndexError):
+        got.crops[7]
+    with pytest.raises(TypeError):
+        got.crops[0] = ref.crops[0]  # type: ignore[index]
+    sel = np.array([5, 0, 3, 5, 2])
+    sub = got.subset(sel)
+    assert isinstance(sub.crops, PackedCrops)
+    assert (
+        np.array_equal(sub.to_full(), ref.subset(sel).to_full())
+        and sub.boxes.tolist() == ref.boxes[sel].tolist()
+    )
+    assert sub.to_kaggle_rles() == ref.subset(sel).to_kaggle_rles()
+    assert np.array_equal(got.subset(np.array([True, False] * 3 + [True])).to_full(), frames[[0, 2, 4, 6]])
+    flat, offs = got.packed()
+    gflat, goffs = gather_packed(flat, offs, sel)
+    want = np.concatenate([flat[offs[i] : offs[i + 1]] for i in sel])
+    assert np.array_equal(gflat, want) and goffs[-1] == want.size
+    with pytest.raises(ValueError, match="crop 0 has shape"):
+        InstanceMasks.from_crops_packed(12, 10, ref.boxes[:1], [np.zeros((1, 1), bool)])
+    runs = [ref.kaggle_runs(i) for i in range(len(ref))]
+    from_runs = InstanceMasks.from_runs([(s, e - s) for s, e in runs], 12, 10)
+    from_coco = InstanceMasks.from_coco_rles([coco_rle_encode(f) for f in frames])
+    for m in (from_runs, from_coco):
+        assert isinstance(m.crops, PackedCrops) and np.array_equal(m.to_full(), frames)
+
+
 def test_pack_crops_any_layout() -> None:
     """pack_crops gives the row-major 0/1 concatenation for contiguous bool/uint8 crops (byte join), views with
     strides and other dtypes (concatenation), writable; a size mismatch with the windows raises."""
