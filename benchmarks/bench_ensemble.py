@@ -111,7 +111,8 @@ def _ellipse_truth(rng: np.random.Generator, n: int) -> tuple[InstanceMasks, np.
         boxes.append((x0, y0, x0 + c.shape[1], y0 + c.shape[0]))
         crops.append(c.astype(bool))
     m = InstanceMasks(H, W, np.array(boxes, np.int32), crops).tighten()
-    return InstanceMasks.from_crops_packed(H, W, m.boxes, m.crops), rng.integers(0, 3, n)  # packed, as decoded
+    packed = InstanceMasks.from_crops_packed(H, W, m.boxes, m.crops)  # packed, as decoded truth is
+    return packed, rng.integers(0, 3, n)
 
 
 def pick_truth(
