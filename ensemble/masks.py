@@ -426,6 +426,31 @@ def _add_crop(num, flat, base, bx0, by0, bw, bh, ux0, uy0, uw, weight):  # pragm
             dst[xx] += weight * np.float64(src[xx])
 
 
+@njit(cache=True, error_model="numpy")
+def _vote_cut(den, vote_thr):  # pragma: no cover - numba
+    """The smallest float64 ``c`` with ``c / den >= vote_thr`` (``den > 0``, ``vote_thr > 0``).
+
+    Correctly rounded division is monotonic in the numerator, so ``num / den >= vote_thr`` exactly when
+    ``num >= c``: the vote kernel compares instead of dividing per pixel, with the same result at every tie.
+    """
+    c = vote_thr * den
+    while c > 0.0 and c / den >= vote_thr:
+        c = np.nextafter(c, -np.inf)
+    while c / den < vote_thr:
+        c = np.nextafter(c, np.inf)
+    return c
+
+
+# fast-math limited to reassociation (the sum in any order, so it vectorizes); each quotient stays a true division
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+def _masked_vote_sum(num, mask, den):  # pragma: no cover - numba
+    """``sum(num[mask != 0] / den)`` (float64): the votes of the foreground pixels, each exactly as compared."""
+    total = 0.0
+    for p in range(num.shape[0]):
+        total += num[p] / den if mask[p] else 0.0
+    return total
+
+
 @njit(cache=True, error_model="numpy")  # no zero-division check per pixel (den > 0 is tested first)
 def _vote_kernel(
     flat, offs, mboxes, mscale, cl_ptr, cl_g, cl_a, fwin, sem, sem_w, use_sem, vote_thr
@@ -546,18 +571,17 @@ def _vote_kernel(
         if not den > 0:
             valid[k] = False
             continue
-        cnt = 0
-        total = 0.0
+        # num / den >= vote_thr  <=>  num >= cut (division is monotonic): one comparison per pixel (vectorizes)
+        cut = _vote_cut(den, vote_thr)
         fgk = fg[fg_off[k] : fg_off[k + 1]]
+        cnt = 0
         for p in range(size):
-            v = num[p] / den
-            if v >= vote_thr:
-                fgk[p] = 1
-                total += v
-                cnt += 1
+            m = num[p] >= cut
+            fgk[p] = m
+            cnt += m
         area[k] = cnt
         if cnt > 0:
-            mean_vote[k] = total / cnt
+            mean_vote[k] = _masked_vote_sum(num, fgk, den) / cnt
     return valid, uwin, fg_off, fg, area, mean_vote
 
 
@@ -596,12 +620,13 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
         base = offs[i]
         area = 0
         left = 0
-        for yy in range(bh):
+        for yy in range(bh):  # branch-free row loops over 0/1 bytes (they vectorize)
+            src = flat[base + yy * bw : base + (yy + 1) * bw]
+            tk = taken[y0 + yy, x0 : x0 + bw]
             for xx in range(bw):
-                if flat[base + yy * bw + xx]:
-                    area += 1
-                    if taken[y0 + yy, x0 + xx] == 0:
-                        left += 1
+                f = np.int64(src[xx])
+                area += f
+                left += f & (1 - np.int64(tk[xx]))
         if area == 0 or left == 0 or left < min_area[i] or (area - left) > max_lost_frac * area:
             continue
         keep[i] = True
@@ -611,14 +636,26 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
         tx1 = -1
         ty1 = -1
         for yy in range(bh):
+            src = flat[base + yy * bw : base + (yy + 1) * bw]
+            tk = taken[y0 + yy, x0 : x0 + bw]
+            rem = remain[base + yy * bw : base + (yy + 1) * bw]
+            hit = np.uint8(0)
             for xx in range(bw):
-                if flat[base + yy * bw + xx] and taken[y0 + yy, x0 + xx] == 0:
-                    taken[y0 + yy, x0 + xx] = 1
-                    remain[base + yy * bw + xx] = 1
-                    tx0 = min(tx0, xx)
-                    ty0 = min(ty0, yy)
-                    tx1 = max(tx1, xx + 1)
-                    ty1 = max(ty1, yy + 1)
+                v = src[xx] & (tk[xx] ^ np.uint8(1))
+                tk[xx] |= v
+                rem[xx] = v
+                hit |= v
+            if hit:
+                ty0 = min(ty0, yy)
+                ty1 = yy + 1
+                a = 0
+                while rem[a] == 0:
+                    a += 1
+                b = bw - 1
+                while rem[b] == 0:
+                    b -= 1
+                tx0 = min(tx0, a)
+                tx1 = max(tx1, b + 1)
         tight[i, 0] = x0 + tx0
         tight[i, 1] = y0 + ty0
         tight[i, 2] = x0 + tx1
@@ -635,12 +672,10 @@ def _overlap_kernel(flat, offs, boxes, order, max_lost_frac, min_area, height, w
         tw = tight[i, 2] - tight[i, 0]
         ox = tight[i, 0] - boxes[i, 0]
         oy = tight[i, 1] - boxes[i, 1]
-        o = coff[i]
         for yy in range(tight[i, 3] - tight[i, 1]):
             src = offs[i] + (oy + yy) * bw + ox
-            for xx in range(tw):
-                compact[o] = remain[src + xx]
-                o += 1
+            dst = coff[i] + yy * tw
+            compact[dst : dst + tw] = remain[src : src + tw]
     return keep, compact, coff, tight, kept_area
 
 
