@@ -451,3 +451,23 @@ def test_soft_masks_vote_with_probabilities() -> None:
     out = fuse_image([soft, hard], [1.0, 1.0], FusionParams(vote_thr=0.8, rerank=True))
     np.testing.assert_array_equal(_full(ref), _full(out))
     np.testing.assert_allclose(out.scores, ref.scores, rtol=1e-6)
+
+
+def test_vote_cut_decides_every_pixel_as_the_division() -> None:
+    """The vote kernel compares ``num >= cut`` instead of ``num / den >= vote_thr``: for random denominators and
+    thresholds (also ties such as 2 of 4 equal voters), the numerators around the cut get the same answer."""
+    from ensemble.masks import _vote_cut
+
+    rng = np.random.default_rng(0)
+    cases = [(4 * 0.7, 0.5), (3 * 0.1, 1 / 3), (1.0, 1.0), (2.6, 0.51)]
+    cases += [
+        (float(rng.uniform(1e-4, 50)), float(rng.choice([0.5, 0.3, 0.7, 1.0, rng.uniform(0.01, 1)])))
+        for _ in range(3000)
+    ]
+    for den, thr in cases:
+        cut = _vote_cut(den, thr)
+        near = [cut, np.nextafter(cut, -np.inf), np.nextafter(cut, np.inf), thr * den, 0.5 * den, den]
+        for x in near:
+            assert (x / den >= thr) == (x >= cut), (den, thr, x)
+    a = 0.7  # two of four equal voters: the vote is exactly 0.5 and passes vote_thr 0.5
+    assert 2 * a >= _vote_cut(4 * a, 0.5)
