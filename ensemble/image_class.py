@@ -28,6 +28,8 @@ from numba import njit
 
 from celldata import CLASSES
 
+from .boxes import image_class
+
 __all__ = [
     "FORMAT",
     "read_class_probabilities",
@@ -36,6 +38,7 @@ __all__ = [
     "image_labels",
     "classifier_image_label",
     "label_twins",
+    "majority_without_twins",
     "TWIN_IOU",
 ]
 
@@ -231,3 +234,41 @@ def label_twins(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
         return np.zeros(len(b), dtype=bool)
     order = np.argsort(-s, kind="stable").astype(np.int64)
     return _twins_kernel(b, order, lab, float(iou_thr))
+
+
+def majority_without_twins(
+    boxes_list: Sequence[np.ndarray],
+    scores_list: Sequence[np.ndarray],
+    labels_list: Sequence[np.ndarray],
+    weights: Sequence[float] | np.ndarray | None = None,
+    twin_iou: float | None = TWIN_IOU,
+    min_score: float = 0.0,
+    n_classes: int | None = None,
+) -> tuple[int | None, list[np.ndarray]]:
+    """One cell type per image, as fusion (``ensemble.masks``) and flip-TTA merging decide it.
+
+    Each model's label twins (:func:`label_twins`, box IoU >= ``twin_iou``) get score 0, then the image's class is
+    the score-weighted majority (:func:`ensemble.boxes.image_class`) over the detections scoring at least
+    ``min_score``. The caller relabels every detection to it (or first lets a classifier decide).
+
+    Args:
+        boxes_list: per model (or TTA pass), ``(N_m, 4)`` boxes in one unit.
+        scores_list: per model, ``(N_m,)`` scores.
+        labels_list: per model, ``(N_m,)`` integer labels as predicted.
+        weights: per model weight (``None``: all 1).
+        twin_iou: IoU at which a model's differently labelled detections are one object; ``None`` keeps twins.
+        min_score: detections scoring below this do not vote (e.g. the fusion's ``skip_box_thr``).
+        n_classes: number of classes (default: 1 + the largest label).
+
+    Returns:
+        ``(label, scores)``: the majority label (None when no detection votes) and per model its float64 scores
+        with the twins set to 0 (so that WBF skips them).
+    """
+    scores = [np.asarray(s, dtype=np.float64).reshape(-1) for s in scores_list]
+    if twin_iou is not None:  # before the vote: a twin is the same object, not a second opinion
+        scores = [
+            np.where(label_twins(b, s, lab, twin_iou), 0.0, s)
+            for b, s, lab in zip(boxes_list, scores, labels_list, strict=True)
+        ]
+    voting = [np.where(s >= min_score, s, 0.0) for s in scores] if min_score > 0 else scores
+    return image_class(voting, labels_list, weights, n_classes=n_classes), scores

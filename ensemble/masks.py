@@ -63,11 +63,10 @@ from .boxes import (
     CONF_TYPES,
     IMAGE_CLASS_RULES,
     denormalize_boxes,
-    image_class,
     normalize_boxes,
     weighted_boxes_fusion_members,
 )
-from .image_class import TWIN_IOU, classifier_image_label, label_twins
+from .image_class import TWIN_IOU, classifier_image_label, majority_without_twins
 from .predictions import ImagePredictions
 
 __all__ = [
@@ -258,14 +257,15 @@ def _prepare(
     scores = [preds[m].scores.astype(np.float64) for m in box_idx]
     labels = [preds[m].labels.astype(np.int64) for m in box_idx]
     if params.image_class in ("majority", "classifier") and len(box_idx):
-        if params.twin_iou is not None:  # before the vote: a twin is the same object, not a second opinion
-            scores = [
-                np.where(label_twins(preds[m].boxes, s, lab, params.twin_iou), 0.0, s)
-                for m, s, lab in zip(box_idx, scores, labels)
-            ]
-        floor = max(params.skip_box_thr, MIN_FUSED_SCORE)
-        voting = [np.where(s >= floor, s, 0.0) for s in scores]  # only detections that enter WBF vote
-        label = image_class(voting, labels, w[box_idx], n_classes=len(CLASSES))
+        label, scores = majority_without_twins(
+            [preds[m].boxes for m in box_idx],
+            scores,
+            labels,
+            w[box_idx],
+            params.twin_iou,
+            min_score=max(params.skip_box_thr, MIN_FUSED_SCORE),  # only detections that enter WBF vote
+            n_classes=len(CLASSES),
+        )
         if params.image_class == "classifier":
             label = classifier_image_label(
                 first.image_id, label, params.class_probabilities, params.classifier_threshold

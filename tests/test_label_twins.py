@@ -122,3 +122,21 @@ def test_fusion_drops_a_models_label_twin_under_one_class_per_image() -> None:
     assert kept.scores.max() < 0.9
     with pytest.raises(ValueError, match="twin_iou"):
         FusionParams(twin_iou=0.0)
+
+
+def test_majority_without_twins_votes_after_dropping_twins() -> None:
+    """A model's twin must not vote twice: model A sees a cell as shsy5y (0.9) and again as cort (0.85), model B
+    sees another cell as cort (0.5). With twins dropped shsy5y wins 0.9 to 0.5 (twin's score returned as 0);
+    kept, cort would win 1.35 to 0.9. ``min_score`` keeps low detections out of the vote."""
+    from ensemble.image_class import majority_without_twins
+
+    boxes = [np.array([[10, 10, 30, 30], [10, 10, 30, 31]], float), np.array([[50, 50, 70, 70]], float)]
+    scores = [np.array([0.9, 0.85]), np.array([0.5])]
+    labels = [np.array([0, 2]), np.array([2])]
+    label, out = majority_without_twins(boxes, scores, labels, twin_iou=0.8)
+    assert label == 0 and out[0].tolist() == [0.9, 0.0] and out[1].tolist() == [0.5]
+    label, out = majority_without_twins(boxes, scores, labels, twin_iou=None)
+    assert label == 2 and out[0].tolist() == [0.9, 0.85]
+    weighted = majority_without_twins(boxes, scores, labels, weights=[1.0, 2.0], twin_iou=0.8)
+    assert weighted[0] == 2  # shsy5y 0.9 < cort 2 * 0.5
+    assert majority_without_twins(boxes, scores, labels, twin_iou=0.8, min_score=0.95)[0] is None
