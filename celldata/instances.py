@@ -16,7 +16,7 @@ from numba import njit
 
 from .rle import coco_rle_encode, coco_rle_to_crop, kaggle_rle_runs, kaggle_rles_from_crops, runs_to_crop
 
-__all__ = ["InstanceMasks", "PackedCrops", "gather_packed", "pack_crops"]
+__all__ = ["InstanceMasks", "PackedCrops", "gather_packed", "pack_crops", "packed_areas"]
 
 
 def pack_crops(crops: Sequence[np.ndarray], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -60,6 +60,24 @@ def _gather_packed(flat, offs, sel):  # pragma: no cover - numba
     for t in range(sel.shape[0]):
         out[out_offs[t] : out_offs[t + 1]] = flat[offs[sel[t]] : offs[sel[t] + 1]]
     return out, out_offs
+
+
+@njit(cache=True)
+def _segment_sums(flat, offs):  # pragma: no cover - numba
+    """int64 ``(N,)``: the sum of each segment ``flat[offs[i]:offs[i + 1]]`` of a uint8 buffer (vectorized)."""
+    n = offs.shape[0] - 1
+    out = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        s = 0
+        for p in range(offs[i], offs[i + 1]):
+            s += np.int64(flat[p])
+        out[i] = s
+    return out
+
+
+def packed_areas(flat: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Pixel count of every crop of a packed buffer (0/1 values), int64 ``(N,)`` for ``N + 1`` offsets."""
+    return _segment_sums(np.ascontiguousarray(flat).view(np.uint8), np.asarray(offsets, dtype=np.int64))
 
 
 def gather_packed(flat: np.ndarray, offsets: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,10 +212,7 @@ class InstanceMasks:
 
     def areas(self) -> np.ndarray:
         """Pixel counts, int64 (N,)."""
-        flat, offs = self.packed()
-        csum = np.zeros(flat.size + 1, dtype=np.int64)
-        np.cumsum(flat, out=csum[1:])
-        return csum[offs[1:]] - csum[offs[:-1]]
+        return packed_areas(*self.packed())
 
     def tight_boxes(self) -> np.ndarray:
         """Tight integer boxes of the masks, int32 (N, 4) ``(x0, y0, x1, y1)`` exclusive; empty masks give 0s."""

@@ -37,7 +37,7 @@ import numba
 import numpy as np
 
 from celldata import CLASSES
-from celldata.instances import InstanceMasks
+from celldata.instances import InstanceMasks, packed_areas
 
 THRESHOLDS: np.ndarray = np.round(np.arange(0.5, 1.0, 0.05), 2)
 """float64[10]: IoU thresholds 0.50, 0.55, ..., 0.95 of the competition metric."""
@@ -107,11 +107,10 @@ def pack_masks(masks: InstanceMasks | PackedMasks) -> PackedMasks:
         return masks
     n = len(masks)
     boxes = np.asarray(masks.boxes, dtype=np.int64).reshape(n, 4)
-    flat_all, offs = masks.packed()  # no copy for masks built packed (fused results)
-    csum = np.zeros(flat_all.size + 1, dtype=np.int64)
-    np.cumsum(flat_all, out=csum[1:])
-    areas = csum[offs[1:]] - csum[offs[:-1]]
-    return PackedMasks(int(masks.height), int(masks.width), boxes, flat_all, offs[:-1], areas)
+    flat_all, offs = masks.packed()  # no copy for masks built packed (fused results, decoded truth)
+    return PackedMasks(
+        int(masks.height), int(masks.width), boxes, flat_all, offs[:-1], packed_areas(flat_all, offs)
+    )
 
 
 @numba.njit(cache=True, nogil=True)
