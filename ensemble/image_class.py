@@ -163,22 +163,26 @@ def classifier_image_label(
 
 
 @njit(cache=True)
-def _twins_kernel(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray, iou_thr: float) -> np.ndarray:
+def _twin_pairs(
+    boxes: np.ndarray, labels: np.ndarray, major: int, iou_thr: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair ``(i, j)`` (both directions) of differently labelled boxes with IoU >= ``iou_thr``.
+
+    Such a pair always holds a box whose label is not the most frequent one (``major``), so only those boxes are
+    looked up: in the x0-sorted list, IoU(a, b) >= t needs an x-overlap iw >= t * w_a and >= t * w_b, i.e.
+    x0_b in [x0_a - (1 - t) / t * w_a, x0_a + (1 - t) * w_a] (padded against rounding; the IoU test decides).
+    """
     n = boxes.shape[0]
-    drop = np.zeros(n, dtype=np.bool_)
-    # IoU(a, b) >= t needs an x-overlap iw >= t * w_a and >= t * w_b, so x0_b lies in
-    # [x0_a - (1 - t) / t * w_a, x0_a + (1 - t) * w_a]: scan that range of the x0-sorted list (padded against
-    # rounding; the IoU test below decides)
     by_x = np.argsort(boxes[:, 0], kind="mergesort")
     x0s = boxes[by_x, 0]
-    rank = np.empty(n, dtype=np.int64)
-    for r in range(n):
-        rank[order[r]] = r
     below = (1.0 - iou_thr) / iou_thr
     above = 1.0 - iou_thr
-    for r in range(n):
-        i = order[r]
-        if drop[i]:
+    cap = 16
+    pa = np.empty(cap, dtype=np.int64)
+    pb = np.empty(cap, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        if labels[i] == major:
             continue
         ax0, ay0, ax1, ay1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
         wa = max(ax1 - ax0, 0.0)
@@ -190,7 +194,7 @@ def _twins_kernel(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray, iou_
         hi = np.searchsorted(x0s, ax0 + above * wa + pad, side="right")
         for q in range(lo, hi):
             j = by_x[q]
-            if rank[j] <= r or drop[j] or labels[j] == labels[i]:
+            if labels[j] == labels[i] or (labels[j] != major and j < i):  # other minority box: found from j
                 continue
             iw = min(ax1, boxes[j, 2]) - max(ax0, boxes[j, 0])
             ih = min(ay1, boxes[j, 3]) - max(ay0, boxes[j, 1])
@@ -200,7 +204,46 @@ def _twins_kernel(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray, iou_
             area_b = max(boxes[j, 2] - boxes[j, 0], 0.0) * max(boxes[j, 3] - boxes[j, 1], 0.0)
             union = area_a + area_b - inter
             if union > 0.0 and inter / union >= iou_thr:
-                drop[j] = True
+                if k + 2 > cap:
+                    cap *= 2
+                    pa2 = np.empty(cap, dtype=np.int64)
+                    pb2 = np.empty(cap, dtype=np.int64)
+                    pa2[:k] = pa[:k]
+                    pb2[:k] = pb[:k]
+                    pa = pa2
+                    pb = pb2
+                pa[k] = i
+                pb[k] = j
+                pa[k + 1] = j
+                pb[k + 1] = i
+                k += 2
+    return pa[:k], pb[:k]
+
+
+@njit(cache=True)
+def _greedy_drop(scores: np.ndarray, pa: np.ndarray, pb: np.ndarray) -> np.ndarray:
+    """The greedy rule on the twin pairs only: in descending score (ties: lower index first) a box not yet dropped
+    drops its later partners. Boxes in no pair are never dropped and drop nothing, so they are left out."""
+    n = scores.shape[0]
+    drop = np.zeros(n, dtype=np.bool_)
+    if pa.shape[0] == 0:
+        return drop
+    by_a = np.argsort(pa, kind="mergesort")
+    pa = pa[by_a]
+    pb = pb[by_a]
+    starts = np.searchsorted(pa, np.arange(n + 1))
+    involved = np.unique(pa)  # ascending, so a stable sort by -score breaks ties by index
+    order = involved[np.argsort(-scores[involved], kind="mergesort")]
+    rank = np.full(n, -1, dtype=np.int64)
+    for r in range(order.shape[0]):
+        rank[order[r]] = r
+    for r in range(order.shape[0]):
+        i = order[r]
+        if drop[i]:
+            continue
+        for q in range(starts[i], starts[i + 1]):
+            if rank[pb[q]] > r:
+                drop[pb[q]] = True
     return drop
 
 
@@ -232,8 +275,9 @@ def label_twins(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
         raise ValueError(f"label_twins: iou_thr must be in (0, 1], got {iou_thr}")
     if len(b) < 2 or (lab == lab[0]).all():  # one label: no twins by definition (saves the sweep)
         return np.zeros(len(b), dtype=bool)
-    order = np.argsort(-s, kind="stable").astype(np.int64)
-    return _twins_kernel(b, order, lab, float(iou_thr))
+    values, counts = np.unique(lab, return_counts=True)
+    pa, pb = _twin_pairs(b, lab, int(values[np.argmax(counts)]), float(iou_thr))
+    return _greedy_drop(s, pa, pb)
 
 
 def majority_without_twins(
