@@ -533,33 +533,28 @@ def weighted_boxes_fusion_members(
     if n_models == 0:
         return empty
 
-    parts_coords, parts_ws, parts_wt, parts_model, parts_idx, parts_label = [], [], [], [], [], []
-    n_clipped = 0
-    n_zero = 0
+    parts_b, parts_s, parts_lab, parts_keep, sizes = [], [], [], [], []
     for t in range(n_models):
         b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])
         raw = scores_list[t]
         if isinstance(raw, np.ndarray) and raw.dtype in (np.float32, np.float16):
             # ensemble-boxes compares the numpy scalar with a Python float, i.e. at the score's precision.
-            keep = ~(raw.reshape(-1) < raw.dtype.type(skip_box_thr))
+            parts_keep.append(~(raw.reshape(-1) < raw.dtype.type(skip_box_thr)))
         else:
-            keep = ~(s < skip_box_thr)
-        idx = np.flatnonzero(keep)
-        if len(idx) == 0:
-            continue
-        bk = b[idx]
-        clipped = np.clip(bk, 0.0, 1.0)
-        n_clipped += int((clipped != bk).any(axis=1).sum())
-        area = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1])
-        nz = area != 0.0
-        n_zero += int((~nz).sum())
-        idx = idx[nz]
-        parts_coords.append(clipped[nz])
-        parts_ws.append(s[idx] * w[t])
-        parts_wt.append(np.full(len(idx), w[t]))
-        parts_model.append(np.full(len(idx), t, dtype=np.int64))
-        parts_idx.append(idx.astype(np.int64))
-        parts_label.append(lab[idx])
+            parts_keep.append(~(s < skip_box_thr))
+        parts_b.append(b)
+        parts_s.append(s)
+        parts_lab.append(lab)
+        sizes.append(len(b))
+    # all models at once: the score filter, clipping and the zero-area filter
+    model_all = np.repeat(np.arange(n_models, dtype=np.int64), sizes)
+    idx_all = np.arange(int(sum(sizes)), dtype=np.int64) - np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
+    sel = np.flatnonzero(np.concatenate(parts_keep))
+    raw_boxes = np.concatenate(parts_b)[sel]
+    clipped = np.clip(raw_boxes, 0.0, 1.0)
+    n_clipped = int((clipped != raw_boxes).any(axis=1).sum())
+    nz = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]) != 0.0
+    n_zero = int(len(nz) - nz.sum())
     if n_clipped:
         warnings.warn(
             f"weighted_boxes_fusion: {n_clipped} box(es) with coordinates outside [0, 1] were clipped; "
@@ -568,17 +563,15 @@ def weighted_boxes_fusion_members(
         )
     if n_zero:
         warnings.warn(f"weighted_boxes_fusion: {n_zero} zero-area box(es) skipped", stacklevel=_stacklevel)
-    if not parts_coords:
+    sel = sel[nz]
+    if len(sel) == 0:
         return empty
-
-    coords = np.concatenate(parts_coords)
-    wscore = np.concatenate(parts_ws)
-    wt = np.concatenate(parts_wt)
-    model = np.concatenate(parts_model)
-    box_idx = np.concatenate(parts_idx)
-    label = np.concatenate(parts_label)
-    if len(coords) == 0:
-        return empty
+    coords = clipped[nz]
+    model = model_all[sel]
+    box_idx = idx_all[sel]
+    wt = w[model]
+    wscore = np.concatenate(parts_s)[sel] * wt
+    label = np.concatenate(parts_lab)[sel]
 
     # Labels in order of first appearance (the dict insertion order of ensemble-boxes).
     uniq, first = np.unique(label, return_index=True)
