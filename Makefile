@@ -25,7 +25,7 @@ test-slow: install
 	$(PY) -m pytest tests/test_fuzz_parsers.py --hypothesis-profile=thorough --hypothesis-show-statistics $(PYTEST_ARGS)
 
 bench: install
-	$(PY) benchmarks/bench_ensemble.py $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_ensemble.py $(BENCH_ARGS)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_models.py $(BENCH_ARGS)
 
 # the U-Net optimizer x loss x compression study on the real images of ../shared (long; BENCH_ARGS e.g. --quick)

@@ -496,6 +496,7 @@ def weighted_boxes_fusion_members(
     allows_overflow: bool = False,
     *,
     _stacklevel: int = 2,
+    _checked: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`weighted_boxes_fusion` with the clusters as one flat member array (no per-cluster arrays).
 
@@ -535,7 +536,10 @@ def weighted_boxes_fusion_members(
 
     parts_b, parts_s, parts_lab, parts_keep, sizes = [], [], [], [], []
     for t in range(n_models):
-        b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])
+        if _checked:  # the caller passes float64 (N, 4) finite x2 >= x1 boxes, float64 scores, int64 labels
+            b, s, lab = boxes_list[t], scores_list[t], labels_list[t]
+        else:
+            b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])
         raw = scores_list[t]
         if isinstance(raw, np.ndarray) and raw.dtype in (np.float32, np.float16):
             # ensemble-boxes compares the numpy scalar with a Python float, i.e. at the score's precision.

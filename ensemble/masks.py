@@ -358,8 +358,9 @@ def _fuse_boxes(
         allows_overflow=params.allows_overflow,
     )
     if wbf is None:
+        # checked: _prepare gives float64 clipped boxes of validated predictions, float64 scores, int64 labels
         fb, fs, fl, members, ptr = weighted_boxes_fusion_members(
-            prep.boxes_norm, prep.scores, prep.labels, **kwargs
+            prep.boxes_norm, prep.scores, prep.labels, **kwargs, _checked=True
         )
     else:
         fb, fs, fl, clusters = wbf(prep.boxes_norm, prep.scores, prep.labels, **kwargs)
