@@ -114,6 +114,10 @@ class PackedCrops(Sequence[np.ndarray]):
         self._h = heights.tolist()
         self._w = widths.tolist()
 
+    def __reduce__(self):
+        # pickle the buffer once (not also its bool view), so unpickled crops share it again
+        return (PackedCrops, (self.data, self.offsets, np.array(self._h), np.array(self._w)))
+
     def __len__(self) -> int:
         return len(self._o)
 

@@ -311,6 +311,12 @@ def test_packed_crops_behave_as_a_read_only_list_and_stay_packed() -> None:
     assert np.array_equal(gflat, want) and goffs[-1] == want.size
     with pytest.raises(ValueError, match="crop 0 has shape"):
         InstanceMasks.from_crops_packed(12, 10, ref.boxes[:1], [np.zeros((1, 1), bool)])
+    import copy
+    import pickle
+
+    for q in (pickle.loads(pickle.dumps(got)), copy.deepcopy(got)):  # tuning workers receive masks pickled
+        assert isinstance(q.crops, PackedCrops) and np.array_equal(q.to_full(), frames)
+        assert np.shares_memory(q.crops[1], q.packed()[0])  # one buffer again, not a copy per view
     runs = [ref.kaggle_runs(i) for i in range(len(ref))]
     from_runs = InstanceMasks.from_runs([(s, e - s) for s, e in runs], 12, 10)
     from_coco = InstanceMasks.from_coco_rles([coco_rle_encode(f) for f in frames])
