@@ -500,27 +500,13 @@ def weighted_boxes_fusion_members(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """:func:`weighted_boxes_fusion` with the clusters as one flat member array (no per-cluster arrays).
 
-    Args:
-        boxes_list: per model, ``(N_m, 4)`` normalized ``(x1, y1, x2, y2)`` in ``[0, 1]`` (values outside are
-            clipped with a warning; ``x2 < x1`` or ``y2 < y1`` is an error).
-        scores_list: per model, ``(N_m,)`` confidence scores.
-        labels_list: per model, ``(N_m,)`` integer class labels.
-        weights: per model weight (positive); ``None`` means 1 for every model.
-        iou_thr: a box joins the best-matching fused box of its label when their IoU is strictly above this.
-        skip_box_thr: boxes with ``score < skip_box_thr`` are ignored.
-        conf_type: ``'avg'``, ``'max'``, ``'box_and_model_avg'`` or ``'absent_model_aware_avg'`` (see
-            ensemble-boxes).
-        allows_overflow: for ``'avg'``, allow fused scores above 1 for clusters with more boxes than models.
+    Arguments and errors as :func:`weighted_boxes_fusion`.
 
     Returns:
         ``(boxes, scores, labels, members, ptr)``: ``boxes``, ``scores`` and ``labels`` as
         :func:`weighted_boxes_fusion`; ``members`` int64 ``(M, 2)`` ``(model index, box index)`` of every fused
         input box, grouped by fused box: the members of fused box k are ``members[ptr[k]:ptr[k + 1]]`` (in the
         order they joined), ``ptr`` int64 ``(K + 1,)``.
-
-    Raises:
-        ValueError: on mismatched list lengths, wrong shapes, non-finite values, ``x2 < x1``/``y2 < y1``,
-            non-positive or wrongly sized weights, or an unknown ``conf_type``.
     """
     n_models, w = _validate_wbf_args(boxes_list, scores_list, labels_list, weights, conf_type)
 

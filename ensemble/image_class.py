@@ -177,9 +177,8 @@ def _twin_pairs(
     x0s = boxes[by_x, 0]
     below = (1.0 - iou_thr) / iou_thr
     above = 1.0 - iou_thr
-    cap = 16
-    pa = np.empty(cap, dtype=np.int64)
-    pb = np.empty(cap, dtype=np.int64)
+    pa = np.empty(16, dtype=np.int64)
+    pb = np.empty(16, dtype=np.int64)
     k = 0
     for i in range(n):
         if labels[i] == major:
@@ -204,14 +203,9 @@ def _twin_pairs(
             area_b = max(boxes[j, 2] - boxes[j, 0], 0.0) * max(boxes[j, 3] - boxes[j, 1], 0.0)
             union = area_a + area_b - inter
             if union > 0.0 and inter / union >= iou_thr:
-                if k + 2 > cap:
-                    cap *= 2
-                    pa2 = np.empty(cap, dtype=np.int64)
-                    pb2 = np.empty(cap, dtype=np.int64)
-                    pa2[:k] = pa[:k]
-                    pb2[:k] = pb[:k]
-                    pa = pa2
-                    pb = pb2
+                if k + 2 > pa.shape[0]:  # grow both (twins are rare: 16 pairs are usually enough)
+                    pa = np.concatenate((pa, np.empty_like(pa)))
+                    pb = np.concatenate((pb, np.empty_like(pb)))
                 pa[k] = i
                 pb[k] = j
                 pa[k + 1] = j
