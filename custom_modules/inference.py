@@ -298,14 +298,13 @@ def _tta_scores_labels(
     scores = [p.scores for p in preds]
     if image_class == "per_instance":
         return scores, [p.labels for p in preds]
+    from ensemble.boxes import relabel
     from ensemble.image_class import TWIN_IOU, majority_without_twins
 
     labels = [p.labels for p in preds]
     thr = TWIN_IOU if twin_iou is None else twin_iou
     label, scores = majority_without_twins([p.boxes for p in preds], scores, labels, twin_iou=thr)
-    if label is None:  # no detection scores above 0: nothing to relabel
-        return scores, [np.asarray(lab, dtype=np.int64).reshape(-1) for lab in labels]
-    return scores, [np.full(len(lab), label, dtype=np.int64) for lab in labels]
+    return scores, relabel(labels, label)
 
 
 def _merge_soft_tta(

@@ -37,6 +37,7 @@ __all__ = [
     "denormalize_boxes",
     "image_class",
     "normalize_boxes",
+    "relabel",
     "relabel_to_image_class",
     "weighted_boxes_fusion",
     "weighted_boxes_fusion_members",
@@ -678,10 +679,8 @@ def relabel_to_image_class(
     labels_list: Sequence[np.ndarray],
     weights: Sequence[float] | np.ndarray | None = None,
 ) -> tuple[int | None, list[np.ndarray]]:
-    """Relabels every detection of an image to its :func:`image_class` (the ``'majority'`` rule).
-
-    Used before WBF (so one cell predicted ``shsy5y`` by one model and ``astro`` by another forms one cluster)
-    and by flip-TTA merging in ``custom_modules.inference``.
+    """Relabels every detection of an image to its :func:`image_class` (the ``'majority'`` rule, without the
+    label-twin step that fusion and TTA merging add: ``ensemble.image_class.majority_without_twins``).
 
     Args:
         scores_list: per model (or per TTA view), ``(N_m,)`` scores.
@@ -693,6 +692,19 @@ def relabel_to_image_class(
         returned unchanged) and per model an int64 ``(N_m,)`` array of it.
     """
     label = image_class(scores_list, labels_list, weights)
+    return label, relabel(labels_list, label)
+
+
+def relabel(labels_list: Sequence[np.ndarray], label: int | None) -> list[np.ndarray]:
+    """Every model's labels set to ``label`` (one class per image), int64 ``(N_m,)`` each; ``None`` keeps them.
+
+    Args:
+        labels_list: per model (or TTA pass), ``(N_m,)`` integer labels.
+        label: the image's class, or None (no detection voted).
+
+    Returns:
+        Per model an int64 ``(N_m,)`` array.
+    """
     if label is None:
-        return None, [np.asarray(lab).reshape(-1).astype(np.int64) for lab in labels_list]
-    return label, [np.full(np.asarray(lab).size, label, dtype=np.int64) for lab in labels_list]
+        return [np.asarray(lab).reshape(-1).astype(np.int64) for lab in labels_list]
+    return [np.full(np.asarray(lab).size, label, dtype=np.int64) for lab in labels_list]

@@ -267,9 +267,9 @@ def label_twins(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_t
         raise ValueError(f"label_twins: {len(b)} boxes, {len(s)} scores, {len(lab)} labels")
     if not 0.0 < iou_thr <= 1.0:
         raise ValueError(f"label_twins: iou_thr must be in (0, 1], got {iou_thr}")
-    if len(b) < 2 or (lab == lab[0]).all():  # one label: no twins by definition (saves the sweep)
-        return np.zeros(len(b), dtype=bool)
     values, counts = np.unique(lab, return_counts=True)
+    if len(values) < 2:  # one label: no twins by definition (saves the sweep)
+        return np.zeros(len(b), dtype=bool)
     pa, pb = _twin_pairs(b, lab, int(values[np.argmax(counts)]), float(iou_thr))
     return _greedy_drop(s, pa, pb)
 

@@ -64,6 +64,7 @@ from .boxes import (
     IMAGE_CLASS_RULES,
     denormalize_boxes,
     normalize_boxes,
+    relabel,
     weighted_boxes_fusion_members,
 )
 from .image_class import TWIN_IOU, classifier_image_label, majority_without_twins
@@ -270,8 +271,7 @@ def _prepare(
             label = classifier_image_label(
                 first.image_id, label, params.class_probabilities, params.classifier_threshold
             )
-        if label is not None:
-            labels = [np.full(len(lab), label, dtype=np.int64) for lab in labels]
+        labels = relabel(labels, label)
     maps, sem_w = [], []
     for m, p in enumerate(preds):
         if p.semantic is None:
