@@ -36,7 +36,6 @@ import argparse
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -45,19 +44,18 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from celldata import CLASSES
+from celldata.fileio import atomic_write_json, atomic_write_text
+from custom_modules.recipe.runner import LogContext, tool_env
+from ensemble.config import EnsembleConfig, load_config
+from ensemble.image_class import classifier_label, read_class_probabilities
+from ensemble.masks import FusionParams
+from ensemble.masks import _prepare as prepare_image  # the image-class step of fuse_image
+from ensemble.pipeline import FuseState, common_image_ids, load_models
+from ensemble.submission import load_truth, read_sample_ids
+from ensemble.tune import Tuner, cross_validate, tune
 
-from celldata import CLASSES  # noqa: E402
-from celldata.fileio import atomic_write_json, atomic_write_text  # noqa: E402
-from ensemble.config import EnsembleConfig, load_config  # noqa: E402
-from ensemble.image_class import classifier_label, read_class_probabilities  # noqa: E402
-from ensemble.masks import FusionParams  # noqa: E402
-from ensemble.masks import _prepare as prepare_image  # noqa: E402  (the image-class step of fuse_image)
-from ensemble.pipeline import FuseState, common_image_ids, load_models  # noqa: E402
-from ensemble.submission import load_truth, read_sample_ids  # noqa: E402
-from ensemble.tune import Tuner, cross_validate, tune  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_CONFIG = "configs/classifiers/sem-cnn3_sgd-300it_sartorius-tiles-128.py"
 SWEEP = (0.0, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
@@ -148,16 +146,12 @@ def config_iters(config: Path) -> int | None:
 
 
 def _run(cmd: Sequence[str], log: Path) -> None:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as f:
-        f.write("$ " + " ".join(cmd) + "\n")
-        f.flush()
-        r = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    if r.returncode != 0:
-        tail = log.read_text()[-3000:]
-        raise RuntimeError(
-            f"command failed (exit {r.returncode}, log {log}): {' '.join(cmd[:3])} ...\n{tail}"
-        )
+    """Runs a tool from the repository root with its output appended to ``log`` (the recipe runner's way)."""
+    ctx = LogContext(log, verbose=False, env=tool_env())
+    try:
+        ctx.run(list(cmd))
+    finally:
+        ctx.close()
 
 
 def train_and_classify(
