@@ -132,7 +132,7 @@ def _best_params(out: Path, name: str, trials: int | None = None, wait_s: float 
     trials (another process may still be running it)."""
     import optuna
 
-    from custom_modules.search import _finished_count
+    from workflow.search import _finished_count
 
     db = out / 'search' / name / 'study.db'
     deadline = time.time() + wait_s
@@ -148,7 +148,7 @@ def _best_params(out: Path, name: str, trials: int | None = None, wait_s: float 
 
 def row_options(row: str, out: Path, labels: str, trials: dict[str, int] | None = None) -> dict:
     """Overrides of one row: searched hyperparameters, label set, norm layer."""
-    from custom_modules.search import load_search_space, params_to_cfg_options
+    from workflow.search import load_search_space, params_to_cfg_options
 
     opts = dict(LABEL_SETS[labels]['opts'])
     if row == 'ds' and labels == 'boundary':
@@ -175,7 +175,7 @@ def row_options(row: str, out: Path, labels: str, trials: dict[str, int] | None 
 
 def run_row(row: str, seed: int, args: argparse.Namespace, labels: str) -> dict:
     """Train one row with one seed on the evaluation fold (skipped if its result.json exists)."""
-    from custom_modules.search import train_and_score
+    from workflow.search import train_and_score
 
     run_dir = args.out / 'runs' / labels / row / f'seed{seed}'
     result_path = run_dir / 'result.json'
@@ -232,7 +232,7 @@ def _smoke_options(args: argparse.Namespace) -> dict:
 
 def run_search_step(name: str, args: argparse.Namespace) -> None:
     """TPE search of the FRE (B, X) or the deep-supervision lambda on the search fold."""
-    from custom_modules.search import run_search
+    from workflow.search import run_search
 
     config = CFG_DIR / CONFIGS['fre' if name == 'fre' else 'ds']
     trials = args.fre_trials if name == 'fre' else args.ds_trials

@@ -34,10 +34,10 @@ from pathlib import Path
 import yaml
 
 from celldata.fileio import atomic_write_json, atomic_write_text
-from custom_modules.recipe import steps as S
-from custom_modules.recipe.config import load_recipe
-from custom_modules.recipe.plan import build_plan
-from custom_modules.recipe.runner import LogContext, run_plan, tool_env
+from workflow.recipe import steps as S
+from workflow.recipe.config import load_recipe
+from workflow.recipe.plan import build_plan
+from workflow.recipe.runner import LogContext, run_plan, tool_env
 
 
 def _row(ens_dir: Path, run: str) -> dict:

@@ -46,7 +46,6 @@ import numpy as np
 
 from celldata import CLASSES
 from celldata.fileio import atomic_write_json, atomic_write_text
-from custom_modules.recipe.runner import LogContext, tool_env
 from ensemble.config import EnsembleConfig, load_config
 from ensemble.image_class import classifier_label, read_class_probabilities
 from ensemble.masks import FusionParams
@@ -54,6 +53,7 @@ from ensemble.masks import _prepare as prepare_image  # the image-class step of 
 from ensemble.pipeline import FuseState, common_image_ids, load_models
 from ensemble.submission import load_truth, read_sample_ids
 from ensemble.tune import Tuner, cross_validate, tune
+from workflow.recipe.runner import LogContext, tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,6 +1,8 @@
-"""OpenMMLab extensions of the stack, registered in the mmdet / mmseg registries when their sub-package is imported.
+"""What OpenMMLab builds or runs: the stack's extensions, registered in the mmdet / mmseg registries when their
+sub-package is imported, and the glue that builds runners and runs models.
 
-* ``custom_modules.det``: mmdet side (SartoriusCocoDataset, ProgressiveResizeHook, SartoriusMetric).
+* ``custom_modules.det``: mmdet side (SartoriusCocoDataset, ProgressiveResizeHook, SartoriusMetric; ``box_stats``,
+  the box-size and anchor-coverage report of ``tools/analyze_boxes.py``).
 * ``custom_modules.seg``: mmseg side (semantic datasets, SE-U-Net + FRE, FRERedrawHook, foreground metric).
 * ``conversion``, ``inference``, ``runner_utils``: framework glue shared by both (imports only mmengine/torch at
   module level; mmdet or mmseg are imported on demand for the config's own library).

@@ -221,7 +221,7 @@ def test_box_report_on_hand_made_dataset(tmp_path: Path) -> None:
     from mmdet.models.task_modules.prior_generators import AnchorGenerator
     from mmdet.structures.bbox import bbox_overlaps
 
-    from custom_modules.box_stats import anchor_shapes, best_anchor_iou, box_report, load_boxes
+    from custom_modules.det.box_stats import anchor_shapes, best_anchor_iou, box_report, load_boxes
 
     ann = _hand_coco(tmp_path)
     demo = "configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py"

@@ -20,7 +20,17 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-CHECKED_ROOTS = ("celldata", "ensemble", "custom_modules", "tools", "configs", "benchmarks", "tests", ".ci")
+CHECKED_ROOTS = (
+    "celldata",
+    "ensemble",
+    "custom_modules",
+    "workflow",
+    "tools",
+    "configs",
+    "benchmarks",
+    "tests",
+    ".ci",
+)
 GENERATED = ("work_dirs/", "data/", "submissions/", "/kaggle/", "~", "$")
 
 

@@ -1,4 +1,4 @@
-"""tools/kaggle/make_bundle.py and custom_modules.bundle: what goes into a Kaggle bundle, and what is refused."""
+"""tools/kaggle/make_bundle.py and workflow.bundle: what goes into a Kaggle bundle, and what is refused."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import yaml
 pytest.importorskip("mmdet")
 import torch  # noqa: E402
 
-from custom_modules.bundle import (  # noqa: E402
+from ensemble.predictions import ImagePredictions, save_predictions  # noqa: E402
+from workflow.bundle import (  # noqa: E402
     BundleError,
     inference_plan,
     load_bundle,
@@ -22,7 +23,6 @@ from custom_modules.bundle import (  # noqa: E402
     run_step,
     validate_submission,
 )
-from ensemble.predictions import ImagePredictions, save_predictions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 YOLOX_DEMO = REPO / "configs/yolox/yolox_tiny_demo-cpu_sartorius.py"

@@ -116,7 +116,7 @@ def test_notebook_runs_offline_from_wheelhouse_and_bundle(
         "sartorius-cellseg-stack",
     ):
         assert dist in names, f"{dist} missing from the wheelhouse"
-    from custom_modules.bundle import sha256_file
+    from workflow.bundle import sha256_file
 
     for f in manifest["files"]:
         assert sha256_file(wheels / f["file"]) == f["sha256"]
@@ -158,7 +158,7 @@ def test_notebook_runs_offline_from_wheelhouse_and_bundle(
     tuned = tmp_path / "tuned.yaml"
     tuned.write_text(yaml.safe_dump({"name": "kaggle_test", "models": entries, "truth": str(val)}))
     times["train_and_predict_val_s"] = time.perf_counter() - t0
-    from custom_modules.bundle import load_bundle, make_bundle
+    from workflow.bundle import load_bundle, make_bundle
 
     bundle = make_bundle(tuned, bundle_dir)
     assert load_bundle(bundle_dir) == bundle

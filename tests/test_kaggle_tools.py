@@ -18,7 +18,7 @@ NOTEBOOK = KAGGLE / "inference.ipynb"
 INSTALL = KAGGLE / "install_offline.sh"
 PARAMETERS = ("KAGGLE_INPUT", "WHEELS", "BUNDLE", "TEST_DIR", "OUT", "WORK_DIR", "DEVICE")
 # what the notebook may import: the standard library it needs before the install, and the project
-ALLOWED_IMPORTS = {"glob", "os", "subprocess", "sys", "time", "importlib", "custom_modules.bundle"}
+ALLOWED_IMPORTS = {"glob", "os", "subprocess", "sys", "time", "importlib", "workflow.bundle"}
 
 
 def _code_cells() -> list:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from custom_modules.recipe.config import load_recipe, parse_recipe
-from custom_modules.recipe.plan import Plan, Step, build_plan
-from custom_modules.recipe.runner import plan_states, run_plan
+from workflow.recipe.config import load_recipe, parse_recipe
+from workflow.recipe.plan import Plan, Step, build_plan
+from workflow.recipe.runner import plan_states, run_plan
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs/recipes/demo_cpu.yaml"
@@ -233,7 +233,7 @@ def test_concurrent_invocations_wait_for_a_running_step(tmp_path: Path) -> None:
     import subprocess
     import threading
 
-    from custom_modules.recipe.runner import _lock_path, _wait_for_other_run
+    from workflow.recipe.runner import _lock_path, _wait_for_other_run
 
     lock = _lock_path(tmp_path, "train/b")
     lock.parent.mkdir(parents=True)
@@ -254,7 +254,7 @@ def test_concurrent_invocations_wait_for_a_running_step(tmp_path: Path) -> None:
 
 
 def test_config_digest_ignores_comments_not_values(tmp_path: Path) -> None:
-    from custom_modules.recipe.plan import _config_digest
+    from workflow.recipe.plan import _config_digest
 
     base = tmp_path / "base.py"
     base.write_text("a = 1\nmodel = dict(x=a)\n")

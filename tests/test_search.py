@@ -1,4 +1,4 @@
-"""tools/search.py and custom_modules.search: space validation, TPE study resume, failures, pruning, outputs."""
+"""tools/search.py and workflow.search: space validation, TPE study resume, failures, pruning, outputs."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ pytest.importorskip("mmseg")
 
 from optuna.trial import TrialState  # noqa: E402
 
-import custom_modules.search as search  # noqa: E402
+import workflow.search as search  # noqa: E402
 from custom_modules.runner_utils import load_config  # noqa: E402
-from custom_modules.search import SearchSpaceError, parse_search_space, run_search  # noqa: E402
+from workflow.search import SearchSpaceError, parse_search_space, run_search  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("search_cli", REPO / "tools" / "search.py")

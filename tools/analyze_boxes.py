@@ -4,7 +4,7 @@ Prints the box-size percentiles per class (sqrt(w*h), in original pixels) and, f
 of ground-truth boxes that no anchor matches at IoU >= 0.5 (mmdet's MaxIoUAssigner threshold; boxes scaled by
 the config's test Resize first) with the anchor scale that would leave the fewest unmatched, or, for an
 anchor-free head (YOLOX), the fraction of boxes smaller than the finest stride at the input scale.
-Writes box_report.json, box_report.md and box_sizes.png to --out. Logic: custom_modules/box_stats.py.
+Writes box_report.json, box_report.md and box_sizes.png to --out. Logic: custom_modules/det/box_stats.py.
 
 Examples:
     python tools/analyze_boxes.py --data-root data/sartorius \\
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
     from celldata.fileio import atomic_write_json, atomic_write_text
-    from custom_modules.box_stats import box_report, load_boxes
+    from custom_modules.det.box_stats import box_report, load_boxes
 
     ann = Path(args.ann_file) if args.ann_file else Path(args.data_root) / "annotations" / "train_all.json"
     try:

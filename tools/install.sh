@@ -103,7 +103,7 @@ else
   fi
 fi
 
-# 4. the project itself (editable, so `celldata`, `ensemble` and `custom_modules` import) with its runtime
+# 4. the project itself (editable, so `celldata`, `ensemble`, `custom_modules` and `workflow` import) with its runtime
 #    requirements (requirements.txt) and, unless EXTRAS is set otherwise, the test/dev tools (requirements-dev.txt).
 #    torch and onedl-mmcv are already satisfied here, so pip changes neither.
 "$PY" -c "import torch, sys; v = tuple(int(x) for x in torch.__version__.split('+')[0].split('.')[:2]); sys.exit(v < (2, 4))" \
@@ -121,7 +121,7 @@ done
 "$PY" - <<'PYCHECK' || die "import check failed (see above)"
 import mmcv, mmcv.ops, mmengine, mmdet, mmseg, torch
 import mmdet.models, mmseg.models  # noqa: F401
-import ensemble, custom_modules  # noqa: F401
+import ensemble, custom_modules, workflow  # noqa: F401
 print(f"[install] OK: torch {torch.__version__}, mmengine {mmengine.__version__}, mmcv {mmcv.__version__} (ops), "
       f"mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")
 PYCHECK

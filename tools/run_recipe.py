@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
-    from custom_modules.recipe.config import load_recipe
-    from custom_modules.recipe.plan import build_plan
-    from custom_modules.recipe.runner import run_plan
+    from workflow.recipe.config import load_recipe
+    from workflow.recipe.plan import build_plan
+    from workflow.recipe.runner import run_plan
 
     try:
         recipe = load_recipe(args.recipe)

@@ -7,7 +7,7 @@ Examples:
     # interrupted? run the same command again: finished trials are kept, the study continues.
 
 Search-space YAML: ``config.key: {type: int|float|categorical, low, high, log, step, choices, targets}``
-(see custom_modules/search.py). Outputs in --study-dir: study.db (sqlite, resumable), trials/<n>/ (run
+(see workflow/search.py). Outputs in --study-dir: study.db (sqlite, resumable), trials/<n>/ (run
 directories), trials.csv, history.png, param_scatter.png, importance.png, best_config.py.
 """
 
@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run or resume the search; returns the exit status."""
     args = parse_args(argv)
-    from custom_modules.search import SearchSpaceError, run_search
+    from workflow.search import SearchSpaceError, run_search
 
     try:
         study = run_search(

@@ -78,7 +78,7 @@ done
 "$PYTHON" - <<'PYCHECK' || die "import check failed (see above)"
 import mmcv, mmcv.ops, mmdet, mmengine, mmseg, torch
 import mmdet.models, mmseg.models  # noqa: F401
-import ensemble, custom_modules  # noqa: F401
+import ensemble, custom_modules, workflow  # noqa: F401
 print(f"[install_offline] OK: torch {torch.__version__} (CUDA {torch.version.cuda}), mmengine {mmengine.__version__}, "
       f"mmcv {mmcv.__version__} (ops), mmdet {mmdet.__version__}, mmseg {mmseg.__version__}")
 PYCHECK

@@ -1,4 +1,4 @@
-"""Pack a tuned ensemble into an upload-ready Kaggle model bundle (see custom_modules/bundle.py for the layout).
+"""Pack a tuned ensemble into an upload-ready Kaggle model bundle (see workflow/bundle.py for the layout).
 
 For every model of the ensemble: its resolved inference config and its checkpoint stripped to the (EMA) weights;
 the ensemble YAML rewritten to bundle-relative prediction files; bundle.json with roles, TTA, sizes and sha256.
@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Make the bundle; returns the exit status."""
     args = parse_args(argv)
-    from custom_modules.bundle import make_bundle
+    from workflow.bundle import make_bundle
 
     models = {name: (cfg, ckpt) for name, cfg, ckpt in args.model}
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from celldata.fileio import atomic_write_json, atomic_write_text
-from custom_modules.recipe.config import REPO, Recipe
+from workflow.recipe.config import REPO, Recipe
 
 __all__ = ["collect", "write_summary"]
 

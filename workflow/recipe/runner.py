@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celldata.fileio import atomic_write_json, atomic_write_text
-from custom_modules.recipe.config import REPO
-from custom_modules.recipe.plan import STAGES, Checkpoint, Plan, Step, step_fingerprint
+from workflow.recipe.config import REPO
+from workflow.recipe.plan import STAGES, Checkpoint, Plan, Step, step_fingerprint
 
 __all__ = ["StepState", "LogContext", "tool_env", "plan_states", "run_plan", "format_plan", "select_steps"]
 

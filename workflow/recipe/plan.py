@@ -19,7 +19,7 @@ Stages, in order (:data:`STAGES`)::
 
 Every step has an id (``train/yolox/fold0``), a fingerprint of its inputs (parameters, config files with their
 ``_base_`` chain, input files' size and mtime, and the fingerprints of the steps it depends on) and its outputs;
-:mod:`custom_modules.recipe.runner` uses them to skip finished work and to redo what changed.
+:mod:`workflow.recipe.runner` uses them to skip finished work and to redo what changed.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from custom_modules.recipe.config import REPO, Recipe
+from workflow.recipe.config import REPO, Recipe
 
 __all__ = ["STAGES", "Checkpoint", "Step", "Plan", "build_plan", "config_files", "file_fingerprint"]
 
@@ -218,7 +218,7 @@ def build_plan(
     Returns:
         The plan.
     """
-    from custom_modules.recipe import steps as S  # Python-call steps (framework-free)
+    from workflow.recipe import steps as S  # Python-call steps (framework-free)
 
     W = Path(work_dir or recipe.work_dir)
     W = W if W.is_absolute() else REPO / W

@@ -17,7 +17,7 @@ import numpy as np
 import yaml
 
 from celldata.fileio import atomic_write_json, atomic_write_text
-from custom_modules.recipe.config import REPO, Recipe
+from workflow.recipe.config import REPO, Recipe
 
 __all__ = [
     "StepContext",
@@ -324,14 +324,14 @@ class Bundle:
 
 @dataclass
 class Summary:
-    """``summary.md`` / ``summary.json`` + plots (see :mod:`custom_modules.recipe.summary`)."""
+    """``summary.md`` / ``summary.json`` + plots (see :mod:`workflow.recipe.summary`)."""
 
     recipe: Recipe
     work_dir: Path
     data_root: Path
 
     def __call__(self, ctx: StepContext) -> None:
-        from custom_modules.recipe.summary import write_summary
+        from workflow.recipe.summary import write_summary
 
         s = write_summary(self.recipe, self.work_dir, self.data_root)
         ctx.log(s["markdown"])
