@@ -1,4 +1,5 @@
-"""tools/infer.py and custom_modules.inference: flip mapping, TTA merge, prediction files, mask head on boxes."""
+"""tools/infer.py and custom_modules.inference: batches, TTA passes, prediction files, mask head on boxes
+(the flip and merge arithmetic: tests/test_tta.py)."""
 
 from __future__ import annotations
 
@@ -11,161 +12,20 @@ import pytest
 
 pytest.importorskip("mmdet")
 
-from celldata.instances import InstanceMasks  # noqa: E402
 from custom_modules.inference import (  # noqa: E402
-    flip_boxes,
-    flip_image,
-    flip_instance_masks,
-    flip_predictions,
-    limit_predictions,
     list_images,
     load_model,
-    merge_tta,
     paste_soft_masks,
     run_inference,
     semantic_on_boxes,
 )
 from ensemble.predictions import ImagePredictions, load_predictions, save_predictions  # noqa: E402
+from ensemble.tta import limit_predictions  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MRCNN_DEMO = REPO / "configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py"
 YOLOX_DEMO = REPO / "configs/yolox/yolox_tiny_demo-cpu_sartorius.py"
 H, W = 52, 70
-
-
-# ------------------------------------------------------------------------------------------ flips (pure numpy)
-def test_flip_boxes_known_values_and_involution() -> None:
-    b = np.array([[10.0, 5.0, 30.5, 20.0], [0.0, 0.0, 70.0, 52.0]], dtype=np.float32)
-    hb = flip_boxes(b, "horizontal", H, W)
-    assert hb.tolist() == [[39.5, 5.0, 60.0, 20.0], [0.0, 0.0, 70.0, 52.0]]
-    vb = flip_boxes(b, "vertical", H, W)
-    assert vb.tolist() == [[10.0, 32.0, 30.5, 47.0], [0.0, 0.0, 70.0, 52.0]]
-    for d in ("horizontal", "vertical"):
-        assert np.allclose(flip_boxes(flip_boxes(b, d, H, W), d, H, W), b)
-    with pytest.raises(ValueError, match="direction"):
-        flip_boxes(b, "diagonal", H, W)
-
-
-def test_flip_boxes_match_flipped_mask_extent() -> None:
-    m = np.zeros((H, W), dtype=bool)
-    m[7:19, 11:40] = True
-    box = np.array([[11, 7, 40, 19]], dtype=np.float32)  # exclusive pixel box of the mask
-    for d in ("horizontal", "vertical"):
-        fm = flip_image(m, d)
-        ys, xs = np.nonzero(fm)
-        assert flip_boxes(box, d, H, W)[0].tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-
-
-def test_flip_instance_masks_equals_flipping_full_frames() -> None:
-    rng = np.random.default_rng(0)
-    full = rng.random((3, H, W)) > 0.97
-    full[1] = False
-    inst = InstanceMasks.from_full(full)
-    for d in ("horizontal", "vertical"):
-        got = flip_instance_masks(inst, d).to_full()
-        want = full[:, :, ::-1] if d == "horizontal" else full[:, ::-1, :]
-        assert np.array_equal(got, want)
-
-
-def _pred(
-    boxes, scores, labels, masks=None, semantic=None, image_id="img", mask_probs=None
-) -> ImagePredictions:
-    return ImagePredictions(
-        image_id,
-        H,
-        W,
-        np.asarray(boxes, np.float32).reshape(-1, 4),
-        scores,
-        labels,
-        masks,
-        semantic,
-        mask_probs,
-    )
-
-
-def test_flip_predictions_round_trip_and_semantic() -> None:
-    full = np.zeros((2, H, W), dtype=bool)
-    full[0, 2:10, 3:20] = True
-    full[1, 30:50, 40:69] = True
-    sem = np.linspace(0, 1, H * W, dtype=np.float32).reshape(H, W)
-    p = _pred([[3, 2, 20, 10], [40, 30, 69, 50]], [0.9, 0.8], [0, 2], InstanceMasks.from_full(full), sem)
-    for d in ("horizontal", "vertical"):
-        back = flip_predictions(flip_predictions(p, d), d)
-        assert np.allclose(back.boxes, p.boxes) and np.array_equal(back.masks.to_full(), full)
-        assert np.array_equal(back.semantic, sem)
-
-
-def test_merge_tta_boxes_and_masks() -> None:
-    full = np.zeros((2, H, W), dtype=bool)
-    full[0, 2:10, 3:20] = True
-    full[1, 30:50, 40:69] = True
-    boxes = [[3, 2, 20, 10], [40, 30, 69, 50]]
-    pm = _pred(boxes, [0.9, 0.6], [0, 1], InstanceMasks.from_full(full))
-    extra = full.copy()
-    extra[0, 10, 3:20] = True  # one pass has one more row on cell 0: a minority, voted away
-    pe = _pred(boxes, [0.9, 0.6], [0, 1], InstanceMasks.from_full(extra))
-    merged = merge_tta([pm, pm, pe])
-    assert len(merged) == 2
-    order = np.argsort(merged.labels)
-    assert np.array_equal(merged.masks.subset(order).to_full(), full)
-    assert np.allclose(merged.scores[order], [0.9, 0.6], atol=1e-6)
-    # a detection seen in one pass only: kept with its score divided by the number of passes ('avg')
-    lonely = _pred([[3, 2, 20, 10]], [0.9], [0], InstanceMasks.from_full(full[:1]))
-    none = _pred(np.zeros((0, 4)), np.zeros(0), np.zeros(0, int), InstanceMasks.empty(H, W))
-    m2 = merge_tta([lonely, none, none])
-    assert len(m2) == 1 and m2.scores[0] == pytest.approx(0.3)
-    # box-only passes: WBF of the boxes
-    pb = _pred(boxes, [0.9, 0.6], [0, 1])
-    pb2 = _pred([[4, 2, 21, 10], [40, 30, 69, 50]], [0.7, 0.6], [0, 1])
-    mb = merge_tta([pb, pb2, pb])
-    assert mb.masks is None and len(mb) == 2
-    b0 = mb.boxes[np.argmax(mb.scores)]
-    assert b0[0] == pytest.approx((3 * 0.9 * 2 + 4 * 0.7) / (0.9 * 2 + 0.7), abs=1e-3)
-
-
-def test_merge_tta_soft_masks_average_probabilities() -> None:
-    """Passes with soft masks merge to the score-weighted mean probability over the union window."""
-    win = np.array([[3, 2, 8, 6]])
-    pa = np.full((4, 5), 0.9, np.float32)
-    pb = np.full((4, 5), 0.2, np.float32)
-    a = _pred([[3, 2, 8, 6]], [0.8], [0], InstanceMasks(H, W, win, [pa >= 0.5]), mask_probs=[pa])
-    b = _pred(
-        [[3, 2, 8, 6]], [0.4], [0], InstanceMasks(H, W, win + [1, 0, 1, 0], [pb >= 0.5]), mask_probs=[pb]
-    )
-    m = merge_tta([a, b])
-    assert len(m) == 1 and m.masks.boxes.tolist() == [[3, 2, 9, 6]]
-    want = np.zeros((4, 6))
-    want[:, :5] += 0.8 * 0.9
-    want[:, 1:] += 0.4 * 0.2
-    want /= 1.2
-    np.testing.assert_allclose(m.mask_probs[0], want, atol=1e-6)
-    np.testing.assert_array_equal(m.masks.crops[0], want >= 0.5)
-    assert m.scores[0] == pytest.approx(0.6)
-    # one cell labelled differently in two passes: one instance of the majority class (score-weighted), full score
-    b2 = _pred([[3, 2, 8, 6]], [0.8], [2], InstanceMasks(H, W, win, [pb >= 0.5]), mask_probs=[pb])
-    m2 = merge_tta([a, b2, a])
-    assert len(m2) == 1 and m2.labels.tolist() == [0] and m2.scores[0] == pytest.approx(0.8)
-    assert len(merge_tta([a, b2, a], image_class="per_instance")) == 2
-
-
-def test_merge_tta_drops_label_twins_under_majority() -> None:
-    """A multi-class box head outputs one cell twice (another label, nearly the same box): under one class per
-    image the lower-scored twin does not join the cluster (its mask and score would count twice)."""
-    win = np.array([[3, 2, 8, 6]])
-    good = np.full((4, 5), 0.9, np.float32)
-    bad = np.full((4, 5), 0.1, np.float32)
-    masks = InstanceMasks(H, W, np.concatenate([win, win]), [good >= 0.5, bad >= 0.5])
-    twin = _pred([[3, 2, 8, 6], [3, 2, 8, 6.2]], [0.8, 0.3], [0, 2], masks, mask_probs=[good, bad])
-    m = merge_tta([twin, twin])
-    assert len(m) == 1 and m.labels.tolist() == [0]
-    assert m.scores[0] == pytest.approx(0.8)  # not (0.8 + 0.3) / 2: the twin is not a cluster member
-    np.testing.assert_allclose(m.mask_probs[0], good, atol=1e-6)
-    # twin_iou=1.0 keeps boxes that are not identical: the twin then joins and drags score and probability down
-    kept = merge_tta([twin, twin], twin_iou=1.0)
-    assert len(kept) == 1 and kept.scores[0] < 0.8 and kept.mask_probs[0].max() < 0.9
-    # box-only passes follow the same rule
-    boxes_only = _pred([[3, 2, 8, 6], [3, 2, 8, 6.2]], [0.8, 0.3], [0, 2])
-    assert merge_tta([boxes_only, boxes_only]).scores.tolist() == pytest.approx([0.8])
 
 
 def test_paste_soft_masks_equals_mmdet_paste() -> None:
@@ -200,7 +60,8 @@ def test_paste_soft_masks_equals_mmdet_paste() -> None:
 
 def test_semantic_on_boxes_crops_the_map() -> None:
     sem = np.linspace(0, 1, H * W, dtype=np.float32).reshape(H, W)
-    given = _pred([[3.5, 2, 20, 10.2], [60, 40, 70, 52]], [0.9, 0.8], [1, 1])
+    boxes = np.array([[3.5, 2, 20, 10.2], [60, 40, 70, 52]], np.float32)
+    given = ImagePredictions("img", H, W, boxes, np.array([0.9, 0.8]), np.array([1, 1]), None, None)
     out = semantic_on_boxes(given, sem)
     assert out.masks.boxes.tolist() == [[3, 2, 20, 11], [60, 40, 70, 52]]
     np.testing.assert_array_equal(out.mask_probs[0], sem[2:11, 3:20])
@@ -208,12 +69,6 @@ def test_semantic_on_boxes_crops_the_map() -> None:
     assert np.array_equal(out.boxes, given.boxes) and out.semantic is None
     with pytest.raises(ValueError, match="semantic map"):
         semantic_on_boxes(given, sem[:10])
-
-
-def test_limit_predictions() -> None:
-    p = _pred([[0, 0, 5, 5]] * 4, [0.1, 0.9, 0.5, 0.04], [0, 1, 2, 0])
-    q = limit_predictions(p, score_thr=0.05, max_per_img=2)
-    assert q.scores.tolist() == pytest.approx([0.9, 0.5]) and q.labels.tolist() == [1, 2]
 
 
 # ---------------------------------------------------------------------------------------- models (tiny data)

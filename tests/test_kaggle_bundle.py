@@ -291,8 +291,8 @@ def test_fold_merged_model_bundles_every_fold_and_plans_the_merge(tmp_path: Path
     for k, f in enumerate(folds):
         (work / f"yolox.fold{k}.npz").write_bytes(f.read_bytes())
     run_step(plan[2])
-    from custom_modules.inference import merge_tta
     from ensemble.predictions import load_predictions
+    from ensemble.tta import merge_tta
 
     got, meta = load_predictions(work / "yolox.npz")
     want = merge_tta([load_predictions(f)[0]["img0"] for f in folds])

@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ensemble.tta import merge_fold_files
+
 __all__ = [
     "BUNDLE_FILE",
     "BUNDLE_FORMAT",
@@ -61,7 +63,6 @@ __all__ = [
     "load_bundle",
     "paths_outside",
     "inference_plan",
-    "merge_fold_predictions",
     "run_step",
     "validate_submission",
     "sha256_file",
@@ -816,24 +817,6 @@ def paths_outside(obj: Any, root: str | os.PathLike) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 # run (the notebook)
 # ----------------------------------------------------------------------------------------------------------------
-def merge_fold_predictions(parts: Sequence[str | os.PathLike], out: str | os.PathLike, name: str) -> None:
-    """Merge the predictions of a model's fold networks on the same images (flip-TTA merge rule), atomically.
-
-    Raises:
-        ValueError: If the files predict different images.
-    """
-    from custom_modules.inference import merge_tta
-    from ensemble.predictions import load_predictions, save_predictions
-
-    loaded = [load_predictions(p) for p in parts]
-    ids = list(loaded[0][0])
-    for (preds, _), p in zip(loaded[1:], parts[1:]):
-        if set(preds) != set(ids):
-            raise ValueError(f"{p}: predicts other images than {parts[0]}")
-    merged = [merge_tta([preds[i] for preds, _ in loaded]) for i in ids]
-    save_predictions(out, merged, meta=dict(loaded[0][1], name=name, folds_merged=[str(p) for p in parts]))
-
-
 def _n_folds(model: Mapping[str, Any]) -> int:
     return int(model["n_folds"]) if model["role"] == "fused_boxes" else len(model["folds"])
 
@@ -924,7 +907,7 @@ def inference_plan(
                     [],
                     None,
                     [merged],
-                    func=functools.partial(merge_fold_predictions, parts, merged, m["name"]),
+                    func=functools.partial(merge_fold_files, parts, merged, m["name"]),
                 )
             )
     argv = [

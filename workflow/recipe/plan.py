@@ -651,7 +651,7 @@ def build_plan(
                     "test",
                     f"test predictions of {n}"
                     + (f" (merging {len(parts)} fold models)" if len(parts) > 1 else ""),
-                    func=S.MergeFolds(parts, test_files[n], py),
+                    func=S.MergeFolds(parts, test_files[n]),
                     deps=deps,
                     outputs=[test_files[n]],
                 )

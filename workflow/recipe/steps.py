@@ -8,7 +8,6 @@ fold models predicted the same images).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -147,28 +146,12 @@ class MergeFolds:
 
     parts: list[Path]
     out: Path
-    python: str
 
     def __call__(self, ctx: StepContext) -> None:
-        if len(self.parts) == 1:
-            self.out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.out.with_suffix(".tmp.npz")
-            shutil.copyfile(self.parts[0], tmp)
-            tmp.replace(self.out)
-            ctx.log(f"one fold model: {self.parts[0]} -> {self.out}")
-            return
-        from custom_modules.inference import merge_tta
-        from ensemble.predictions import load_predictions, save_predictions
+        from ensemble.tta import merge_fold_files
 
-        loaded = [load_predictions(p) for p in self.parts]
-        ids = list(loaded[0][0])
-        for (preds, _), p in zip(loaded[1:], self.parts[1:]):
-            if set(preds) != set(ids):
-                raise RuntimeError(f"{p}: predicts other images than {self.parts[0]}")
-        merged = [merge_tta([preds[i] for preds, _ in loaded]) for i in ids]
-        meta = dict(loaded[0][1], folds_merged=[str(p) for p in self.parts])
-        save_predictions(self.out, merged, meta=meta)
-        ctx.log(f"merged {len(self.parts)} fold models over {len(ids)} images -> {self.out}")
+        n = merge_fold_files(self.parts, self.out)
+        ctx.log(f"merged {len(self.parts)} fold model(s) over {n} images -> {self.out}")
 
 
 def _read_label(path: Path) -> np.ndarray:
