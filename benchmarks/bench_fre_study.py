@@ -263,7 +263,8 @@ def latency_ms(rows: list[str], rounds: int = 7) -> dict[str, tuple[float, int]]
     import torch
     from mmseg.registry import MODELS
 
-    from custom_modules.runner_utils import load_config, register_library
+    from custom_modules.config import load_config
+    from custom_modules.runner_utils import register_library
 
     torch.set_num_threads(1)
     models = {}

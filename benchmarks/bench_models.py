@@ -33,7 +33,8 @@ import torch
 from tqdm import tqdm
 
 from celldata.fileio import atomic_write_json, atomic_write_png, atomic_write_text
-from custom_modules.runner_utils import load_config, register_library
+from custom_modules.config import load_config
+from custom_modules.runner_utils import register_library
 
 REPO = Path(__file__).resolve().parents[1]
 FAMILIES = {

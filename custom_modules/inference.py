@@ -44,8 +44,9 @@ import torch
 from celldata import CLASSES
 from celldata.coco import kaggle_id
 from celldata.instances import InstanceMasks
+from custom_modules.config import load_config
 from custom_modules.conversion import masks_to_instances, to_numpy
-from custom_modules.runner_utils import load_config, register_library
+from custom_modules.runner_utils import register_library
 from ensemble.predictions import ImagePredictions, load_predictions, save_predictions
 from ensemble.tta import FLIP_DIRECTIONS, flip_image, flip_predictions, limit_predictions, merge_tta
 

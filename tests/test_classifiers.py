@@ -359,7 +359,8 @@ CFG_DIR = Path(__file__).resolve().parents[1] / "configs" / "classifiers"
 def test_configs_build(cfg_path):
     from mmengine.registry import MODELS
 
-    from custom_modules.runner_utils import library_of, load_config, register_library
+    from custom_modules.config import library_of, load_config
+    from custom_modules.runner_utils import register_library
 
     cfg = load_config(CFG_DIR / cfg_path)
     assert library_of(cfg) == "mmengine"

@@ -63,7 +63,7 @@ def test_predict_image_probabilities_folder(tmp_path):
     from custom_modules.cls.predict import predict_image_probabilities, write_image_probabilities
 
     opts = {"model.input_size": 32, "model.num_blocks": 2, "test_dataloader.dataset.tile_size": 32}
-    from custom_modules.runner_utils import load_config
+    from custom_modules.config import load_config
 
     cfg = load_config(SEM_CFG, opts)
     torch.manual_seed(0)

@@ -8,8 +8,9 @@ import pytest
 
 pytest.importorskip("mmdet")
 
+from custom_modules.config import load_config, set_data_root, set_fold  # noqa: E402
 from custom_modules.det.hooks import ProgressiveResizeHook, interpolate_range  # noqa: E402
-from custom_modules.runner_utils import load_config, register_library, set_data_root, set_fold  # noqa: E402
+from custom_modules.runner_utils import register_library  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DET_CONFIGS = sorted(

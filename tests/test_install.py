@@ -93,7 +93,7 @@ def test_layers_import_only_downward() -> None:
 def test_mmdet_config_run_does_not_import_mmseg() -> None:
     """A detector config registers custom_modules.det only: building its model and dataset never imports mmseg."""
     code = (
-        "from custom_modules.runner_utils import load_config, register_library\n"
+        "from custom_modules.config import load_config\nfrom custom_modules.runner_utils import register_library\n"
         "cfg = load_config('configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py')\n"
         "assert register_library(cfg) == 'mmdet'\n"
         "from mmdet.registry import MODELS, DATASETS, METRICS\n"

@@ -14,7 +14,7 @@ pytest.importorskip("mmseg")
 from optuna.trial import TrialState  # noqa: E402
 
 import workflow.search as search  # noqa: E402
-from custom_modules.runner_utils import load_config  # noqa: E402
+from custom_modules.config import load_config  # noqa: E402
 from workflow.search import SearchSpaceError, parse_search_space, run_search  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

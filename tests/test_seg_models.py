@@ -16,7 +16,7 @@ from mmengine.runner import Runner  # noqa: E402
 from mmseg.registry import DATASETS, METRICS, MODELS  # noqa: E402
 
 import custom_modules.seg  # noqa: E402, F401
-from custom_modules.runner_utils import load_config  # noqa: E402
+from custom_modules.config import load_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SEG_CONFIGS = sorted(

@@ -396,7 +396,7 @@ def collect_models(
 
 
 def _library_of_config(config: str) -> str:
-    from custom_modules.runner_utils import library_of, load_config
+    from custom_modules.config import library_of, load_config
 
     return library_of(load_config(config))
 
@@ -446,7 +446,7 @@ def inference_config(config: str | os.PathLike) -> Any:
     """
     from mmengine.config import Config
 
-    from custom_modules.runner_utils import load_config
+    from custom_modules.config import load_config
 
     cfg = load_config(config)
     try:

@@ -419,7 +419,7 @@ def run_search(
         raise ValueError(f'pruner must be one of {_PRUNERS}, got {pruner!r}')
     if int(startup_trials) != startup_trials or startup_trials < 1:
         raise ValueError(f'startup_trials must be an int >= 1, got {startup_trials!r}')
-    from custom_modules.runner_utils import load_config
+    from custom_modules.config import load_config
 
     specs = load_search_space(space) if isinstance(space, (str, os.PathLike)) else list(space)
     src = str(space) if isinstance(space, (str, os.PathLike)) else '<space>'
@@ -480,7 +480,7 @@ def best_config_text(
     Dotted keys become nested dicts (merged into the base by mmengine). A key through a list
     (``a.0.b``) is written as the whole list with the override applied, since mmengine replaces lists.
     """
-    from custom_modules.runner_utils import load_config
+    from custom_modules.config import load_config
 
     merged = load_config(config, dict(cfg_options)).to_dict()
     rel = osp.relpath(osp.abspath(config), osp.abspath(out_dir))

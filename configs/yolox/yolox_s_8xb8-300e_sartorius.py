@@ -15,7 +15,7 @@ _base_ = [
 # real training images: at x1.45, 4.8 % of the cells have a shorter side below one stride (at x1.0: 6.5 %); x1.33
 # would bring the 10th percentile to 1.5 strides, so 1024 keeps a margin.
 img_scale = (1024, 1024)
-# ImageNet/backbone weights through --cfg-options pretrained=... (custom_modules/runner_utils.py)
+# ImageNet/backbone weights through --cfg-options pretrained=... (custom_modules/config.py)
 pretrained = None
 max_epochs = 300
 num_last_epochs = 15

@@ -196,7 +196,8 @@ def cross_validate(
     """
     from mmengine.registry import DATASETS
 
-    from custom_modules.runner_utils import build_runner, load_config, register_library
+    from custom_modules.config import load_config
+    from custom_modules.runner_utils import build_runner, register_library
 
     cfg = load_config(config, cfg_options)
     register_library(cfg)

@@ -110,7 +110,8 @@ def predict_image_probabilities(
     from mmengine.registry import MODELS
     from mmengine.runner import load_checkpoint
 
-    from custom_modules.runner_utils import load_config, register_library
+    from custom_modules.config import load_config
+    from custom_modules.runner_utils import register_library
 
     if not osp.isfile(checkpoint):
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")

@@ -267,13 +267,10 @@ def config_capabilities(config_path: str | os.PathLike) -> set[str]:
     Raises:
         ValueError: If the config cannot be parsed.
     """
-    from mmengine.config import Config
+    from custom_modules.config import load_config
 
     try:
-        import mmengine.config.utils as cfg_utils
-
-        cfg_utils.MODULE2PACKAGE["mmseg"] = "mmseg"
-        cfg = Config.fromfile(str(config_path), import_custom_modules=False)
+        cfg = load_config(config_path, import_custom_modules=False)
     except Exception as e:  # mmengine raises many types for a bad config file
         raise ValueError(f"{config_path}: cannot parse the config ({type(e).__name__}: {e})") from e
     model = cfg.get("model") or {}

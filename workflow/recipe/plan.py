@@ -173,10 +173,10 @@ def _config_digest(config: str) -> str:
     leave it unchanged, any changed value changes it."""
     import json as _json
 
-    from mmengine.config import Config
+    from custom_modules.config import load_config
 
     path = Path(config) if Path(config).is_absolute() else REPO / config
-    cfg = Config.fromfile(str(path), import_custom_modules=False)
+    cfg = load_config(path, import_custom_modules=False)
     text = _json.dumps(cfg.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
