@@ -34,10 +34,11 @@ from pathlib import Path
 import yaml
 
 from celldata.fileio import atomic_write_json, atomic_write_text
+from workflow.execution import LogContext, tool_env
 from workflow.recipe import steps as S
-from workflow.recipe.config import load_recipe
+from workflow.recipe.config import REPO, load_recipe
 from workflow.recipe.plan import build_plan
-from workflow.recipe.runner import LogContext, run_plan, tool_env
+from workflow.recipe.runner import run_plan
 
 
 def _row(ens_dir: Path, run: str) -> dict:
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"box-first out-of-fold steps on the trained checkpoints: {', '.join(new)}", flush=True)
     run_plan(plan, only=new)
     oof = {n: W / "predictions" / "oof" / f"{n}_val.npz" for n, _, _ in bf.members()}
-    ctx = LogContext(W / "logs" / "study_trained.log", verbose=False, env=tool_env())
+    ctx = LogContext(W / "logs" / "study_trained.log", verbose=False, env=tool_env(), cwd=REPO)
     runs = [(f"single_{n}_bf", {n: oof[n]}) for n, kind, _ in bf.members() if kind == "instance"]
     runs.append(("box_first", oof))
     # the vote ensemble with per-instance labels (image_class: per_instance) beside the recipe's majority rule

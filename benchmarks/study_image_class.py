@@ -53,7 +53,7 @@ from ensemble.masks import _prepare as prepare_image  # the image-class step of 
 from ensemble.pipeline import FuseState, common_image_ids, load_models
 from ensemble.submission import load_truth, read_sample_ids
 from ensemble.tune import Tuner, cross_validate, tune
-from workflow.recipe.runner import LogContext, tool_env
+from workflow.execution import LogContext, tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -147,7 +147,7 @@ def config_iters(config: Path) -> int | None:
 
 def _run(cmd: Sequence[str], log: Path) -> None:
     """Runs a tool from the repository root with its output appended to ``log`` (the recipe runner's way)."""
-    ctx = LogContext(log, verbose=False, env=tool_env())
+    ctx = LogContext(log, verbose=False, env=tool_env(), cwd=REPO)
     try:
         ctx.run(list(cmd))
     finally:

@@ -27,13 +27,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workflow.execution import Arg, DeferredArg, Step
 from workflow.recipe.config import REPO, Recipe
 
 __all__ = ["STAGES", "Checkpoint", "Step", "Plan", "build_plan", "config_files", "file_fingerprint"]
@@ -42,7 +41,7 @@ STAGES = ("prepare", "pretrain", "train", "oof", "score", "tune", "test", "submi
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
-class Checkpoint:
+class Checkpoint(DeferredArg):
     """The final checkpoint of a training work dir, resolved when a later step runs (mmengine's
     ``last_checkpoint`` marker)."""
 
@@ -66,44 +65,6 @@ class Checkpoint:
 
     def __str__(self) -> str:
         return f"<last checkpoint of {_rel(self.work_dir)}>"
-
-
-Arg = str | Checkpoint
-
-
-@dataclass
-class Step:
-    """One unit of work.
-
-    Attributes:
-        id: Unique id, ``<stage>/<what>[/<fold>]``.
-        stage: One of :data:`STAGES`.
-        title: One line for progress output.
-        cmd: Command (``Checkpoint`` arguments resolved when it runs), or ``None`` for a Python call.
-        func: Python callable for steps that are not a command.
-        params: Parameters that enter the fingerprint.
-        deps: Ids of the steps whose outputs this one reads.
-        outputs: Files or folders that must exist when the step is complete.
-        train_dir: For training steps: the run's work dir (resumed from its last checkpoint when interrupted).
-        optional_note: Why an optional step does nothing (e.g. no test images); shown in the plan.
-    """
-
-    id: str
-    stage: str
-    title: str
-    cmd: list[Arg] | None = None
-    func: Callable[[], Any] | None = None
-    params: dict[str, Any] = field(default_factory=dict)
-    deps: list[str] = field(default_factory=list)
-    outputs: list[Path] = field(default_factory=list)
-    train_dir: Path | None = None
-
-    def command_text(self) -> str:
-        """The command as a shell line (checkpoints shown as placeholders until resolved)."""
-        if self.cmd is None:
-            name = getattr(self.func, "__qualname__", "python")
-            return f"(python) {name}"
-        return " ".join(shlex.quote(str(a)) if isinstance(a, str) else str(a) for a in self.cmd)
 
 
 @dataclass

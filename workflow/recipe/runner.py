@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -27,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celldata.fileio import atomic_write_json, atomic_write_text
+from workflow.execution import LogContext, Step, execute, tool_env
 from workflow.recipe.config import REPO
-from workflow.recipe.plan import STAGES, Checkpoint, Plan, Step, step_fingerprint
+from workflow.recipe.plan import STAGES, Plan, step_fingerprint
 
-__all__ = ["StepState", "LogContext", "tool_env", "plan_states", "run_plan", "format_plan", "select_steps"]
+__all__ = ["StepState", "plan_states", "run_plan", "format_plan", "select_steps"]
 
 FINGERPRINT_FILE = "recipe_fingerprint.txt"
 
@@ -185,71 +185,6 @@ def format_plan(plan: Plan, states: list[StepState], selected: set[str] | None =
     return "\n".join(lines)
 
 
-def tool_env() -> dict[str, str]:
-    """Environment of the tools a step runs: this one, unbuffered, with the repository on ``PYTHONPATH``."""
-    env = dict(os.environ)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-class LogContext:
-    """Runs a step's commands with their output in the step's log (and echoed when ``verbose``)."""
-
-    def __init__(self, log_path: Path, verbose: bool, env: dict[str, str]) -> None:
-        self.log_path = log_path
-        self.verbose = verbose
-        self.env = env
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(log_path, "a")
-
-    def log(self, text: str) -> None:
-        self.fh.write(text + "\n")
-        self.fh.flush()
-        if self.verbose:
-            print(text, flush=True)
-
-    def run(self, cmd: list[str]) -> str:
-        cmd = [c.resolve() if isinstance(c, Checkpoint) else str(c) for c in cmd]
-        self.log("$ " + " ".join(cmd))
-        captured: list[str] = []
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=self.env,
-            bufsize=1,
-        )
-        assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                captured.append(line)
-                self.fh.write(line)
-                if self.verbose:
-                    sys.stdout.write(line)
-                elif "Iter(train)" in line or "Epoch(train)" in line:
-                    # training progress, one line per logger interval
-                    print("        " + line.split(" - ")[-1].strip()[:150], flush=True)
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop the tool too, its checkpoints stay
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-        self.fh.flush()
-        rc = proc.wait()
-        if rc != 0:
-            tail = "".join(captured[-15:])
-            raise RuntimeError(f"command failed (exit {rc}); log {self.log_path}\n{tail}")
-        return "".join(captured)
-
-    def close(self) -> None:
-        self.fh.close()
-
-
 def _prepare_train_dir(step: Step, fp: str, state: str) -> list:
     """Training: resume when possible, else start clean; returns the command to run."""
     assert step.train_dir is not None and step.cmd is not None
@@ -344,7 +279,7 @@ def run_plan(
         verb = "resume" if state == "resume" else "run"
         print(f"[{i:>2}/{n}] {s.id:<40} {verb}: {s.title}", flush=True)
         log_path = plan.work_dir / "logs" / (s.id.replace("/", "__") + ".log")
-        ctx = LogContext(log_path, verbose, env)
+        ctx = LogContext(log_path, verbose, env, cwd=REPO)
         stamp_path = _stamp_path(plan.work_dir, s.id)
         if stamp_path.exists():
             stamp_path.unlink()
@@ -352,15 +287,8 @@ def run_plan(
         atomic_write_text(lock, f"{os.getpid()}\n")
         t0 = time.perf_counter()
         try:
-            if s.cmd is not None:
-                cmd = _prepare_train_dir(s, st.fingerprint, state) if s.train_dir is not None else s.cmd
-                ctx.run(cmd)
-            else:
-                assert s.func is not None
-                s.func(ctx)
-            missing = [str(o) for o in s.outputs if not Path(o).exists()]
-            if missing:
-                raise RuntimeError(f"finished without writing {missing}; log {log_path}")
+            cmd = _prepare_train_dir(s, st.fingerprint, state) if s.train_dir is not None else None
+            execute(s, ctx, cmd)
         except Exception as e:  # a step failing must not leave a stamp; report it with its log
             lock.unlink(missing_ok=True)
             ctx.log(f"FAILED: {type(e).__name__}: {e}")
