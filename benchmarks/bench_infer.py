@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from celldata.fileio import atomic_write_text
-from custom_modules.inference import list_images, load_model, read_image
+from celldata.images import list_images
+from custom_modules.inference import load_model, read_image
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import csv
 import os
-import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from celldata import CLASSES
+from celldata.images import read_image_size
 from celldata.instances import InstanceMasks
 from celldata.rle import kaggle_rle_runs
 
@@ -36,7 +35,6 @@ __all__ = [
     "KaggleImage",
     "TrainCsvError",
     "check_images",
-    "read_image_size",
     "read_train_csv",
 ]
 
@@ -251,24 +249,6 @@ def read_train_csv(
     if not images:
         raise ValueError(f"{csv_path}: no data rows")
     return [images[k] for k in sorted(images)]
-
-
-def read_image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """``(height, width)`` of an image file, from the PNG header when possible (no decoding).
-
-    Raises:
-        ValueError: the file is not a readable image.
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        head = f.read(24)
-    if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", head[16:24])
-        return int(height), int(width)
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ValueError(f"{path}: not a readable image")
-    return int(img.shape[0]), int(img.shape[1])
 
 
 def check_images(images: Sequence[KaggleImage], images_dir: Path, csv_path: Path) -> None:

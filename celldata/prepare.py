@@ -52,8 +52,9 @@ from tqdm import tqdm
 
 from celldata import CLASSES
 from celldata.fileio import atomic_write_json, encode_png, move_staged_files, replace_dir
+from celldata.images import list_image_files, read_image_size
 from celldata.instances import InstanceMasks
-from celldata.kaggle_csv import check_images, read_image_size, read_train_csv
+from celldata.kaggle_csv import check_images, read_train_csv
 from celldata.rle import coco_rle_encode_crop
 
 __all__ = [
@@ -193,14 +194,10 @@ def semantic_maps(instances: InstanceMasks, label: int) -> tuple[np.ndarray, np.
     return sem, boundary
 
 
-def _list_images(directory: Path) -> list[Path]:
-    return sorted(p for p in directory.iterdir() if p.suffix.lower() in (".png", ".tif", ".tiff", ".jpg"))
-
-
 def _unlabeled_coco(data_root: Path, directory: Path, first_id: int) -> dict:
     """COCO json (images only) for the images in ``directory``."""
     images = []
-    for k, p in enumerate(_list_images(directory)):
+    for k, p in enumerate(list_image_files(directory)):
         try:
             h, w = read_image_size(p)
         except ValueError as e:

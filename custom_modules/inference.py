@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import os.path as osp
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -42,7 +39,7 @@ import numpy as np
 import torch
 
 from celldata import CLASSES
-from celldata.coco import kaggle_id
+from celldata.images import ImageItem
 from celldata.instances import InstanceMasks
 from custom_modules.config import load_config
 from custom_modules.conversion import masks_to_instances, to_numpy
@@ -51,84 +48,10 @@ from ensemble.predictions import ImagePredictions, load_predictions, save_predic
 from ensemble.tta import FLIP_DIRECTIONS, flip_image, flip_predictions, limit_predictions, merge_tta
 
 __all__ = [
-    "ImageItem",
-    "list_images",
     "InferenceModel",
     "load_model",
     "run_inference",
 ]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-@dataclass(frozen=True)
-class ImageItem:
-    """One image to predict: its id (Kaggle id) and file path."""
-
-    image_id: str
-    path: str
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# inputs
-# ----------------------------------------------------------------------------------------------------------------
-def list_images(
-    images_dir: str | os.PathLike | None = None,
-    ann_file: str | os.PathLike | None = None,
-    data_root: str | os.PathLike | None = None,
-) -> list[ImageItem]:
-    """Images of a folder (id = file stem, sorted) or of a COCO json (id: :func:`celldata.coco.kaggle_id`).
-
-    Args:
-        images_dir: Folder with images (png, jpg, tif, bmp).
-        ann_file: COCO json whose ``images[*].file_name`` are relative to ``data_root``.
-        data_root: Root for the json's file names (default: the json's parent's parent, i.e. the data root of
-            ``<root>/annotations/x.json``).
-
-    Returns:
-        The images, in a deterministic order.
-
-    Raises:
-        ValueError: If both or neither source is given, or the source holds no images / duplicate ids.
-        FileNotFoundError: If the folder, json or a listed image does not exist.
-    """
-    if (images_dir is None) == (ann_file is None):
-        raise ValueError("give exactly one of images_dir (--images) and ann_file (--ann-file)")
-    items: list[ImageItem] = []
-    if images_dir is not None:
-        d = Path(images_dir)
-        if not d.is_dir():
-            raise FileNotFoundError(f"image folder not found: {d}")
-        for p in sorted(d.iterdir()):
-            if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file():
-                items.append(ImageItem(p.stem, str(p)))
-        if not items:
-            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {d}")
-    else:
-        a = Path(ann_file)
-        if not a.is_file():
-            raise FileNotFoundError(f"annotation file not found: {a}")
-        with open(a) as f:
-            try:
-                coco = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{a}: not valid JSON ({e})") from None
-        root = Path(data_root) if data_root is not None else a.resolve().parent.parent
-        images = coco.get("images") if isinstance(coco, dict) else None
-        if not images:
-            raise ValueError(f"{a}: no 'images' entries")
-        for k, img in enumerate(images):
-            if "file_name" not in img:
-                raise ValueError(f"{a}: images[{k}] has no file_name")
-            path = root / img["file_name"]
-            if not path.is_file():
-                raise FileNotFoundError(f"{a}: images[{k}] file not found: {path}")
-            items.append(ImageItem(kaggle_id(img), str(path)))
-    ids = [it.image_id for it in items]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate image ids: {', '.join(dup[:5])}")
-    return items
 
 
 def read_image(path: str) -> np.ndarray:

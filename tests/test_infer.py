@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("mmdet")
 
+from celldata.images import list_images  # noqa: E402
 from custom_modules.inference import (  # noqa: E402
-    list_images,
     load_model,
     paste_soft_masks,
     run_inference,

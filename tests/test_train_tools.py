@@ -15,7 +15,8 @@ import torch
 
 pytest.importorskip("mmdet")
 
-from custom_modules.inference import InferenceModel, list_images, load_model, read_image  # noqa: E402
+from celldata.images import list_images  # noqa: E402
+from custom_modules.inference import InferenceModel, load_model, read_image  # noqa: E402
 from custom_modules.runner_utils import build_runner, build_test_runner, prepare_train_config  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from pathlib import Path
 
-    from custom_modules.inference import list_images, load_model, run_inference
+    from celldata.images import list_images
+    from custom_modules.inference import load_model, run_inference
 
     try:
         if args.batch_size < 1:

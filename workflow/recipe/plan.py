@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from celldata.images import list_image_files
 from workflow.execution import Arg, DeferredArg, Step
 from workflow.recipe.config import REPO, Recipe
 
 __all__ = ["STAGES", "Checkpoint", "Step", "Plan", "build_plan", "config_files", "file_fingerprint"]
 
 STAGES = ("prepare", "pretrain", "train", "oof", "score", "tune", "test", "submission", "bundle", "summary")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 
 
 class Checkpoint(DeferredArg):
@@ -154,12 +154,6 @@ def _cfg_opts(opts: dict[str, Any]) -> list[str]:
             v = "None"
         out.append(f"{k}={v}")
     return out
-
-
-def _list_images(d: Path) -> list[Path]:
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def build_plan(
@@ -557,7 +551,7 @@ def build_plan(
 
     # ---------------------------------------------------------------- test
     test_dir = R / recipe.data.test_dir
-    test_images = _list_images(test_dir)
+    test_images = list_image_files(test_dir)
     test_ready = bool(test_images) or synthetic  # synthetic data writes its test images in prepare
     test_files = {n: P / "test" / f"{n}_test.npz" for n in member_names}
     if test_ready:
