@@ -1,47 +1,11 @@
 """Dataset report: counts per class, instance size histograms, mask overlays, report.json / report.md.
 
-Example:
-    python tools/dataset_report.py --data-root work_dirs/demo/sartorius --out work_dirs/demo/dataset_report
-
-Reads ``annotations/train_all.json`` when prepared, else ``train.csv`` (see :mod:`celldata.report`).
+A shim: ``python tools/dataset_report.py ARGS`` is ``python -m workflow.cli.dataset_report ARGS`` (options and logic there).
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
 
-from celldata.report import write_dataset_report
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Parse the command line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", required=True, help="dataset root (prepared, or Kaggle layout)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--n-overlays", type=int, default=3, help="overlay images to draw (default 3)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
-    args = parse_args(argv)
-    try:
-        report = write_dataset_report(
-            args.data_root, args.out, n_overlays=args.n_overlays, show_progress=not args.no_progress
-        )
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    for c, s in report["per_class"].items():
-        print(
-            f"{c:>8}: {s['images']:4d} images {s['instances']:6d} instances "
-            f"({s['per_image_mean']:.1f}/image, max {s['per_image_max']}), median area {s['area_percentiles']['p50']:.0f} px"
-        )
-    print(f"report: {args.out}/report.md")
-    return 0
-
+from workflow.cli.dataset_report import main
 
 if __name__ == "__main__":
     sys.exit(main())

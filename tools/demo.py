@@ -1,29 +1,11 @@
 """Alias of ``make demo``: runs the CPU demo recipe (``tools/run_recipe.py configs/recipes/demo_cpu.yaml``).
 
-Synthetic data -> prepare -> train the four CPU demo configs on fold 0 -> out-of-fold predictions -> each model
-scored alone -> tuned ensemble with a held-out report -> test predictions -> submissions/demo.csv ->
-``<work dir>/summary.md``. Finished steps are skipped on a second run. Every option of ``tools/run_recipe.py``
-(``--work-dir``, ``--data-root``, ``--from``, ``--only``, ``--dry-run``, ...) is passed through.
-
-Example:
-    python tools/demo.py --work-dir work_dirs/demo
+A shim: ``python tools/demo.py ARGS`` is ``python -m workflow.cli.demo ARGS`` (options and logic there).
 """
 
-from __future__ import annotations
-
-import runpy
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Runs the demo recipe with ``argv`` passed through; returns the exit status."""
-    run = runpy.run_path(str(REPO / "tools" / "run_recipe.py"), run_name="run_recipe")["main"]
-    args = list(sys.argv[1:] if argv is None else argv)
-    return run([str(REPO / "configs" / "recipes" / "demo_cpu.yaml"), *args])
-
+from workflow.cli.demo import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # The one torchrun body behind tools/dist_train.sh and tools/dist_test.sh:
-#   bash tools/dist_launch.sh TOOL NPROC [TOOL arguments]     (TOOL: train.py or test.py, in tools/)
+#   bash tools/dist_launch.sh TOOL NPROC [TOOL arguments]
+# TOOL: train or test (train.py / test.py accepted), run as the module workflow.cli.TOOL in every process.
 # nccl on GPUs, gloo on CPU-only machines (chosen by the tool). Multi-node: set NNODES, NODE_RANK, MASTER_ADDR,
-# PORT. PYTHON defaults to the project venv when present.
+# PORT. PYTHON defaults to the project venv when present. The recipe runs the same launch line
+# (python -m torch.distributed.run ... -m workflow.cli.train ... --launcher pytorch).
 set -euo pipefail
-TOOL=$1
+TOOL=${1%.py}
 NPROC=$2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-if [[ ! -f "$ROOT/tools/$TOOL" ]]; then
-    echo "dist_launch.sh: no tool tools/$TOOL" >&2
+if [[ ! "$TOOL" =~ ^[a-z_]+$ || ! -f "$ROOT/workflow/cli/$TOOL.py" ]]; then
+    echo "dist_launch.sh: no tool workflow.cli.$TOOL (expected train or test)" >&2
     exit 2
 fi
 if [[ -z "${PYTHON:-}" ]]; then
@@ -17,4 +19,4 @@ fi
 exec "$PYTHON" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}" \
     --nproc_per_node="$NPROC" --master_port="${PORT:-29500}" \
-    "$ROOT/tools/$TOOL" "${@:3}" --launcher pytorch
+    -m "workflow.cli.$TOOL" "${@:3}" --launcher pytorch
