@@ -29,6 +29,9 @@ also gives a semantic foreground map. Each model's predictions go through a pred
 back, as ``ensemble.run`` loads them) and the ground truth is decoded from the real COCO RLEs, so both arrive
 packed as in the pipeline. Without the real data, random ellipses are used.
 
+The straightforward path is the tests' oracle, ``fuse_image_reference`` of ``tests/ensemble_reference.py`` (loaded
+by its file path, one copy for tests and benchmark); the competent baseline is :func:`competent_fuse_image` here.
+
 Results go to ``work_dirs/bench/ensemble_bench.json`` and ``.md`` (plus a PNG bar chart).
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py [--quick] [--out-dir work_dirs/bench]``.
@@ -38,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import os
 import resource
@@ -47,23 +51,37 @@ import tempfile
 import time
 import tracemalloc
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
-from ensemble_reference import competent_fuse_image, fuse_image_reference
 from pycocotools import mask as mask_utils
 
 from celldata import CLASSES, IMAGE_HEIGHT, IMAGE_WIDTH
 from celldata.fileio import atomic_write_json, atomic_write_png, atomic_write_text
 from celldata.instances import InstanceMasks
-from ensemble.boxes import weighted_boxes_fusion
-from ensemble.masks import FusionParams, fuse_image
+from ensemble.boxes import box_iou, weighted_boxes_fusion
+from ensemble.masks import MIN_FUSED_SCORE, FusionParams, _box_windows, _prepare, fuse_image
 from ensemble.metrics import image_score, precisions_from_iou
 from ensemble.predictions import ImagePredictions, load_predictions, save_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_COCO = REPO.parent / "shared" / "data" / "sartorius_real" / "val_fold0_part1_coco.json"
+
+
+def _load_reference():
+    """The tests' oracle ``tests/ensemble_reference.py`` (the one copy of the straightforward path), loaded by its
+    file path: it is test code, not part of an installed package."""
+    spec = importlib.util.spec_from_file_location(
+        "ensemble_reference", REPO / "tests" / "ensemble_reference.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+fuse_image_reference = _load_reference().fuse_image_reference
 H, W = IMAGE_HEIGHT, IMAGE_WIDTH
 STAGES = ("wbf", "voting", "overlaps", "metric", "rle")
 MODEL_WEIGHTS = (1.0, 0.8, 1.2)
@@ -220,6 +238,119 @@ def as_loaded(pred: ImagePredictions) -> ImagePredictions:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# the competent baseline: ensemble-boxes WBF + NumPy crop-window voting
+# ----------------------------------------------------------------------------------------------------------------
+def competent_fuse_image(
+    preds: Sequence[ImagePredictions],
+    weights: Sequence[float],
+    params: FusionParams,
+    *,
+    timings: dict[str, float] | None = None,
+) -> tuple[InstanceMasks, np.ndarray, np.ndarray]:
+    """What a competent user writes with ensemble-boxes and NumPy (benchmark baseline; binary masks only).
+
+    Image class by score-weighted majority, ``ensemble_boxes.weighted_boxes_fusion`` (which does not report
+    clusters), each fused box's members = the input detections of its label with box IoU > ``iou_thr``, weighted
+    pixel vote of the members' crops (and semantic maps) in NumPy inside the union window, rerank, thresholds,
+    overlap removal on a taken-pixel frame with NumPy slicing.
+
+    Returns:
+        ``(masks, scores, labels)`` of the kept instances (descending score).
+    """
+    import time
+
+    from ensemble_boxes import weighted_boxes_fusion as eb_wbf
+
+    t0 = time.perf_counter()
+    prep = _prepare(preds, weights, params)
+    box_preds = [preds[m] for m in prep.box_idx]
+    fb, fs, fl = eb_wbf(
+        prep.boxes_norm,
+        prep.scores,
+        prep.labels,
+        weights=prep.box_weights.tolist(),
+        iou_thr=params.iou_thr,
+        skip_box_thr=max(params.skip_box_thr, MIN_FUSED_SCORE),
+        conf_type=params.conf_type,
+        allows_overflow=params.allows_overflow,
+    )
+    h, w_img = prep.height, prep.width
+    boxes_px = fb * np.array([w_img, h, w_img, h])
+    # members by IoU (what one does without cluster bookkeeping)
+    all_boxes = np.concatenate(prep.boxes_norm)
+    all_lab = np.concatenate(prep.labels)
+    all_s = np.concatenate(prep.scores)
+    all_m = np.concatenate([np.full(len(b), t) for t, b in enumerate(prep.boxes_norm)])
+    all_i = np.concatenate([np.arange(len(b)) for b in prep.boxes_norm])
+    iou = box_iou(fb, all_boxes) if len(fb) and len(all_boxes) else np.zeros((len(fb), len(all_boxes)))
+    t1 = time.perf_counter()
+    windows = _box_windows(boxes_px, h, w_img)
+    score_thr = params.score_thr_array()
+    min_area = params.min_area_array()
+    cand = []
+    for k in range(len(fb)):
+        lab = int(fl[k])
+        mem = np.flatnonzero((iou[k] > params.iou_thr) & (all_lab == lab) & (all_s >= params.skip_box_thr))
+        voters = [(j, box_preds[all_m[j]]) for j in mem if box_preds[all_m[j]].masks is not None]
+        a = prep.box_weights[all_m[mem]] * all_s[mem]
+        wins = [p.masks.boxes[all_i[j]] for j, p in voters]
+        use_sem = prep.sem_maps is not None and len(mem) > 0
+        if use_sem:
+            wins.append(windows[k])
+        if not wins:
+            continue
+        wins = np.array(wins)
+        x0, y0 = wins[:, 0].min(), wins[:, 1].min()
+        x1, y1 = wins[:, 2].max(), wins[:, 3].max()
+        if x1 <= x0 or y1 <= y0:
+            continue
+        num = np.zeros((y1 - y0, x1 - x0))
+        den = 0.0
+        for (j, p), aj in zip(
+            voters, prep.box_weights[all_m[[j for j, _ in voters]]] * all_s[[j for j, _ in voters]]
+        ):
+            bx0, by0, bx1, by1 = p.masks.boxes[all_i[j]]
+            num[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] += aj * p.masks.crops[all_i[j]]
+            den += aj
+        if use_sem:
+            fx0, fy0, fx1, fy1 = windows[k]
+            for sw, sm in zip(prep.sem_weights, prep.sem_maps):
+                lam = sw * a.mean()
+                num[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0] += lam * sm[fy0:fy1, fx0:fx1]
+                den += lam
+        if den <= 0:
+            continue
+        vote = num / den
+        fg = vote >= params.vote_thr
+        area = int(fg.sum())
+        score = float(fs[k]) * (float(vote[fg].mean()) if params.rerank and area else 1.0)
+        if area < min_area[lab] or score < score_thr[lab]:
+            continue
+        cand.append((score, lab, (x0, y0, x1, y1), fg))
+    t2 = time.perf_counter()
+    cand.sort(key=lambda c: -c[0])
+    taken = np.zeros((h, w_img), dtype=bool)
+    boxes, crops, scores, labels = [], [], [], []
+    for score, lab, (x0, y0, x1, y1), fg in cand:
+        area = int(fg.sum())
+        remain = fg & ~taken[y0:y1, x0:x1]
+        left = int(remain.sum())
+        if left == 0 or left < min_area[lab] or area - left > params.max_lost_frac * area:
+            continue
+        taken[y0:y1, x0:x1] |= remain
+        boxes.append((x0, y0, x1, y1))
+        crops.append(remain)
+        scores.append(score)
+        labels.append(lab)
+    masks = InstanceMasks(h, w_img, np.array(boxes, dtype=np.int32).reshape(-1, 4), crops)
+    if timings is not None:
+        timings["wbf"] = timings.get("wbf", 0.0) + t1 - t0
+        timings["voting"] = timings.get("voting", 0.0) + t2 - t1
+        timings["overlaps"] = timings.get("overlaps", 0.0) + time.perf_counter() - t2
+    return masks, np.array(scores), np.array(labels, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # the three paths
 # ----------------------------------------------------------------------------------------------------------------
 def textbook_kaggle_rle(mask: np.ndarray) -> str:
@@ -279,7 +410,7 @@ def run_ours(preds: list[ImagePredictions], truth: InstanceMasks) -> tuple[dict[
 
 def run_competent(preds: list[ImagePredictions], truth: InstanceMasks) -> tuple[dict[str, float], dict]:
     """The competent baseline once: ensemble-boxes WBF + NumPy crop-window voting, pycocotools metric, NumPy
-    crop RLE (see ``ensemble_reference.competent_fuse_image``)."""
+    crop RLE (see :func:`competent_fuse_image`)."""
     preds = fresh(preds)
     t: dict[str, float] = {}
     c0 = time.process_time()
@@ -311,8 +442,6 @@ def run_straightforward(preds: list[ImagePredictions], truth: InstanceMasks) -> 
     t["rle"] = t2 - t1
     # WBF parity with ensemble-boxes on the same (relabelled, clipped, normalized) input
     from ensemble_boxes import weighted_boxes_fusion as eb_wbf
-
-    from ensemble.masks import _prepare
 
     prep = _prepare(preds, MODEL_WEIGHTS, PARAMS)
     kw = dict(
@@ -447,7 +576,7 @@ def to_markdown(results: list[dict], meta: dict) -> str:
     lines += [
         "",
         "Competent baseline = ensemble-boxes WBF, members found by box IoU, NumPy voting and overlap removal inside "
-        "crop windows, pycocotools metric, NumPy crop RLE (`benchmarks/ensemble_reference.py`); it fuses slightly "
+        "crop windows, pycocotools metric, NumPy crop RLE (`competent_fuse_image` in `benchmarks/bench_ensemble.py`); it fuses slightly "
         "differently (IoU-matched members instead of WBF clusters), so its instances and score are reported, not "
         "compared. Speed target: whole per-image path (total) <= 20 ms at 700 instances x 3 models on one core.",
         "",

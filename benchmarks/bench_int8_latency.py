@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 CONFIG = REPO / 'configs' / 'unet_study' / 'unet-s5-c64_bce-adam_1xb8-8k_sartorius-cell-256x256.py'
 DATA = REPO.parent / 'shared' / 'data' / 'sartorius_real_train'
 VARIANTS = (

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -200,12 +199,11 @@ def test_box_first_three_steps_and_held_out_tuning(tmp_path: Path) -> None:
     """Step 1 (fuse_boxes CLI) -> step 2 (simulated: a mask model's probabilities on the fused boxes, written like
     tools/infer.py --mask-head-on) -> step 3 (run) on synthetic data; the tuner handles box_first (held-out CV) and
     keeps the mode; a good soft mask model beats the raw vote of the same boxes."""
-    from ensemble.tune import main as tune_main
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _ensemble_data import H as H2
     from _ensemble_data import W as W2
     from _ensemble_data import make_truth, write_models, write_truth_csv
+
+    from ensemble.tune import main as tune_main
 
     truth, types = make_truth(6, seed=0)
     truth_csv = write_truth_csv(tmp_path / "train.csv", truth, types)

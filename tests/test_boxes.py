@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
+from ensemble_reference import weighted_boxes_fusion_reference
 
 from ensemble.boxes import (
     CONF_TYPES,
@@ -19,9 +18,6 @@ from ensemble.boxes import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from ensemble_reference import weighted_boxes_fusion_reference  # noqa: E402
 
 ensemble_boxes = pytest.importorskip("ensemble_boxes")
 

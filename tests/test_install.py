@@ -103,3 +103,37 @@ def test_mmdet_config_run_does_not_import_mmseg() -> None:
     mods = _imported_after(code)
     assert "mmdet" in mods and "mmseg" not in mods
     # (the other direction cannot hold: mmseg's own Mask2Former head imports mmdet when it is installed)
+
+
+def test_no_import_path_manipulation() -> None:
+    """No tracked .py file edits the import path by hand (insert/append/extend on sys.path, assigning to it or an
+    item of it, site.addsitedir): the project is installed, and tests reach their helpers through pytest's
+    ``pythonpath`` setting in pyproject.toml."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    edit = re.compile(
+        r"\bsys\s*\.\s*path\s*(?:\.\s*(?:insert|append|extend)\s*\(|\[[^\]]*\]\s*=(?!=)|\+=|=(?!=))"
+        r"|\bsite\s*\.\s*addsitedir\s*\("
+    )
+    # the pattern catches what it is meant to (written split, so this file does not match itself)
+    caught = [
+        "sys.path" + s for s in (".insert(0, p)", ".append(p)", ".extend([p])", "[:0] = [p]", " += [p]")
+    ]
+    assert all(edit.search(s) for s in caught + ["site" + ".addsitedir(p)"])
+    assert not any(edit.search(s) for s in ("print(sys.path)", "sys.path[0] == p", "p in sys.path"))
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--", "*.py"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    bad = [
+        f"{f}:{n}: {line.strip()}"
+        for f in files
+        if f and (repo / f).is_file()
+        for n, line in enumerate((repo / f).read_text(errors="replace").splitlines(), 1)
+        if edit.search(line)
+    ]
+    assert not bad, (
+        "sys.path manipulation (the project is installed; tests use pytest's pythonpath):\n" + "\n".join(bad)
+    )

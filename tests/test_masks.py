@@ -3,19 +3,14 @@ crop-based fast path against the full-frame reference on random cases."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import cv2
 import numpy as np
 import pytest
+from ensemble_reference import fuse_image_reference, remove_overlaps_reference
 
 from celldata.instances import InstanceMasks
 from ensemble.masks import FusionParams, fuse_image, remove_overlaps
 from ensemble.predictions import ImagePredictions
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from ensemble_reference import fuse_image_reference, remove_overlaps_reference  # noqa: E402
 
 H, W = 40, 48
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
+from ensemble_reference import candidate_pairs_reference, pair_intersections_reference
 from pycocotools import mask as mask_utils
 
 from celldata.instances import InstanceMasks
@@ -23,9 +23,6 @@ from ensemble.metrics import (
     pack_masks,
     precisions_from_iou,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from ensemble_reference import candidate_pairs_reference, pair_intersections_reference  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ reference
 

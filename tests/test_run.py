@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
+from _ensemble_data import H, W, make_truth, write_models, write_truth_csv
 
 from ensemble.config import EnsembleConfig, load_config, save_config
 from ensemble.masks import FusionParams, fuse_image
@@ -19,9 +20,6 @@ from ensemble.predictions import load_predictions
 from ensemble.run import draw_overlay, main
 from ensemble.score import main as score_main
 from ensemble.submission import read_kaggle_truth, read_submission
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ensemble_data import H, W, make_truth, write_models, write_truth_csv  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from _ensemble_data import make_truth, write_models, write_truth_csv
 
 from ensemble.config import EnsembleConfig, ModelEntry, load_config
 from ensemble.masks import FusionParams
@@ -17,9 +17,6 @@ from ensemble.predictions import load_predictions
 from ensemble.run import run_ensemble
 from ensemble.submission import read_sample_ids
 from ensemble.tune import SearchSpace, Tuner, group_folds, main, tune
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ensemble_data import make_truth, write_models, write_truth_csv  # noqa: E402
 
 SMALL = SearchSpace(
     weights=(0.5, 1.0, 2.0),

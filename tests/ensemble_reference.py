@@ -1,4 +1,4 @@
-"""Straightforward reference implementations of the ensemble path, for tests and ``bench_ensemble.py``.
+"""Straightforward reference implementations of the ensemble path: the oracles of the tests.
 
 Nothing here is used by the library: these are the textbook versions (full frames, Python loops) that the fast
 crop-based numba code in :mod:`ensemble` is checked against.
@@ -10,11 +10,8 @@ crop-based numba code in :mod:`ensemble` is checked against.
   exactly; scores to a relative 1e-9 (sums are accumulated in a different order).
 * :func:`candidate_pairs_reference` / :func:`pair_intersections_reference`: NumPy versions of the metric's
   numba kernels.
-* :func:`competent_fuse_image`: the best straightforward alternative a competent user would write with
-  well-kept libraries: ensemble-boxes WBF, members found by IoU matching against the fused boxes, NumPy voting
-  inside crop windows and NumPy overlap removal on a taken-pixel frame (benchmark baseline, not bit-equal).
-
-Tests import this module as ``ensemble_reference`` (``benchmarks/`` on ``sys.path``).
+Tests import this module as ``ensemble_reference`` (``tests/`` is on pytest's ``pythonpath``, set in
+``pyproject.toml``); ``benchmarks/bench_ensemble.py`` loads this file by its path for its straightforward path.
 """
 
 from __future__ import annotations
@@ -26,7 +23,6 @@ import numpy as np
 from celldata.instances import InstanceMasks
 from ensemble.boxes import _validate_model, _validate_wbf_args, box_iou
 from ensemble.masks import (
-    MIN_FUSED_SCORE,
     FusionParams,
     _box_windows,
     _empty_result,
@@ -38,7 +34,6 @@ from ensemble.predictions import ImagePredictions
 
 __all__ = [
     "candidate_pairs_reference",
-    "competent_fuse_image",
     "fuse_image_reference",
     "pair_intersections_reference",
     "remove_overlaps_reference",
@@ -264,119 +259,6 @@ def fuse_image_reference(
         timings["voting"] = timings.get("voting", 0.0) + t2 - t1
         timings["overlaps"] = timings.get("overlaps", 0.0) + time.perf_counter() - t2
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# competent baseline: ensemble-boxes WBF + NumPy crop-window voting
-# ----------------------------------------------------------------------------------------------------------------
-def competent_fuse_image(
-    preds: Sequence[ImagePredictions],
-    weights: Sequence[float],
-    params: FusionParams,
-    *,
-    timings: dict[str, float] | None = None,
-) -> tuple[InstanceMasks, np.ndarray, np.ndarray]:
-    """What a competent user writes with ensemble-boxes and NumPy (benchmark baseline; binary masks only).
-
-    Image class by score-weighted majority, ``ensemble_boxes.weighted_boxes_fusion`` (which does not report
-    clusters), each fused box's members = the input detections of its label with box IoU > ``iou_thr``, weighted
-    pixel vote of the members' crops (and semantic maps) in NumPy inside the union window, rerank, thresholds,
-    overlap removal on a taken-pixel frame with NumPy slicing.
-
-    Returns:
-        ``(masks, scores, labels)`` of the kept instances (descending score).
-    """
-    import time
-
-    from ensemble_boxes import weighted_boxes_fusion as eb_wbf
-
-    t0 = time.perf_counter()
-    prep = _prepare(preds, weights, params)
-    box_preds = [preds[m] for m in prep.box_idx]
-    fb, fs, fl = eb_wbf(
-        prep.boxes_norm,
-        prep.scores,
-        prep.labels,
-        weights=prep.box_weights.tolist(),
-        iou_thr=params.iou_thr,
-        skip_box_thr=max(params.skip_box_thr, MIN_FUSED_SCORE),
-        conf_type=params.conf_type,
-        allows_overflow=params.allows_overflow,
-    )
-    h, w_img = prep.height, prep.width
-    boxes_px = fb * np.array([w_img, h, w_img, h])
-    # members by IoU (what one does without cluster bookkeeping)
-    all_boxes = np.concatenate(prep.boxes_norm)
-    all_lab = np.concatenate(prep.labels)
-    all_s = np.concatenate(prep.scores)
-    all_m = np.concatenate([np.full(len(b), t) for t, b in enumerate(prep.boxes_norm)])
-    all_i = np.concatenate([np.arange(len(b)) for b in prep.boxes_norm])
-    iou = box_iou(fb, all_boxes) if len(fb) and len(all_boxes) else np.zeros((len(fb), len(all_boxes)))
-    t1 = time.perf_counter()
-    windows = _box_windows(boxes_px, h, w_img)
-    score_thr = params.score_thr_array()
-    min_area = params.min_area_array()
-    cand = []
-    for k in range(len(fb)):
-        lab = int(fl[k])
-        mem = np.flatnonzero((iou[k] > params.iou_thr) & (all_lab == lab) & (all_s >= params.skip_box_thr))
-        voters = [(j, box_preds[all_m[j]]) for j in mem if box_preds[all_m[j]].masks is not None]
-        a = prep.box_weights[all_m[mem]] * all_s[mem]
-        wins = [p.masks.boxes[all_i[j]] for j, p in voters]
-        use_sem = prep.sem_maps is not None and len(mem) > 0
-        if use_sem:
-            wins.append(windows[k])
-        if not wins:
-            continue
-        wins = np.array(wins)
-        x0, y0 = wins[:, 0].min(), wins[:, 1].min()
-        x1, y1 = wins[:, 2].max(), wins[:, 3].max()
-        if x1 <= x0 or y1 <= y0:
-            continue
-        num = np.zeros((y1 - y0, x1 - x0))
-        den = 0.0
-        for (j, p), aj in zip(
-            voters, prep.box_weights[all_m[[j for j, _ in voters]]] * all_s[[j for j, _ in voters]]
-        ):
-            bx0, by0, bx1, by1 = p.masks.boxes[all_i[j]]
-            num[by0 - y0 : by1 - y0, bx0 - x0 : bx1 - x0] += aj * p.masks.crops[all_i[j]]
-            den += aj
-        if use_sem:
-            fx0, fy0, fx1, fy1 = windows[k]
-            for sw, sm in zip(prep.sem_weights, prep.sem_maps):
-                lam = sw * a.mean()
-                num[fy0 - y0 : fy1 - y0, fx0 - x0 : fx1 - x0] += lam * sm[fy0:fy1, fx0:fx1]
-                den += lam
-        if den <= 0:
-            continue
-        vote = num / den
-        fg = vote >= params.vote_thr
-        area = int(fg.sum())
-        score = float(fs[k]) * (float(vote[fg].mean()) if params.rerank and area else 1.0)
-        if area < min_area[lab] or score < score_thr[lab]:
-            continue
-        cand.append((score, lab, (x0, y0, x1, y1), fg))
-    t2 = time.perf_counter()
-    cand.sort(key=lambda c: -c[0])
-    taken = np.zeros((h, w_img), dtype=bool)
-    boxes, crops, scores, labels = [], [], [], []
-    for score, lab, (x0, y0, x1, y1), fg in cand:
-        area = int(fg.sum())
-        remain = fg & ~taken[y0:y1, x0:x1]
-        left = int(remain.sum())
-        if left == 0 or left < min_area[lab] or area - left > params.max_lost_frac * area:
-            continue
-        taken[y0:y1, x0:x1] |= remain
-        boxes.append((x0, y0, x1, y1))
-        crops.append(remain)
-        scores.append(score)
-        labels.append(lab)
-    masks = InstanceMasks(h, w_img, np.array(boxes, dtype=np.int32).reshape(-1, 4), crops)
-    if timings is not None:
-        timings["wbf"] = timings.get("wbf", 0.0) + t1 - t0
-        timings["voting"] = timings.get("voting", 0.0) + t2 - t1
-        timings["overlaps"] = timings.get("overlaps", 0.0) + time.perf_counter() - t2
-    return masks, np.array(scores), np.array(labels, dtype=np.int64)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ Each configuration is tuned with :func:`ensemble.tune.tune` (coordinate search) 
 score, the in-sample score of the parameters tuned on all images, and the held-out (cross-validated) score.
 "A beats B" is read from the held-out column.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/study_ensemble_heldout.py --truth TRAIN_CSV --name real``.
+Run: ``OMP_NUM_THREADS=1 python studies/ensemble_heldout.py --truth TRAIN_CSV --name real``.
 Writes ``work_dirs/ensemble_heldout/<name>.json`` and ``.md``.
 """
 
@@ -323,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "SIMULATED model predictions (ground truth perturbed per model family, seed "
         f"{args.seed}, image-level label confusion {args.image_confusion}; see "
-        "benchmarks/study_ensemble_heldout.py), not trained models.",
+        "studies/ensemble_heldout.py), not trained models.",
         f"Tuning: coordinate search, {args.rounds} rounds; held-out = {args.cv}-fold CV grouped by sample_id.",
         "",
         "| setup | default (untuned) | tuned, in-sample | tuned, held-out |",

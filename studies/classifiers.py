@@ -17,7 +17,7 @@ schedule so samplers are compared at equal updates). Writes ``results.json`` (af
 survive), ``results.md`` with the tables, and PNGs into ``--out``; each run's CV report sits in ``--out/<run>/``.
 
 Example (the numbers in docs/results/classifiers.md):
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_classifiers.py --data-root work_dirs/cls/real \\
+    OMP_NUM_THREADS=1 nice -n 10 python studies/classifiers.py --data-root work_dirs/cls/real \\
         --label real --folds 3 --iters 100 --out work_dirs/bench_classifiers/real
 """
 
@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     studies = [s for s in args.studies.split(",") if s]
     bad = set(studies) - set(STUDIES)
     if bad:
-        print(f"bench_classifiers.py: error: unknown studies {sorted(bad)}", file=sys.stderr)
+        print(f"classifiers.py: error: unknown studies {sorted(bad)}", file=sys.stderr)
         return 2
     from mmengine.config import Config
 
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     results = load()
     if args.report_only:
         if not results:
-            print(f"bench_classifiers.py: error: no results in {results_path}", file=sys.stderr)
+            print(f"classifiers.py: error: no results in {results_path}", file=sys.stderr)
             return 2
         meta = json.loads(results_path.read_text())["meta"]
         atomic_write_text(out / "results.md", tables(results, meta))
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(out / "results.md", tables(results, meta))
         plot_augment(results, out)
         print(
-            f"[bench_classifiers] {name}: acc {summary['mean']['accuracy']:.3f} macro F1 "
+            f"[classifiers] {name}: acc {summary['mean']['accuracy']:.3f} macro F1 "
             f"{summary['mean']['macro_f1']:.3f} ({time.time() - t0:.0f} s)",
             flush=True,
         )

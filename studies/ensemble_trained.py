@@ -15,8 +15,8 @@ clash with the vote steps, and nothing is retrained):
 
 Run::
 
-    python benchmarks/study_ensemble_trained.py configs/recipes/demo_cpu.yaml
-    python benchmarks/study_ensemble_trained.py configs/recipes/demo_cpu.yaml --data-root REAL_COPY \\
+    python studies/ensemble_trained.py configs/recipes/demo_cpu.yaml
+    python studies/ensemble_trained.py configs/recipes/demo_cpu.yaml --data-root REAL_COPY \\
         --work-dir work_dirs/demo_real
 
 Writes ``<work_dir>/study_trained.json`` and ``.md``.

@@ -17,7 +17,7 @@ combination's seed-0 models (all combinations share the architecture). Writes ``
 ``unet_study.md`` (the paper's Table 3 shape + size/latency + the paper's numbers beside ours) and
 ``unet_study_heatmap.png`` (Figure 7 shape) to ``--out-dir``.
 
-Run: ``OMP_NUM_THREADS=1 nice -n 10 python benchmarks/bench_unet_study.py`` (``--quick`` for a smoke run).
+Run: ``OMP_NUM_THREADS=1 nice -n 10 python studies/unet.py`` (``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -304,8 +304,7 @@ def run_job(job: dict) -> dict:
 
     atomic_write_json(wd / 'result.json', out)
     print(
-        f'[bench_unet_study] {combo} seed {seed}: Base jaccard {rows["Base"]["jaccard"]:.4f} '
-        f'({out["total_s"]:.0f} s)',
+        f'[unet] {combo} seed {seed}: Base jaccard {rows["Base"]["jaccard"]:.4f} ({out["total_s"]:.0f} s)',
         flush=True,
     )
     return out
@@ -566,7 +565,7 @@ def cost_and_target_lines(table: dict, costs: dict, results: list[dict]) -> list
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if not Path(args.data_root).is_dir():
-        print(f'bench_unet_study: data root not found: {args.data_root}', file=sys.stderr)
+        print(f'unet.py: data root not found: {args.data_root}', file=sys.stderr)
         return 1
     work = Path(args.work_dir)
     out_dir = Path(args.out_dir) if args.out_dir else work
@@ -586,12 +585,12 @@ def main(argv: list[str] | None = None) -> int:
             pruned_ckpt=str(wd / 'pruned' / f'iter_{args.prune_iters}.pth'),
         )
         if not Path(job['ckpt']).is_file():
-            print(f"bench_unet_study: {job['ckpt']} not trained yet", file=sys.stderr)
+            print(f"unet.py: {job['ckpt']} not trained yet", file=sys.stderr)
             return 1
         from celldata.fileio import atomic_write_json
 
         atomic_write_json(work / 'costs.json', measure_costs(args, data_root, job))
-        print(f'bench_unet_study: wrote {work / "costs.json"} ({time.time() - t0:.0f} s)')
+        print(f'unet.py: wrote {work / "costs.json"} ({time.time() - t0:.0f} s)')
         return 0
     results = []
     if args.report_only:
@@ -611,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_job(j))
             write_report(args, results, {}, out_dir, time.time() - t0)
     if not results:
-        print('bench_unet_study: no finished run to report', file=sys.stderr)
+        print('unet.py: no finished run to report', file=sys.stderr)
         return 1
     costs_file = work / 'costs.json'
     if costs_file.is_file():
@@ -625,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(costs_file, costs)
     write_report(args, results, costs, out_dir, time.time() - t0)
     print(
-        f'bench_unet_study: wrote {out_dir}/unet_study.{{json,md}} and unet_study_heatmap.png '
+        f'unet.py: wrote {out_dir}/unet_study.{{json,md}} and unet_study_heatmap.png '
         f'({len(results)} runs, {time.time() - t0:.0f} s)'
     )
     return 0

@@ -23,8 +23,8 @@ the detectors, nothing else retrained:
 
 Run (heavy steps are one process at a time; ``OMP_NUM_THREADS=1`` recommended)::
 
-    python benchmarks/study_image_class.py --work-dir work_dirs/demo                     # data in <work_dir>/data
-    python benchmarks/study_image_class.py --work-dir work_dirs/demo_real --data-root REAL_COPY --label real
+    python studies/image_class.py --work-dir work_dirs/demo                     # data in <work_dir>/data
+    python studies/image_class.py --work-dir work_dirs/demo_real --data-root REAL_COPY --label real
 
 A finished classifier training (same command) is reused; ``--retrain`` forces it. Missing inputs (prediction
 files, tuned config, fold annotations, config) stop the run with an error naming the file.
@@ -464,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         finally:
             tuner.close()
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"study_image_class.py: error: {e}", file=sys.stderr)
+        print(f"image_class.py: error: {e}", file=sys.stderr)
         return 2
     acc = {
         "majority": accuracy(rows, "majority"),
