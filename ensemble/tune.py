@@ -12,8 +12,8 @@ The config's models must be predictions of the validation images (ground truth f
 ``semantic_weight`` (only when a model file has semantic maps) and per-class ``score`` / ``min_area`` thresholds.
 
 Held-out estimate (``--cv K``): the validation images are split into K parts, all images of one ``sample_id`` in
-one part; for each part the search runs on the other K-1 parts and the tuned parameters are scored on the held-out
-part. The cross-validated (held-out) score is reported next to the in-sample score of the parameters tuned on all
+one part, stratified by cell type (the detectors' fold algorithm, :func:`celldata.prepare.make_folds`, seed 0);
+for each part the search runs on the other K-1 parts and the tuned parameters are scored on the held-out part. The cross-validated (held-out) score is reported next to the in-sample score of the parameters tuned on all
 images, which are what the YAML holds (with a ``tuning:`` record of the images, both scores and the folds, so
 that ``ensemble.run`` labels later scores in-sample or held-out). Decide "A beats B" on held-out scores.
 
@@ -52,6 +52,7 @@ from tqdm import tqdm
 
 from celldata import CLASSES
 from celldata.instances import InstanceMasks
+from celldata.prepare import make_folds
 from ensemble.config import load_config, save_config
 from ensemble.masks import FusionParams
 from ensemble.metrics import (
@@ -500,28 +501,39 @@ class CrossValidation:
         }
 
 
-def group_folds(image_ids: Sequence[str], groups: Mapping[str, str], k: int) -> list[list[str]]:
+def group_folds(
+    image_ids: Sequence[str],
+    groups: Mapping[str, str],
+    k: int,
+    cell_types: Mapping[str, str] | None = None,
+    seed: int = 0,
+) -> list[list[str]]:
     """Splits images into ``k`` parts with all images of one group (sample) in the same part.
 
-    Deterministic: groups are assigned largest first to the currently smallest part (ties: lower part index), so
-    the parts are balanced in images. Image order inside a part follows ``image_ids``.
+    The parts are the detectors' folds (:func:`celldata.prepare.make_folds`: grouped, stratified by cell type,
+    balanced in images, deterministic for a ``seed``). Image order inside a part follows ``image_ids``.
+
+    Args:
+        image_ids: The images.
+        groups: Image id -> sample id (an image without one is its own group).
+        k: Number of parts.
+        cell_types: Image id -> cell type (``None`` or a missing / empty type: one stratum for all).
+        seed: Fold seed.
+
+    Returns:
+        ``k`` lists of image ids.
 
     Raises:
         ValueError: ``k < 2`` or fewer groups than ``k``.
     """
-    by_group: dict[str, list[str]] = {}
-    for i in image_ids:
-        by_group.setdefault(groups.get(i, i), []).append(i)
+    group_of = [groups.get(i, i) for i in image_ids]
     if k < 2:
         raise ValueError(f"--cv needs at least 2 folds, got {k}")
-    if len(by_group) < k:
-        raise ValueError(f"--cv {k}: only {len(by_group)} sample group(s) among {len(image_ids)} images")
-    parts: list[list[str]] = [[] for _ in range(k)]
-    for g in sorted(by_group, key=lambda g: (-len(by_group[g]), g)):
-        target = min(range(k), key=lambda f: (len(parts[f]), f))
-        parts[target].extend(by_group[g])
-    order = {i: n for n, i in enumerate(image_ids)}
-    return [sorted(p, key=order.__getitem__) for p in parts]
+    if len(set(group_of)) < k:
+        raise ValueError(f"--cv {k}: only {len(set(group_of))} sample group(s) among {len(image_ids)} images")
+    types = [(cell_types or {}).get(i) or "" for i in image_ids]
+    fold_of = make_folds(list(image_ids), types, group_of, n_folds=k, seed=seed)
+    return [[i for i, f in zip(image_ids, fold_of) if f == part] for part in range(k)]
 
 
 def cross_validate(
@@ -530,6 +542,8 @@ def cross_validate(
     params: FusionParams,
     groups: Mapping[str, str],
     k: int,
+    *,
+    cell_types: Mapping[str, str] | None = None,
     **tune_kwargs: Any,
 ) -> CrossValidation:
     """K-fold held-out score of :func:`tune`: tune on K-1 parts, score the tuned parameters on the held-out one.
@@ -540,12 +554,13 @@ def cross_validate(
         params: Starting parameters.
         groups: Image id -> sample id (images of one sample stay in one part).
         k: Number of parts.
+        cell_types: Image id -> cell type: the parts are stratified by it (:func:`group_folds`).
         **tune_kwargs: Passed to :func:`tune` (method, space, rounds, ...).
 
     Returns:
         The cross-validation summary.
     """
-    parts = group_folds(tuner.ids, groups, k)
+    parts = group_folds(tuner.ids, groups, k, cell_types)
     per_image: dict[str, float] = {}
     folds = []
     start_all = tuner.image_scores(weights, params)
@@ -617,7 +632,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("tuning needs ground truth: pass --truth or set 'truth:' in the config")
         models = load_models(config.models)
         ids = common_image_ids(models, [m.name for m in config.models])
-        truth, _ = load_truth(truth_path)
+        truth, cell_types = load_truth(truth_path)
         groups = read_sample_ids(truth_path) if args.cv else {}
         state = FuseState.from_config(config, models)
         tuner = Tuner(state, truth, ids, progress=not args.no_progress, workers=args.workers)
@@ -630,7 +645,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         cv = None
         if args.cv:
-            cv = cross_validate(tuner, config.weights, config.fusion, groups, args.cv, **kwargs)
+            cv = cross_validate(
+                tuner, config.weights, config.fusion, groups, args.cv, cell_types=cell_types, **kwargs
+            )
         result = tune(tuner, config.weights, config.fusion, **kwargs)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

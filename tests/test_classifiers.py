@@ -305,6 +305,47 @@ def test_grouped_stratified_folds():
         grouped_stratified_folds([0, 1, 0], ["a", "a", "b"], 3)
 
 
+def test_classifier_folds_equal_the_detectors_folds(tmp_path):
+    """Tiles and instance crops of the same images and seed fall in the detectors' folds (celldata.prepare)."""
+    from celldata.prepare import make_folds
+
+    rng = np.random.default_rng(3)
+    image_ids = [f"im{i:02d}" for i in range(30)]
+    sample_of = {i: f"s{int(rng.integers(0, 12))}" for i in image_ids}
+    type_of = {}  # one cell type per sample, as in Sartorius
+    for i in image_ids:
+        type_of[i] = CLASSES[int(sample_of[i][1:]) % 3]
+    detector_fold = dict(
+        zip(
+            image_ids,
+            make_folds(image_ids, [type_of[i] for i in image_ids], [sample_of[i] for i in image_ids], 4, 7),
+        )
+    )
+    # a variable number of samples per image, in shuffled order
+    samples = [i for i in image_ids for _ in range(int(rng.integers(1, 6)))]
+    samples = [samples[j] for j in rng.permutation(len(samples))]
+    labels = [CLASSES.index(type_of[i]) for i in samples]
+    folds = grouped_stratified_folds(
+        labels, [sample_of[i] for i in samples], 4, seed=7, image_ids=samples, classes=CLASSES
+    )
+    for k, (tr, te) in enumerate(folds):
+        assert {samples[j] for j in te} == {i for i in image_ids if detector_fold[i] == k}
+        assert sorted(tr.tolist() + te.tolist()) == list(range(len(samples)))
+
+    # the same through a classifier dataset of a prepared COCO file
+    _write_coco(tmp_path, n_samples=9)
+    coco = json.loads((tmp_path / "annotations" / "train_all.json").read_text())
+    ims = coco["images"]
+    fold_of = make_folds([im["kaggle_id"] for im in ims], [im["cell_type"] for im in ims],
+                         [im["sample_id"] for im in ims], 3, 0)  # fmt: skip
+    expected = {im["kaggle_id"]: int(f) for im, f in zip(ims, fold_of)}
+    ds = SartoriusInstanceCropDataset("annotations/train_all.json", data_root=str(tmp_path), crop_size=28)
+    ids = ds.get_image_ids()
+    folds = grouped_stratified_folds(ds.get_labels(), ds.get_groups(), 3, 0, image_ids=ids)
+    for k, (_, te) in enumerate(folds):
+        assert {ids[j] for j in te} == {i for i, f in expected.items() if f == k}
+
+
 def test_confusion_normalization_hand_case():
     cm = np.array([[8, 2, 0], [1, 1, 2], [0, 0, 0]])
     n = normalize_confusion(cm)

@@ -168,6 +168,21 @@ def test_group_folds_keep_samples_together() -> None:
         group_folds(ids, groups, 5)
 
 
+def test_group_folds_are_the_detectors_folds() -> None:
+    """Stratified by cell type with celldata.prepare.make_folds: the same parts as the detectors' folds."""
+    from celldata.prepare import make_folds
+
+    ids = [f"i{k:02d}" for k in range(24)]
+    groups = {i: f"s{k // 2}" for k, i in enumerate(ids)}
+    types = {i: ("shsy5y", "astro", "cort")[(k // 2) % 3] for k, i in enumerate(ids)}
+    parts = group_folds(ids, groups, 4, types, seed=5)
+    fold_of = make_folds(ids, [types[i] for i in ids], [groups[i] for i in ids], 4, 5)
+    assert parts == [[i for i, f in zip(ids, fold_of) if f == k] for k in range(4)]
+    for p in parts:  # 4 samples of each type over 4 parts: one of each type per part
+        assert sorted(types[i] for i in p) == ["astro", "astro", "cort", "cort", "shsy5y", "shsy5y"]
+    assert group_folds(ids, groups, 4, types, seed=5) == parts  # deterministic
+
+
 def test_cv_reports_held_out_scores(data: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     start = _cli_config(data, tmp_path)
     out = tmp_path / "tuned_cv.yaml"

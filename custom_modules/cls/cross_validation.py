@@ -6,8 +6,9 @@ tests it on the fold (the config's ``test_evaluator`` must be :class:`~custom_mo
 accuracy and the k-fold average normalised confusion matrix (mean +- std over folds); :func:`write_report` writes
 ``cv_summary.json``, ``cv_summary.md`` and ``confusion_normalized.png``.
 
-Folds: :class:`sklearn.model_selection.StratifiedGroupKFold` over the samples' labels, grouped by ``sample_id``
-(no sample_id is ever split), shuffled with ``seed``.
+Folds: :func:`custom_modules.cls.folds.grouped_stratified_folds`, the detectors' folds
+(:func:`celldata.prepare.make_folds`: grouped by ``sample_id``, stratified by cell type, seeded) over the samples'
+images, so classifier fold ``k`` holds the images of the detectors' fold ``k`` for the same seed.
 """
 
 from __future__ import annotations
@@ -223,7 +224,9 @@ def cross_validate(
         full_cfg.pipeline = []
         full = DATASETS.build(full_cfg)
         labels, groups = full.get_labels(), full.get_groups()
-        splits = grouped_stratified_folds(labels, groups, folds, seed)
+        splits = grouped_stratified_folds(
+            labels, groups, folds, seed, image_ids=full.get_image_ids(), classes=classes
+        )
         confusions, sizes, image_acc = [], [], []
         for k, (tr, te) in enumerate(splits):
             fcfg = copy.deepcopy(cfg)

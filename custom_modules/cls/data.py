@@ -29,6 +29,7 @@ from mmengine.registry import DATASETS
 from pycocotools import mask as mask_utils
 
 from celldata import CLASSES
+from celldata.coco import kaggle_id
 
 __all__ = [
     "read_gray",
@@ -208,10 +209,9 @@ def iter_instances(ann_file: str, data_root: str, classes: Sequence[str] = CLASS
             yield im, image, a, m, coco["cat_to_label"][int(a["category_id"])]
 
 
-def _meta(im: dict) -> tuple[str, str]:
-    image_id = str(
-        im.get("kaggle_id") or im.get("image_id") or osp.splitext(osp.basename(im["file_name"]))[0]
-    )
+def image_meta(im: dict) -> tuple[str, str]:
+    """``(Kaggle id, sample_id)`` of a COCO image (:func:`celldata.coco.kaggle_id`; the sample id defaults to it)."""
+    image_id = kaggle_id(im)
     return image_id, str(im.get("sample_id", image_id))
 
 
@@ -233,7 +233,7 @@ def _instance_crops(
         if area < min_area:
             continue
         crop, mcrop = object_centred_crop(image, m, a["bbox"], crop_size, margin, margin_ratio, masked)
-        image_id, sample_id = _meta(im)
+        image_id, sample_id = image_meta(im)
         out.append(
             dict(
                 img=crop,
@@ -261,7 +261,7 @@ def _image_tiles(
             )
         label = list(classes).index(im["cell_type"])
         image = read_gray(osp.join(data_root, im["file_name"]))
-        image_id, sample_id = _meta(im)
+        image_id, sample_id = image_meta(im)
         for (y, x), tile in image_tiles(image, tile_size, mode, stride):
             out.append(dict(img=tile, gt_label=label, image_id=image_id, sample_id=sample_id, tile_yx=(y, x)))
     return tuple(out)
@@ -277,6 +277,10 @@ class _ClsDatasetMixin:
     def get_groups(self) -> np.ndarray:
         """``(len(self),)`` ``sample_id`` of every sample (the cross-validation groups)."""
         return np.array([self.get_data_info(i)["sample_id"] for i in range(len(self))], dtype=object)
+
+    def get_image_ids(self) -> np.ndarray:
+        """``(len(self),)`` Kaggle id of every sample's image (the folds are made over the images)."""
+        return np.array([self.get_data_info(i)["image_id"] for i in range(len(self))], dtype=object)
 
     def get_cat_ids(self, idx: int) -> list[int]:
         """mmengine's class-aware wrappers: the sample's class as a one-element list."""

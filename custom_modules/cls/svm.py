@@ -23,7 +23,7 @@ from sklearn.svm import SVC
 
 from celldata import CLASSES
 
-from .data import iter_instances
+from .data import image_meta, iter_instances
 from .folds import grouped_stratified_folds
 from .metrics import confusion_matrix
 
@@ -113,23 +113,26 @@ def object_features(mask: np.ndarray, image: np.ndarray, ring: int = 5) -> np.nd
 
 def extract_features(
     ann_file: str, data_root: str, classes: Sequence[str] = CLASSES, min_area: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features, labels and groups of every instance of a prepared COCO file (same order and ``min_area`` filter
-    as :class:`~custom_modules.cls.data.SartoriusInstanceCropDataset`).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels, groups and images of every instance of a prepared COCO file (same order, ``min_area``
+    filter and ids as :class:`~custom_modules.cls.data.SartoriusInstanceCropDataset`).
 
     Returns:
-        ``X`` ``(N, F)`` float64, ``y`` ``(N,)`` int64, ``groups`` ``(N,)`` sample ids.
+        ``X`` ``(N, F)`` float64, ``y`` ``(N,)`` int64, ``groups`` ``(N,)`` sample ids, ``image_ids`` ``(N,)``
+        Kaggle ids of the instances' images.
     """
-    X, y, g = [], [], []
+    X, y, g, ids = [], [], [], []
     for im, image, _a, m, label in iter_instances(ann_file, data_root, tuple(classes)):
         if int(m.sum()) < min_area:
             continue
         X.append(object_features(m, image))
         y.append(label)
-        g.append(str(im.get("sample_id", im.get("kaggle_id", im["id"]))))
+        image_id, sample_id = image_meta(im)
+        g.append(sample_id)
+        ids.append(image_id)
     if not X:
         raise ValueError(f"{ann_file}: no annotated instances")
-    return np.vstack(X), np.asarray(y, np.int64), np.asarray(g, dtype=object)
+    return np.vstack(X), np.asarray(y, np.int64), np.asarray(g, dtype=object), np.asarray(ids, dtype=object)
 
 
 def make_svm(params: Mapping[str, Any] | None = None):
@@ -149,14 +152,14 @@ def svm_fold_confusions(
     min_area: int = 1,
 ) -> tuple[list[np.ndarray], list[dict]]:
     """Per-fold confusion matrices of the SVM on the grouped stratified folds of
-    :func:`~custom_modules.cls.folds.grouped_stratified_folds`.
+    :func:`~custom_modules.cls.folds.grouped_stratified_folds` (the detectors' folds of the same images and seed).
 
     Returns:
         (``folds`` ``(C, C)`` count matrices, per-fold ``{'train': n, 'test': n}``).
     """
-    X, y, g = extract_features(ann_file, data_root, classes, min_area)
+    X, y, g, ids = extract_features(ann_file, data_root, classes, min_area)
     out, sizes = [], []
-    for tr, te in grouped_stratified_folds(y, g, folds, seed):
+    for tr, te in grouped_stratified_folds(y, g, folds, seed, image_ids=ids, classes=classes):
         clf = make_svm(params).fit(X[tr], y[tr])
         out.append(confusion_matrix(y[te], clf.predict(X[te]), len(classes)))
         sizes.append({"train": int(tr.size), "test": int(te.size)})
