@@ -28,9 +28,10 @@ bench: install
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_ensemble.py $(BENCH_ARGS)
 	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_models.py $(BENCH_ARGS)
 
-# the U-Net optimizer x loss x compression study on the real images of ../shared (long; BENCH_ARGS e.g. --quick)
+# the accuracy study of the U-Net optimizer x loss x compression paper (studies/unet.py) on the real images of
+# ../shared (long; BENCH_ARGS e.g. --quick)
 bench-study: install
-	OMP_NUM_THREADS=1 $(PY) benchmarks/bench_unet_study.py $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(PY) studies/unet.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

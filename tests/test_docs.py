@@ -28,6 +28,7 @@ CHECKED_ROOTS = (
     "tools",
     "configs",
     "benchmarks",
+    "studies",
     "tests",
     ".ci",
 )
