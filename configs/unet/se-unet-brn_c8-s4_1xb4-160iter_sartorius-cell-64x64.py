@@ -7,10 +7,10 @@
 # weighted 4x in the CE: with CE + Dice unweighted the baseline still predicted only background after 160
 # iterations at lr 3e-3 (2 of 2 seeds) and at lr 1e-2. AdamW at lr 1e-2.
 # Labels: cell vs background (SartoriusCellDataset merges the three cell types); the boundary variant swaps
-# in SartoriusCellBoundaryDataset (see benchmarks/bench_fre_study.py). Random 64x64 crops, batch 4,
+# in SartoriusCellBoundaryDataset (see studies/fre.py). Random 64x64 crops, batch 4,
 # AdamW, 160 iterations, one whole-image validation at the end on the fold's validation split.
 # Data: a prepared Kaggle-layout root (tools/prepare_sartorius.py), set with --cfg-options data_root=DIR; the
-# study (benchmarks/bench_fre_study.py) uses a copy downscaled 2x (352x260 images, nearest-neighbour labels),
+# study (studies/fre.py) uses a copy downscaled 2x (352x260 images, nearest-neighbour labels),
 # so a 64x64 crop covers the field of view of a 128x128 crop at full resolution at a quarter of the cost.
 _base_ = [
     '../_base_/models/se_unet.py',
