@@ -93,7 +93,10 @@ def test_cli_errors_and_dry_run(tmp_path: Path, capsys: pytest.CaptureFixture) -
     for step in ("prepare/synthetic", "prepare/folds", "train/mask_rcnn/fold0", "train/yolox/fold0",
                  "oof/yolox_masks/fold0", "tune/ensemble", "test/unet/merge", "submission", "summary"):  # fmt: skip
         assert step in out, step
-    assert "--mask-head-on" in out and "tools/train.py configs/yolox/yolox_tiny_demo-cpu_sartorius.py" in out
+    assert (
+        "--mask-head-on" in out
+        and "-m workflow.cli.train configs/yolox/yolox_tiny_demo-cpu_sartorius.py" in out
+    )
     assert "<last checkpoint of" in out
     assert not work.exists(), "--dry-run must not write anything"
     assert main([str(DEMO), "--work-dir", str(work), "--dry-run", "--only", "nosuchstep"]) == 2
@@ -265,3 +268,64 @@ def test_config_digest_ignores_comments_not_values(tmp_path: Path) -> None:
     assert _config_digest(str(leaf)) == d0
     base.write_text("a = 1\nmodel = dict(x=3)\n")  # a value in the _base_ chain
     assert _config_digest(str(leaf)) != d0
+
+
+def _commands(plan: Plan) -> list[list[str]]:
+    return [[str(a) for a in s.cmd] for s in plan.steps if s.cmd is not None]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs/recipes").glob("*.yaml")), ids=lambda p: p.stem)
+def test_plan_runs_modules_never_script_paths(path: Path, tmp_path: Path) -> None:
+    """Every command of a shipped recipe is ``python -m <module>`` of an existing module; no path under tools/."""
+    import importlib.util
+
+    plan = build_plan(load_recipe(path), work_dir=tmp_path, python="PY")
+    cmds = _commands(plan)
+    assert cmds
+    for cmd in cmds:
+        assert cmd[:2] == ["PY", "-m"], cmd
+        assert not any("tools/" in a or a.endswith(".sh") for a in cmd), cmd
+        modules = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-m"]
+        assert all(importlib.util.find_spec(m) is not None for m in modules), modules
+        assert modules[-1].startswith("workflow.cli."), cmd
+
+
+def test_ddp_training_and_bundle_commands(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpus > 1: torchrun runs the train module with dist_launch.sh's rendezvous options (read when the step runs);
+    the bundle step runs ``-m workflow.cli.make_bundle``."""
+    from workflow.recipe import steps as S
+
+    d = _recipe(outputs={"bundle": str(tmp_path / "bundle")})
+    d["models"][0]["gpus"] = 2
+    plan = build_plan(parse_recipe(d, "x.yaml"), work_dir=tmp_path, python="PY")
+    step = plan.step("train/mask_rcnn/fold0")
+    cmd = [str(a) for a in step.cmd]
+    assert cmd[:3] == ["PY", "-m", "torch.distributed.run"] and "--nproc_per_node=2" in cmd
+    i = cmd.index("workflow.cli.train")
+    assert cmd[i - 1] == "-m" and cmd[i + 1] == MRCNN and cmd[-2:] == ["--launcher", "pytorch"]
+    monkeypatch.setenv("PORT", "29613")
+    monkeypatch.delenv("NNODES", raising=False)
+    resolved = [a if isinstance(a, str) else a.resolve() for a in step.cmd]
+    assert "--master_port=29613" in resolved and "--nnodes=1" in resolved
+    assert "${PORT" in step.command_text(), "the dry run shows the variable, not its value"
+    bundle = plan.step("bundle")
+    assert isinstance(bundle.func, S.Bundle)
+
+    class Ctx:
+        cmds: list[list[str]] = []
+
+        def run(self, cmd: list[str]) -> str:
+            self.cmds.append(cmd)
+            return ""
+
+    bundle.func(Ctx())
+    assert Ctx.cmds[0][:3] == ["PY", "-m", "workflow.cli.make_bundle"]
+
+
+def test_tool_env_sets_no_pythonpath(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tools run as installed modules: the step environment adds no PYTHONPATH."""
+    from workflow.execution import tool_env
+
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    env = tool_env()
+    assert "PYTHONPATH" not in env and env["PYTHONUNBUFFERED"] == "1"

@@ -2,24 +2,28 @@
 
 Stages, in order (:data:`STAGES`)::
 
-    prepare     synthetic data (when asked) -> tools/prepare_sartorius.py -> dataset report -> box-size report
-    pretrain    tools/prepare_livecell.py -> train each pretrain config (its checkpoint is the fine-tuning
-                step's load_from)
-    train       tools/train.py (tools/dist_train.sh when gpus > 1) for every model x fold
-    oof         tools/infer.py on each fold's validation images with that fold's checkpoint (+ mask heads on
+    prepare     synthetic data (when asked) -> prepare_sartorius -> dataset report -> box-size report
+    pretrain    prepare_livecell -> train each pretrain config (its checkpoint is the fine-tuning step's
+                load_from)
+    train       train (under torch.distributed.run when gpus > 1) for every model x fold
+    oof         infer on each fold's validation images with that fold's checkpoint (+ mask heads on
                 box models' boxes, or box-first: fused boxes -> mask heads), then the folds joined into one
                 out-of-fold prediction file per ensemble member
     score       every member alone on the out-of-fold predictions (competition score; fgIoU for semantic maps)
     tune        python -m ensemble.tune on the out-of-fold predictions (held-out --cv report when available),
                 the tuned ensemble scored there
-    test        tools/infer.py on the test images with every fold's checkpoint, folds merged per member
+    test        infer on the test images with every fold's checkpoint, folds merged per member
     submission  the tuned ensemble applied to the test predictions -> the submission CSV
-    bundle      tools/kaggle/make_bundle.py (when the recipe asks for one and the tool exists)
+    bundle      make_bundle (when the recipe asks for one)
     summary     summary.md / summary.json + plots
 
-Every step has an id (``train/yolox/fold0``), a fingerprint of its inputs (parameters, config files with their
-``_base_`` chain, input files' size and mtime, and the fingerprints of the steps it depends on) and its outputs;
-:mod:`workflow.recipe.runner` uses them to skip finished work and to redo what changed.
+Every step has an id (``train/yolox/fold0``), a fingerprint of its inputs (parameters, config files with
+their ``_base_`` chain, input files' size and mtime, and the fingerprints of the steps it depends on) and its
+outputs; :mod:`workflow.recipe.runner` uses them to skip finished work and to redo what changed.
+
+Every tool (the names above) runs as a module, ``python -m workflow.cli.<tool>`` (DDP training: ``python -m
+torch.distributed.run ... -m workflow.cli.train ... --launcher pytorch``), never as a script path.
+:func:`build_plan` hands a small builder (the recipe, the folders, the step list) to one function per stage.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ from typing import Any
 
 from celldata.images import list_image_files
 from workflow.execution import Arg, DeferredArg, Step
-from workflow.recipe.config import REPO, Recipe
+from workflow.recipe import steps as S
+from workflow.recipe.config import REPO, ModelSpec, Recipe
 
-__all__ = ["STAGES", "Checkpoint", "Step", "Plan", "build_plan", "config_files", "file_fingerprint"]
+__all__ = ["STAGES", "Checkpoint", "Step", "Plan", "build_plan", "file_fingerprint", "step_fingerprint"]
 
 STAGES = ("prepare", "pretrain", "train", "oof", "score", "tune", "test", "submission", "bundle", "summary")
 
@@ -109,36 +114,14 @@ def file_fingerprint(path: Path) -> dict[str, Any]:
     return {"path": _rel(path), "missing": True}
 
 
-def config_files(config: str | Path) -> list[Path]:
-    """A config file and every ``_base_`` file it inherits from (recursively), in a stable order."""
-    from mmengine.config import Config
-
-    seen: list[Path] = []
-
-    def visit(p: Path) -> None:
-        p = p.resolve()
-        if p in seen or not p.is_file():
-            return
-        seen.append(p)
-        for b in Config._get_base_files(str(p)):
-            if "::" in b:  # package base (mmdet::...), part of the installed library
-                continue
-            visit(p.parent / b)
-
-    visit(Path(config) if Path(config).is_absolute() else REPO / config)
-    return seen
-
-
 def _config_digest(config: str) -> str:
-    """Digest of a config as resolved by mmengine (with its whole ``_base_`` chain): edits of comments or layout
-    leave it unchanged, any changed value changes it."""
-    import json as _json
-
+    """Digest of a config as resolved by mmengine (with its whole ``_base_`` chain): edits of comments or
+    layout leave it unchanged, any changed value changes it."""
     from custom_modules.config import load_config
 
     path = Path(config) if Path(config).is_absolute() else REPO / config
     cfg = load_config(path, import_custom_modules=False)
-    text = _json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -154,6 +137,122 @@ def _cfg_opts(opts: dict[str, Any]) -> list[str]:
             v = "None"
         out.append(f"{k}={v}")
     return out
+
+
+class _EnvOption(DeferredArg):
+    """``OPTION=VALUE`` with VALUE read from an environment variable when the step runs (``default`` when
+    unset): the rendezvous options that ``tools/dist_launch.sh`` takes from ``NNODES``, ``NODE_RANK``,
+    ``MASTER_ADDR`` and ``PORT``, so that a DDP step honours them the same way (and its fingerprint does not
+    depend on them)."""
+
+    def __init__(self, option: str, var: str, default: str) -> None:
+        self.option, self.var, self.default = option, var, default
+
+    def resolve(self) -> str:
+        """``OPTION=$VAR`` (or the default)."""
+        return f"{self.option}={os.environ.get(self.var) or self.default}"
+
+    def __str__(self) -> str:
+        return f"{self.option}=${{{self.var}:-{self.default}}}"
+
+
+_RENDEZVOUS: tuple[DeferredArg, ...] = (
+    _EnvOption("--nnodes", "NNODES", "1"),
+    _EnvOption("--node_rank", "NODE_RANK", "0"),
+    _EnvOption("--master_addr", "MASTER_ADDR", "127.0.0.1"),
+)
+_PORT = _EnvOption("--master_port", "PORT", "29500")
+
+
+@dataclass
+class _Builder:
+    """What the stage functions share: the recipe, the folders, the interpreter and the steps added so far.
+
+    Attributes:
+        recipe: The parsed recipe.
+        work: The work dir (absolute).
+        data: The Kaggle-layout data root (absolute).
+        python: Interpreter of the tools.
+        synthetic: The data is generated by the plan (``prepare/synthetic``).
+        steps: The steps so far, in execution order.
+        notes: Lines the dry run prints above the steps.
+        pretrained: Final checkpoint of every pretrain model, by name.
+        ckpts: Final checkpoint of every trained model, by ``(name, fold)``.
+    """
+
+    recipe: Recipe
+    work: Path
+    data: Path
+    python: str
+    synthetic: bool
+    steps: list[Step] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    pretrained: dict[str, Checkpoint] = field(default_factory=dict)
+    ckpts: dict[tuple[str, int], Checkpoint] = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls, recipe: Recipe, work_dir: str | Path | None, data_root: str | Path | None, python: str
+    ) -> _Builder:
+        """The builder of ``recipe`` with its work dir and data root resolved (see :func:`build_plan`)."""
+        work = _abs(work_dir or recipe.work_dir)
+        synthetic = data_root is None and recipe.data.root is None
+        if data_root is not None:
+            data = _abs(data_root)
+        elif recipe.data.root is not None:
+            data = _abs(recipe.data.root)
+        else:
+            data = work / "data"
+        return cls(recipe=recipe, work=work, data=data, python=python, synthetic=synthetic)
+
+    def add(self, step: Step) -> Step:
+        """Append ``step``."""
+        self.steps.append(step)
+        return step
+
+    def has(self, step_id: str) -> bool:
+        """Whether a step ``step_id`` was added."""
+        return any(s.id == step_id for s in self.steps)
+
+    def tool(self, name: str, *args: Arg) -> list[Arg]:
+        """The command line of a project tool: ``python -m workflow.cli.<name> ARGS``."""
+        return [self.python, "-m", f"workflow.cli.{name}", *args]
+
+    @property
+    def predictions(self) -> Path:
+        """Folder of the prediction files."""
+        return self.work / "predictions"
+
+    @property
+    def ensemble_dir(self) -> Path:
+        """Folder of the ensemble configs and scores."""
+        return self.work / "ensemble"
+
+    def member_names(self) -> list[str]:
+        """Names of the ensemble members, in order."""
+        return [n for n, _, _ in self.recipe.members()]
+
+    def oof_file(self, member: str) -> Path:
+        """The out-of-fold prediction file of ``member``."""
+        return self.predictions / "oof" / f"{member}_val.npz"
+
+    def test_file(self, member: str) -> Path:
+        """The (fold-merged) test prediction file of ``member``."""
+        return self.predictions / "test" / f"{member}_test.npz"
+
+    @property
+    def test_dir(self) -> Path:
+        """Folder of the test images."""
+        return self.data / self.recipe.data.test_dir
+
+    def test_ready(self) -> bool:
+        """Whether there are test images (synthetic data writes them in ``prepare``)."""
+        return self.synthetic or bool(list_image_files(self.test_dir))
+
+
+def _abs(p: str | Path) -> Path:
+    p = Path(p)
+    return p if p.is_absolute() else REPO / p
 
 
 def build_plan(
@@ -173,96 +272,76 @@ def build_plan(
     Returns:
         The plan.
     """
-    from workflow.recipe import steps as S  # Python-call steps (framework-free)
-
-    W = Path(work_dir or recipe.work_dir)
-    W = W if W.is_absolute() else REPO / W
-    synthetic = data_root is None and recipe.data.root is None
-    if data_root is not None:
-        R = Path(data_root)
-    elif recipe.data.root is not None:
-        R = Path(recipe.data.root)
+    b = _Builder.create(recipe, work_dir, data_root, python)
+    test_ready = b.test_ready()
+    for stage in (_prepare, _pretrain, _train, _oof, _score, _tune):
+        stage(b)
+    if test_ready:
+        _test(b)
+        _submission(b)
+        _bundle(b)
     else:
-        R = W / "data"
-    R = R if R.is_absolute() else REPO / R
-    py = python
-    steps: list[Step] = []
-    notes: list[str] = []
-    logs_quiet = ["--no-progress"]
+        b.notes.append(f"test: no images in {_rel(b.test_dir)}; no test predictions, submission or bundle")
+    _summary(b)
+    return Plan(recipe=recipe, work_dir=b.work, data_root=b.data, steps=b.steps, notes=b.notes)
 
-    def add(step: Step) -> Step:
-        steps.append(step)
-        return step
 
-    # ---------------------------------------------------------------- prepare
+def _prepare(b: _Builder) -> None:
+    """Synthetic data (when asked), the COCO folds, the dataset report, the box-size report."""
+    recipe, R, W = b.recipe, b.data, b.work
     data_deps: list[str] = []
-    if synthetic:
+    data_params: dict[str, Any] = {}
+    if b.synthetic:
         syn = dict(recipe.data.synthetic or {})
-        cmd = [py, "tools/make_synthetic.py", "--out", str(R), "--no-progress"]
+        cmd = b.tool("make_synthetic", "--out", str(R), "--no-progress")
         for key in ("n_images", "n_test", "density", "seed", "from_coco"):
             if syn.get(key) is not None:
                 cmd += [f"--{key.replace('_', '-')}", str(syn[key])]
-        add(
-            Step(
-                "prepare/synthetic",
-                "prepare",
-                f"synthetic dataset -> {_rel(R)}",
-                cmd=cmd,
-                params={"synthetic": syn},
-                outputs=[R / "train.csv", R / "train"],
-            )
-        )
+        b.add(Step("prepare/synthetic", "prepare", f"synthetic dataset -> {_rel(R)}", cmd=cmd,
+                   params={"synthetic": syn}, outputs=[R / "train.csv", R / "train"]))  # fmt: skip
         data_deps = ["prepare/synthetic"]
-        data_params: dict[str, Any] = {}
     else:
         data_params = {"train_csv": file_fingerprint(R / "train.csv"), "train": file_fingerprint(R / "train")}
-    folds = recipe.data.folds
-    add(
+    folds, seed = recipe.data.folds, recipe.data.fold_seed
+    b.add(
         Step(
             "prepare/folds",
             "prepare",
             f"COCO folds ({folds}), semantic labels, split lists in {_rel(R)}",
-            cmd=[
-                py,
-                "tools/prepare_sartorius.py",
+            cmd=b.tool(
+                "prepare_sartorius",
                 "--data-root",
                 str(R),
                 "--folds",
                 str(folds),
                 "--seed",
-                str(recipe.data.fold_seed),
-                *logs_quiet,
-            ],  # fmt: skip
-            params={"folds": folds, "seed": recipe.data.fold_seed, **data_params},
+                str(seed),
+                "--no-progress",
+            ),  # fmt: skip
+            params={"folds": folds, "seed": seed, **data_params},
             deps=data_deps,
             outputs=[R / "annotations" / f"fold{k}_val.json" for k in range(folds)]
             + [R / "annotations" / "train_all.json"],
         )
     )
-    add(
+    b.add(
         Step(
             "prepare/report",
             "prepare",
             "dataset report (counts, sizes, overlays)",
-            cmd=[
-                py,
-                "tools/dataset_report.py",
-                "--data-root",
-                str(R),
-                "--out",
-                str(W / "dataset_report"),
-                *logs_quiet,
-            ],  # fmt: skip
+            cmd=b.tool(
+                "dataset_report", "--data-root", str(R), "--out", str(W / "dataset_report"), "--no-progress"
+            ),
             deps=["prepare/folds"],
             outputs=[W / "dataset_report" / "report.json"],
         )
     )
     box_cfgs = [m for m in recipe.models if m.role in ("boxes", "instance")]
     if box_cfgs:
-        cmd = [py, "tools/analyze_boxes.py", "--data-root", str(R), "--out", str(W / "box_report")]
+        cmd = b.tool("analyze_boxes", "--data-root", str(R), "--out", str(W / "box_report"))
         for m in box_cfgs:
             cmd += ["--config", m.config]
-        add(
+        b.add(
             Step(
                 "prepare/boxes",
                 "prepare",
@@ -274,57 +353,79 @@ def build_plan(
             )
         )
 
-    # ---------------------------------------------------------------- pretrain
-    pre_ckpt: dict[str, Checkpoint] = {}
-    if recipe.pretrain is not None:
-        lc = recipe.pretrain.livecell
-        L = Path(lc.get("out") or W / "livecell")
-        L = L if L.is_absolute() else REPO / L
-        anns = lc["ann"] if isinstance(lc["ann"], list) else [lc["ann"]]
-        cmd = [py, "tools/prepare_livecell.py", "--ann", *anns, "--images-dir", lc["images_dir"], "--out", str(L),
-               *logs_quiet]  # fmt: skip
-        if lc.get("categories"):
-            cmd += ["--categories", lc["categories"]]
-        if lc.get("class_map"):
-            cmd += ["--class-map", lc["class_map"]]
-        add(
+
+def _pretrain(b: _Builder) -> None:
+    """LIVECell conversion and one training per pretrain model (their checkpoints feed ``train``)."""
+    if b.recipe.pretrain is None:
+        return
+    lc = b.recipe.pretrain.livecell
+    L = _abs(lc.get("out") or b.work / "livecell")
+    anns = lc["ann"] if isinstance(lc["ann"], list) else [lc["ann"]]
+    cmd = b.tool("prepare_livecell", "--ann", *anns, "--images-dir", lc["images_dir"], "--out", str(L),
+                 "--no-progress")  # fmt: skip
+    if lc.get("categories"):
+        cmd += ["--categories", lc["categories"]]
+    if lc.get("class_map"):
+        cmd += ["--class-map", lc["class_map"]]
+    b.add(
+        Step(
+            "pretrain/livecell",
+            "pretrain",
+            f"LIVECell -> {_rel(L)}",
+            cmd=cmd,
+            params={"livecell": lc, "anns": [file_fingerprint(REPO / a) for a in anns]},
+            outputs=[L / "annotations"],
+        )
+    )
+    for pname, spec in b.recipe.pretrain.models.items():
+        tdir = b.work / "pretrain" / pname
+        opts = {"data_root": str(L), **(spec.get("cfg_options") or {})}
+        b.add(
             Step(
-                "pretrain/livecell",
+                f"pretrain/{pname}",
                 "pretrain",
-                f"LIVECell -> {_rel(L)}",
-                cmd=cmd,
-                params={"livecell": lc, "anns": [file_fingerprint(REPO / a) for a in anns]},
-                outputs=[L / "annotations"],
+                f"pretrain {pname} on LIVECell ({spec['config']})",
+                cmd=_train_cmd(b, spec["config"], tdir, opts, int(spec.get("gpus", 1))),
+                params={"config": spec["config"], "digest": _config_digest(spec["config"]), "opts": opts},
+                deps=["pretrain/livecell"],
+                outputs=[tdir / "last_checkpoint"],
+                train_dir=tdir,
             )
         )
-        for pname, spec in recipe.pretrain.models.items():
-            tdir = W / "pretrain" / pname
-            opts = {"data_root": str(L), **(spec.get("cfg_options") or {})}
-            add(
-                Step(
-                    f"pretrain/{pname}",
-                    "pretrain",
-                    f"pretrain {pname} on LIVECell ({spec['config']})",
-                    cmd=_train_cmd(py, spec["config"], tdir, opts, int(spec.get("gpus", 1))),
-                    params={"config": spec["config"], "digest": _config_digest(spec["config"]), "opts": opts},
-                    deps=["pretrain/livecell"],
-                    outputs=[tdir / "last_checkpoint"],
-                    train_dir=tdir,
-                )
-            )
-            pre_ckpt[pname] = Checkpoint(tdir)
+        b.pretrained[pname] = Checkpoint(tdir)
 
-    # ---------------------------------------------------------------- train
-    ckpts: dict[tuple[str, int], Checkpoint] = {}
-    for m in recipe.models:
-        for k in recipe.folds_of(m):
-            tdir = W / "models" / m.name / f"fold{k}"
-            opts: dict[str, Any] = {"data_root": str(R), "fold": k}
+
+def _train_cmd(
+    b: _Builder, config: str, work_dir: Path, opts: dict[str, Any], gpus: int, load_from: Arg | None = None
+) -> list[Arg]:
+    """``python -m workflow.cli.train`` (``gpus > 1``: under ``torch.distributed.run`` with the rendezvous
+    options of ``tools/dist_launch.sh`` and ``--launcher pytorch``); ``load_from`` joins the
+    ``--cfg-options``."""
+    if gpus > 1:
+        torchrun = [*_RENDEZVOUS, f"--nproc_per_node={gpus}", _PORT]
+        head: list[Arg] = [b.python, "-m", "torch.distributed.run", *torchrun, "-m", "workflow.cli.train"]
+        tail = ["--launcher", "pytorch"]
+    else:
+        head, tail = b.tool("train"), []
+    cmd = [*head, config, "--work-dir", str(work_dir), "--cfg-options", *_cfg_opts(opts)]
+    if isinstance(load_from, Checkpoint):
+        cmd.append(_LoadFrom(load_from))
+    elif load_from is not None:
+        cmd.append(f"load_from={load_from}")
+    return cmd + tail
+
+
+def _train(b: _Builder) -> None:
+    """Every model x fold (``--cfg-options data_root=... fold=K``, starting weights from the recipe)."""
+    for m in b.recipe.models:
+        for k in b.recipe.folds_of(m):
+            tdir = b.work / "models" / m.name / f"fold{k}"
+            opts: dict[str, Any] = {"data_root": str(b.data), "fold": k}
             deps = ["prepare/folds"]
             params: dict[str, Any] = {"config": m.config, "digest": _config_digest(m.config)}
             load_from: Arg | None = None
             if m.pretrain is not None:
-                load_from = pre_ckpt[m.pretrain]
+                load_from = b.pretrained[m.pretrain]
                 deps.append(f"pretrain/{m.pretrain}")
             elif m.load_from is not None:
                 load_from = m.load_from
@@ -335,194 +436,186 @@ def build_plan(
                     params["pretrained"] = file_fingerprint(REPO / m.pretrained)
             opts.update(m.cfg_options)
             params["opts"] = opts
-            cmd = _train_cmd(py, m.config, tdir, opts, m.gpus)
-            if load_from is not None:
-                cmd += (
-                    [_LoadFrom(load_from)]
-                    if isinstance(load_from, Checkpoint)
-                    else [f"load_from={load_from}"]
-                )
-            add(
+            b.add(
                 Step(
                     f"train/{m.name}/fold{k}",
                     "train",
                     f"train {m.name} fold {k} ({m.config}" + (f", {m.gpus} GPUs)" if m.gpus > 1 else ")"),
-                    cmd=cmd,
+                    cmd=_train_cmd(b, m.config, tdir, opts, m.gpus, load_from),
                     params=params,
                     deps=deps,
                     outputs=[tdir / "last_checkpoint"],
                     train_dir=tdir,
                 )
             )
-            ckpts[(m.name, k)] = Checkpoint(tdir)
+            b.ckpts[(m.name, k)] = Checkpoint(tdir)
 
-    # ---------------------------------------------------------------- oof
-    P = W / "predictions"
-    member_names = [n for n, _, _ in recipe.members()]
-    trained = recipe.trained_folds()
 
-    def infer_cmd(
-        m, ckpt: Checkpoint, src: list[str], out: Path, extra: list[str] | None = None
-    ) -> list[Arg]:
-        c: list[Arg] = [py, "tools/infer.py", m.config, ckpt, *src, "--out", str(out), "--no-progress"]
-        if m.tta:
-            c.append("--tta")
-        opts = {k: v for k, v in m.cfg_options.items() if not k.startswith(("train_", "optim", "param_sch"))}
-        if opts:
-            c += ["--cfg-options", *_cfg_opts(opts)]
-        return c + (extra or [])
+def _infer_cmd(
+    b: _Builder, m: ModelSpec, k: int, src: list[str], out: Path, extra: list[str] | None = None
+) -> list[Arg]:
+    """``python -m workflow.cli.infer`` of model ``m``'s fold-``k`` checkpoint (its inference-relevant
+    ``cfg_options``)."""
+    c = b.tool("infer", m.config, b.ckpts[(m.name, k)], *src, "--out", str(out), "--no-progress")
+    if m.tta:
+        c.append("--tta")
+    opts = {
+        key: v for key, v in m.cfg_options.items() if not key.startswith(("train_", "optim", "param_sch"))
+    }
+    if opts:
+        c += ["--cfg-options", *_cfg_opts(opts)]
+    return c + (extra or [])
 
-    def prediction_steps(
-        split: str,
-        k: int,
-        src: list[str],
-        folder: Path,
-        stage: str,
-        dep0: list[str],
-        raw: bool = True,
-        derived: bool = True,
-        shared_fused: Path | None = None,
-    ) -> None:
-        """Per fold k: every model's raw predictions, then the derived members (box-first: on ``shared_fused``,
-        the boxes fused over all folds, when given)."""
-        for m in recipe.models:
-            if not raw or k not in recipe.folds_of(m):
+
+def _raw_predictions(b: _Builder, split: str, k: int, src: list[str], folder: Path, stage: str) -> None:
+    """Fold ``k``: every model trained on it predicts ``src`` into ``folder/<model>.npz``."""
+    for m in b.recipe.models:
+        if k not in b.recipe.folds_of(m):
+            continue
+        b.add(
+            Step(
+                f"{stage}/{m.name}/fold{k}",
+                stage,
+                f"predict {m.name} fold {k} on {split}",
+                cmd=_infer_cmd(b, m, k, src, folder / f"{m.name}.npz"),
+                params={"tta": m.tta, "src": src},
+                deps=[f"train/{m.name}/fold{k}", "prepare/folds"],
+                outputs=[folder / f"{m.name}.npz"],
+            )
+        )
+
+
+def _derived_predictions(
+    b: _Builder,
+    split: str,
+    k: int,
+    src: list[str],
+    folder: Path,
+    stage: str,
+    shared_fused: Path | None = None,
+) -> None:
+    """Fold ``k``: the derived members (vote: mask heads on box models' boxes; box-first: the fused boxes, on
+    ``shared_fused`` when given, and every instance model's mask head on them)."""
+    if b.recipe.ensemble.mode == "vote":
+        for m in b.recipe.models:
+            if m.masks_from is None or k not in b.recipe.folds_of(m):
                 continue
-            add(
+            mm, out = b.recipe.model(m.masks_from), folder / f"{m.name}_masks.npz"
+            extra = ["--mask-head-on", str(folder / f"{m.name}.npz"), "--name", f"{m.name}_masks"]
+            b.add(
                 Step(
-                    f"{stage}/{m.name}/fold{k}",
+                    f"{stage}/{m.name}_masks/fold{k}",
                     stage,
-                    f"predict {m.name} fold {k} on {split}",
-                    cmd=infer_cmd(m, ckpts[(m.name, k)], src, folder / f"{m.name}.npz"),
-                    params={"tta": m.tta, "src": src},
-                    deps=[f"train/{m.name}/fold{k}", *dep0],
-                    outputs=[folder / f"{m.name}.npz"],
+                    f"{mm.name} mask head on {m.name}'s boxes, fold {k}, {split}",
+                    cmd=_infer_cmd(b, mm, k, src, out, extra),
+                    params={"src": src},
+                    deps=[f"{stage}/{m.name}/fold{k}", f"train/{mm.name}/fold{k}"],
+                    outputs=[out],
                 )
             )
-        if not derived:
-            return
-        if recipe.ensemble.mode == "vote":
-            for m in recipe.models:
-                if m.masks_from is None or k not in recipe.folds_of(m):
-                    continue
-                mm = recipe.model(m.masks_from)
-                add(
-                    Step(
-                        f"{stage}/{m.name}_masks/fold{k}",
-                        stage,
-                        f"{mm.name} mask head on {m.name}'s boxes, fold {k}, {split}",
-                        cmd=infer_cmd(
-                            mm,
-                            ckpts[(mm.name, k)],
-                            src,
-                            folder / f"{m.name}_masks.npz",
-                            ["--mask-head-on", str(folder / f"{m.name}.npz"), "--name", f"{m.name}_masks"],
-                        ),  # fmt: skip
-                        params={"src": src},
-                        deps=[f"{stage}/{m.name}/fold{k}", f"train/{mm.name}/fold{k}"],
-                        outputs=[folder / f"{m.name}_masks.npz"],
-                    )
-                )
-        else:
-            box_models = [
-                m for m in recipe.models if m.role in ("boxes", "instance") and k in recipe.folds_of(m)
-            ]
-            fused = folder / "fused_boxes.npz"
-            fused_dep = f"{stage}/fused_boxes/fold{k}"
-            if shared_fused is not None:
-                fused, fused_dep = shared_fused, f"{stage}/fused_boxes"
-            else:
-                add(
-                    Step(
-                        fused_dep,
-                        stage,
-                        f"fuse the boxes of {', '.join(m.name for m in box_models)} (fold {k}, {split})",
-                        func=S.FuseBoxes(
-                            recipe,
-                            {m.name: folder / f"{m.name}.npz" for m in box_models},
-                            {m.name: m.weight for m in box_models},
-                            fused,
-                            folder / "fuse_boxes.yaml",
-                            py,
-                        ),  # fmt: skip
-                        params={"fusion": recipe.ensemble.fusion},
-                        deps=[f"{stage}/{m.name}/fold{k}" for m in box_models],
-                        outputs=[fused],
-                    )
-                )
-            for m in recipe.models:
-                if m.role != "instance" or k not in recipe.folds_of(m):
-                    continue
-                add(
-                    Step(
-                        f"{stage}/{m.name}_on_boxes/fold{k}",
-                        stage,
-                        f"{m.name} mask head on the fused boxes, fold {k}, {split}",
-                        cmd=infer_cmd(
-                            m,
-                            ckpts[(m.name, k)],
-                            src,
-                            folder / f"{m.name}_on_boxes.npz",
-                            ["--mask-head-on", str(fused), "--name", f"{m.name}_on_boxes"],
-                        ),  # fmt: skip
-                        params={"src": src},
-                        deps=[fused_dep, f"train/{m.name}/fold{k}"],
-                        outputs=[folder / f"{m.name}_on_boxes.npz"],
-                    )
-                )
+        return
+    fused, fused_dep = folder / "fused_boxes.npz", f"{stage}/fused_boxes/fold{k}"
+    if shared_fused is not None:
+        fused, fused_dep = shared_fused, f"{stage}/fused_boxes"
+    else:
+        box_models = [
+            m for m in b.recipe.models if m.role in ("boxes", "instance") and k in b.recipe.folds_of(m)
+        ]
+        b.add(
+            Step(
+                fused_dep,
+                stage,
+                f"fuse the boxes of {', '.join(m.name for m in box_models)} (fold {k}, {split})",
+                func=S.FuseBoxes(
+                    b.recipe,
+                    {m.name: folder / f"{m.name}.npz" for m in box_models},
+                    {m.name: m.weight for m in box_models},
+                    fused,
+                    folder / "fuse_boxes.yaml",
+                    b.python,
+                ),  # fmt: skip
+                params={"fusion": b.recipe.ensemble.fusion},
+                deps=[f"{stage}/{m.name}/fold{k}" for m in box_models],
+                outputs=[fused],
+            )
+        )
+    for m in b.recipe.models:
+        if m.role != "instance" or k not in b.recipe.folds_of(m):
+            continue
+        out, extra = (
+            folder / f"{m.name}_on_boxes.npz",
+            ["--mask-head-on", str(fused), "--name", f"{m.name}_on_boxes"],
+        )
+        b.add(
+            Step(
+                f"{stage}/{m.name}_on_boxes/fold{k}",
+                stage,
+                f"{m.name} mask head on the fused boxes, fold {k}, {split}",
+                cmd=_infer_cmd(b, m, k, src, out, extra),
+                params={"src": src},
+                deps=[fused_dep, f"train/{m.name}/fold{k}"],
+                outputs=[out],
+            )
+        )
 
+
+def _oof(b: _Builder) -> None:
+    """Every fold's models on its validation images, then one out-of-fold file per member."""
+    trained = b.recipe.trained_folds()
     for k in trained:
-        ann = R / "annotations" / f"fold{k}_val.json"
-        prediction_steps(
-            "validation", k, ["--ann-file", str(ann), "--data-root", str(R)], P / f"val_fold{k}", "oof",
-            ["prepare/folds"],
-        )  # fmt: skip
-    oof_files = {n: P / "oof" / f"{n}_val.npz" for n in member_names}
-    ids_so_far = {s.id for s in steps}
-    for n in member_names:
-        parts = {k: P / f"val_fold{k}" / f"{n}.npz" for k in trained if f"oof/{n}/fold{k}" in ids_so_far}
-        deps = [f"oof/{n}/fold{k}" for k in parts]
-        add(
+        ann = b.data / "annotations" / f"fold{k}_val.json"
+        src, folder = ["--ann-file", str(ann), "--data-root", str(b.data)], b.predictions / f"val_fold{k}"
+        _raw_predictions(b, "validation", k, src, folder, "oof")
+        _derived_predictions(b, "validation", k, src, folder, "oof")
+    for n in b.member_names():
+        parts = {k: b.predictions / f"val_fold{k}" / f"{n}.npz" for k in trained if b.has(f"oof/{n}/fold{k}")}
+        b.add(
             Step(
                 f"oof/{n}/join",
                 "oof",
                 f"out-of-fold predictions of {n} (folds {sorted(parts)})",
-                func=S.JoinFolds(list(parts.values()), oof_files[n]),
-                deps=deps,
-                outputs=[oof_files[n]],
+                func=S.JoinFolds(list(parts.values()), b.oof_file(n)),
+                deps=[f"oof/{n}/fold{k}" for k in parts],
+                outputs=[b.oof_file(n)],
             )
         )
 
-    # ---------------------------------------------------------------- score
-    truth = R / "train.csv"
-    E = W / "ensemble"
-    for n, kind, _ in recipe.members():
+
+def _score(b: _Builder) -> None:
+    """Every member alone on the out-of-fold predictions (fgIoU for a semantic map)."""
+    R, scores = b.data, b.work / "scores"
+    for n, kind, _ in b.recipe.members():
         if kind == "semantic":
-            add(
+            b.add(
                 Step(
                     f"score/{n}",
                     "score",
                     f"foreground IoU of {n} on the out-of-fold images",
-                    func=S.SemanticScore(oof_files[n], R, W / "scores" / f"{n}_fgiou.json"),
+                    func=S.SemanticScore(b.oof_file(n), R, scores / f"{n}_fgiou.json"),
                     deps=[f"oof/{n}/join"],
-                    outputs=[W / "scores" / f"{n}_fgiou.json"],
+                    outputs=[scores / f"{n}_fgiou.json"],
                 )
             )
         elif kind == "instance":
-            cfg = W / "scores" / f"{n}.yaml"
-            add(
+            b.add(
                 Step(
                     f"score/{n}",
                     "score",
                     f"{n} alone on the out-of-fold images (starting parameters)",
-                    func=S.ScoreSingle(recipe, n, oof_files[n], truth, R, cfg, W / "scores", py),
-                    params={"fusion": recipe.ensemble.fusion, "thr": recipe.ensemble.class_thresholds},
+                    func=S.ScoreSingle(
+                        b.recipe, n, b.oof_file(n), R / "train.csv", R, scores / f"{n}.yaml", scores, b.python
+                    ),
+                    params={"fusion": b.recipe.ensemble.fusion, "thr": b.recipe.ensemble.class_thresholds},
                     deps=[f"oof/{n}/join", "prepare/folds"],
-                    outputs=[W / "scores" / f"{n}_score.json"],
+                    outputs=[scores / f"{n}_score.json"],
                 )
             )
 
-    # ---------------------------------------------------------------- tune
+
+def _tune(b: _Builder) -> None:
+    """``ensemble.tune`` of every single instance member (when asked) and of the whole ensemble."""
+    recipe, E = b.recipe, b.ensemble_dir
+    oof_files = {n: b.oof_file(n) for n in b.member_names()}
     tune_runs: list[tuple[str, dict[str, Path]]] = []
     if recipe.ensemble.tune.singles:
         tune_runs += [
@@ -531,13 +624,13 @@ def build_plan(
     tune_runs.append(("ensemble", oof_files))
     tune_opts = recipe.ensemble.tune
     for run_name, files in tune_runs:
-        add(
+        b.add(
             Step(
                 f"tune/{run_name}",
                 "tune",
                 f"tune {run_name} on the out-of-fold predictions"
                 + (f" ({tune_opts.cv}-fold held-out report)" if tune_opts.cv else ""),
-                func=S.Tune(recipe, run_name, files, truth, R, E, py),
+                func=S.Tune(recipe, run_name, files, b.data / "train.csv", b.data, E, b.python),
                 params={
                     "tune": vars(tune_opts),
                     "fusion": recipe.ensemble.fusion,
@@ -549,111 +642,122 @@ def build_plan(
             )
         )
 
-    # ---------------------------------------------------------------- test
-    test_dir = R / recipe.data.test_dir
-    test_images = list_image_files(test_dir)
-    test_ready = bool(test_images) or synthetic  # synthetic data writes its test images in prepare
-    test_files = {n: P / "test" / f"{n}_test.npz" for n in member_names}
-    if test_ready:
-        tsrc = ["--images", str(test_dir)]
-        if recipe.ensemble.mode == "box_first" and len(trained) > 1:
-            # the test images are predicted by every fold model: fuse all their boxes once, so that every mask
-            # model of every fold predicts on the same boxes (box-first needs one box set per image)
-            for k in trained:
-                prediction_steps(
-                    "test images", k, tsrc, P / f"test_fold{k}", "test", ["prepare/folds"], derived=False
-                )
-            box_parts = {
-                f"{m.name}_fold{k}": (
-                    P / f"test_fold{k}" / f"{m.name}.npz",
-                    m.weight / len(recipe.folds_of(m)),
-                )
-                for m in recipe.models
-                if m.role in ("boxes", "instance")
-                for k in recipe.folds_of(m)
-            }
-            shared = P / "test" / "fused_boxes.npz"
-            add(
-                Step(
-                    "test/fused_boxes",
-                    "test",
-                    f"fuse the boxes of every box model of every fold ({len(box_parts)} files) on the test images",
-                    func=S.FuseBoxes(
-                        recipe,
-                        {n: p for n, (p, _) in box_parts.items()},
-                        {n: w for n, (_, w) in box_parts.items()},
-                        shared,
-                        P / "test" / "fuse_boxes.yaml",
-                        py,
-                    ),  # fmt: skip
-                    params={"fusion": recipe.ensemble.fusion},
-                    deps=[f"test/{n.rsplit('_fold', 1)[0]}/fold{n.rsplit('_fold', 1)[1]}" for n in box_parts],
-                    outputs=[shared],
-                )
-            )
-            for k in trained:
-                prediction_steps("test images", k, tsrc, P / f"test_fold{k}", "test", ["prepare/folds"], raw=False,
-                                 shared_fused=shared)  # fmt: skip
-        else:
-            for k in trained:
-                prediction_steps("test images", k, tsrc, P / f"test_fold{k}", "test", ["prepare/folds"])
-        for n in member_names:
-            deps = [f"test/{n}/fold{k}" for k in trained if any(s.id == f"test/{n}/fold{k}" for s in steps)]
-            parts = [P / f"test_fold{d.rsplit('fold', 1)[1]}" / f"{n}.npz" for d in deps]
-            add(
-                Step(
-                    f"test/{n}/merge",
-                    "test",
-                    f"test predictions of {n}"
-                    + (f" (merging {len(parts)} fold models)" if len(parts) > 1 else ""),
-                    func=S.MergeFolds(parts, test_files[n]),
-                    deps=deps,
-                    outputs=[test_files[n]],
-                )
-            )
-        sub = Path(recipe.outputs.submission or W / "submission.csv")
-        sub = sub if sub.is_absolute() else REPO / sub
-        add(
+
+def _test(b: _Builder) -> None:
+    """Every fold model on the test images, then the folds merged per member."""
+    trained, P = b.recipe.trained_folds(), b.predictions
+    tsrc = ["--images", str(b.test_dir)]
+    if b.recipe.ensemble.mode == "box_first" and len(trained) > 1:
+        # the test images are predicted by every fold model: fuse all their boxes once, so that every mask
+        # model of every fold predicts on the same boxes (box-first needs one box set per image)
+        for k in trained:
+            _raw_predictions(b, "test images", k, tsrc, P / f"test_fold{k}", "test")
+        shared = _test_fused_boxes(b)
+        for k in trained:
+            _derived_predictions(b, "test images", k, tsrc, P / f"test_fold{k}", "test", shared_fused=shared)
+    else:
+        for k in trained:
+            _raw_predictions(b, "test images", k, tsrc, P / f"test_fold{k}", "test")
+            _derived_predictions(b, "test images", k, tsrc, P / f"test_fold{k}", "test")
+    for n in b.member_names():
+        deps = [f"test/{n}/fold{k}" for k in trained if b.has(f"test/{n}/fold{k}")]
+        parts = [P / f"test_fold{d.rsplit('fold', 1)[1]}" / f"{n}.npz" for d in deps]
+        b.add(
             Step(
-                "submission",
-                "submission",
-                f"tuned ensemble on the test images -> {_rel(sub)}",
-                func=S.Submission(E / "ensemble_tuned.yaml", P / "test", E / "ensemble_test.yaml", sub, py),
-                deps=["tune/ensemble", *[f"test/{n}/merge" for n in member_names]],
-                outputs=[sub, E / "ensemble_test.yaml"],
+                f"test/{n}/merge",
+                "test",
+                f"test predictions of {n}"
+                + (f" (merging {len(parts)} fold models)" if len(parts) > 1 else ""),
+                func=S.MergeFolds(parts, b.test_file(n)),
+                deps=deps,
+                outputs=[b.test_file(n)],
             )
         )
-        if recipe.outputs.bundle:
-            bundle = Path(recipe.outputs.bundle)
-            bundle = bundle if bundle.is_absolute() else REPO / bundle
-            if (REPO / "tools/kaggle/make_bundle.py").is_file():
-                add(
-                    Step(
-                        "bundle",
-                        "bundle",
-                        f"Kaggle bundle -> {_rel(bundle)}",
-                        func=S.Bundle(E / "ensemble_test.yaml", bundle, py),
-                        deps=["submission"],
-                        outputs=[bundle / "bundle.json"],
-                    )
-                )
-            else:
-                notes.append("bundle: tools/kaggle/make_bundle.py does not exist; no bundle step")
-    else:
-        notes.append(f"test: no images in {_rel(test_dir)}; no test predictions, submission or bundle")
 
-    # ---------------------------------------------------------------- summary
-    add(
+
+def _test_fused_boxes(b: _Builder) -> Path:
+    """Box-first over several folds: one WBF of every fold's box models on the test images; returns the
+    fused file."""
+    P = b.predictions
+    box_parts = {
+        f"{m.name}_fold{k}": (P / f"test_fold{k}" / f"{m.name}.npz", m.weight / len(b.recipe.folds_of(m)))
+        for m in b.recipe.models
+        if m.role in ("boxes", "instance")
+        for k in b.recipe.folds_of(m)
+    }
+    shared = P / "test" / "fused_boxes.npz"
+    b.add(
+        Step(
+            "test/fused_boxes",
+            "test",
+            f"fuse the boxes of every box model of every fold ({len(box_parts)} files) on the test images",
+            func=S.FuseBoxes(
+                b.recipe,
+                {n: p for n, (p, _) in box_parts.items()},
+                {n: w for n, (_, w) in box_parts.items()},
+                shared,
+                P / "test" / "fuse_boxes.yaml",
+                b.python,
+            ),  # fmt: skip
+            params={"fusion": b.recipe.ensemble.fusion},
+            deps=[f"test/{n.rsplit('_fold', 1)[0]}/fold{n.rsplit('_fold', 1)[1]}" for n in box_parts],
+            outputs=[shared],
+        )
+    )
+    return shared
+
+
+def _submission_path(b: _Builder) -> Path:
+    return _abs(b.recipe.outputs.submission or b.work / "submission.csv")
+
+
+def _submission(b: _Builder) -> None:
+    """The tuned ensemble on the test predictions -> the submission CSV."""
+    E, sub = b.ensemble_dir, _submission_path(b)
+    b.add(
+        Step(
+            "submission",
+            "submission",
+            f"tuned ensemble on the test images -> {_rel(sub)}",
+            func=S.Submission(
+                E / "ensemble_tuned.yaml", b.predictions / "test", E / "ensemble_test.yaml", sub, b.python
+            ),  # fmt: skip
+            deps=["tune/ensemble", *[f"test/{n}/merge" for n in b.member_names()]],
+            outputs=[sub, E / "ensemble_test.yaml"],
+        )
+    )
+
+
+def _bundle(b: _Builder) -> None:
+    """The Kaggle bundle of the test-retargeted ensemble (when ``outputs.bundle`` is set)."""
+    if not b.recipe.outputs.bundle:
+        return
+    bundle = _abs(b.recipe.outputs.bundle)
+    b.add(
+        Step(
+            "bundle",
+            "bundle",
+            f"Kaggle bundle -> {_rel(bundle)}",
+            func=S.Bundle(b.ensemble_dir / "ensemble_test.yaml", bundle, b.python),
+            deps=["submission"],
+            outputs=[bundle / "bundle.json"],
+        )
+    )
+
+
+def _summary(b: _Builder) -> None:
+    """summary.md / summary.json + plots, after every score, tuning and submission step."""
+    W = b.work
+    b.add(
         Step(
             "summary",
             "summary",
             "summary.md / summary.json + plots",
-            func=S.Summary(recipe, W, R),
-            deps=[s.id for s in steps if s.stage in ("score", "tune", "submission")],
+            func=S.Summary(b.recipe, W, b.data),
+            deps=[s.id for s in b.steps if s.stage in ("score", "tune", "submission")],
             outputs=[W / "summary.md", W / "summary.json"],
         )
     )
-    return Plan(recipe=recipe, work_dir=W, data_root=R, steps=steps, notes=notes)
 
 
 class _LoadFrom(Checkpoint):
@@ -669,14 +773,6 @@ class _LoadFrom(Checkpoint):
         return f"load_from={super().__str__()}"
 
 
-def _train_cmd(py: str, config: str, work_dir: Path, opts: dict[str, Any], gpus: int) -> list[Arg]:
-    if gpus > 1:
-        head: list[Arg] = ["bash", "tools/dist_train.sh", config, str(gpus)]
-    else:
-        head = [py, "tools/train.py", config]
-    return [*head, "--work-dir", str(work_dir), "--cfg-options", *_cfg_opts(opts)]
-
-
 def step_fingerprint(step: Step, dep_fingerprints: list[str]) -> str:
     """Fingerprint of a step: its command/parameters and its dependencies' fingerprints."""
     payload = {
@@ -688,8 +784,3 @@ def step_fingerprint(step: Step, dep_fingerprints: list[str]) -> str:
         "deps": dep_fingerprints,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def ensure_dir(p: Path) -> None:
-    """``mkdir -p``."""
-    os.makedirs(p, exist_ok=True)

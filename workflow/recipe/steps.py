@@ -292,17 +292,17 @@ class Submission:
 
 @dataclass
 class Bundle:
-    """Kaggle bundle of the tuned ensemble retargeted to the test predictions (``tools/kaggle/make_bundle.py``:
-    each member's config and checkpoints as its prediction file recorded them, every fold network of a merged
-    member)."""
+    """Kaggle bundle of the tuned ensemble retargeted to the test predictions (``python -m
+    workflow.cli.make_bundle``, the module behind ``tools/kaggle/make_bundle.py``: each member's config and
+    checkpoints as its prediction file recorded them, every fold network of a merged member)."""
 
     tuned: Path
     out: Path
     python: str
 
     def __call__(self, ctx: StepContext) -> None:
-        ctx.run([self.python, "tools/kaggle/make_bundle.py", "--ensemble", str(self.tuned), "--out", str(self.out),
-                 "--overwrite"])  # fmt: skip
+        ctx.run([self.python, "-m", "workflow.cli.make_bundle", "--ensemble", str(self.tuned), "--out",
+                 str(self.out), "--overwrite"])  # fmt: skip
 
 
 @dataclass
