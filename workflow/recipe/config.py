@@ -6,7 +6,7 @@ and be able to serve its role (``boxes``: any mmdet detector; ``instance``: an m
 ``semantic``: an mmseg segmentor), so a typo fails before anything runs, with one ``ValueError`` naming the
 recipe file and the key.
 
-Relative paths in a recipe are relative to the repository root (where ``tools/run_recipe.py`` runs the tools).
+Relative paths in a recipe are relative to the repository root (where the recipe runner runs the tools).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class DataSpec:
         root: Kaggle-layout root (``train.csv``, ``train/``, optional ``test/``); ``None`` with ``synthetic``.
         synthetic: Options of :func:`celldata.synthetic.generate_synthetic_dataset` (``n_images``, ``n_test``,
             ``density``, ``seed``, ``from_coco``) when the data is generated into ``<work_dir>/data``.
-        folds: Number of folds written by ``tools/prepare_sartorius.py`` (grouped by sample id).
+        folds: Number of folds written by ``prepare_sartorius`` (grouped by sample id).
         train_folds: Folds whose model is trained (its validation part gives the out-of-fold predictions).
         fold_seed: Seed of the fold assignment.
         test_dir: Folder of test images relative to the root (``test``); missing folder = no test step.
@@ -134,7 +134,7 @@ class ModelSpec:
         pretrained: ImageNet backbone weights (``torchvision://resnet50`` or a local file) through the configs'
             ``pretrained`` variable.
         tta: Flip TTA at inference.
-        gpus: GPUs for training (``> 1``: DDP through ``tools/dist_train.sh``).
+        gpus: GPUs for training (``> 1``: DDP, ``python -m torch.distributed.run -m workflow.cli.train``).
         cfg_options: Extra ``--cfg-options`` of training (and inference).
         min_score: Stated minimum of the model on the validation folds (competition score; fgIoU for a
             semantic model); the summary marks the model as failing when below.
@@ -373,119 +373,16 @@ def parse_recipe(data: Any, source: str = "<recipe>", check_configs: bool = True
     if not d:
         raise _err(src, "top level", "empty recipe")
     name = d.get("name") or Path(source).stem
-    dd = _check_keys(d.get("data"), _DATA, src, "data")
-    root = _path_or_none(dd.get("root"), src, "data.root")
-    synthetic = dd.get("synthetic")
-    if synthetic is not None:
-        synthetic = dict(_check_keys(synthetic, _SYNTH, src, "data.synthetic"))
-    if root is None and synthetic is None:
-        raise _err(src, "data", "give 'root' (Kaggle layout) or 'synthetic' (generator options)")
-    folds = dd.get("folds", 5)
-    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
-        raise _err(src, "data.folds", f"expected an integer >= 2, got {folds!r}")
-    train_folds = _int_list(dd.get("train_folds", [0]), src, "data.train_folds")
-    data_spec = DataSpec(
-        root=root,
-        synthetic=synthetic,
-        folds=folds,
-        train_folds=train_folds,
-        fold_seed=int(dd.get("fold_seed", 0)),
-        test_dir=str(dd.get("test_dir", "test")),
-    )
-    models_raw = d.get("models")
-    if not isinstance(models_raw, list) or not models_raw:
-        raise _err(src, "models", "expected a non-empty list of models")
-    models = [_parse_model(m, src, i, check_configs) for i, m in enumerate(models_raw)]
-    names = [m.name for m in models]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise _err(src, "models", f"duplicate model name(s) {dup}")
-    for m in models:
-        for k in m.folds or []:
-            if not 0 <= k < folds:
-                raise _err(src, f"models ({m.name}).folds", f"fold {k} outside 0..{folds - 1}")
-    for k in train_folds:
-        if not 0 <= k < folds:
-            raise _err(src, "data.train_folds", f"fold {k} outside 0..{folds - 1}")
-    pretrain = None
-    if d.get("pretrain") is not None:
-        pd = _check_keys(d["pretrain"], _PRETRAIN, src, "pretrain")
-        lc = dict(_check_keys(pd.get("livecell"), _LIVECELL, src, "pretrain.livecell"))
-        for key in ("ann", "images_dir"):
-            if key not in lc:
-                raise _err(src, "pretrain.livecell", f"missing required key '{key}'")
-        pm = pd.get("models") or {}
-        if not isinstance(pm, dict) or not pm:
-            raise _err(src, "pretrain.models", "expected a mapping name -> {config: ...}")
-        for pname, spec in pm.items():
-            spec = _check_keys(spec, _PRE_MODEL, src, f"pretrain.models.{pname}")
-            if "config" not in spec:
-                raise _err(src, f"pretrain.models.{pname}", "missing required key 'config'")
-            cpath = REPO / spec["config"]
-            if check_configs and not cpath.is_file():
-                raise _err(src, f"pretrain.models.{pname}.config", f"config file not found: {spec['config']}")
-        pretrain = PretrainSpec(livecell=lc, models={k: dict(v) for k, v in pm.items()})
-    by_name = {m.name: m for m in models}
+    data_spec = _parse_data(d.get("data"), src)
+    models = _parse_models(d.get("models"), src, data_spec, check_configs)
+    pretrain = _parse_pretrain(d.get("pretrain"), src, check_configs)
     for m in models:
         if m.pretrain is not None:
             if pretrain is None or m.pretrain not in pretrain.models:
                 raise _err(src, f"models ({m.name}).pretrain", f"no pretrain.models entry {m.pretrain!r}")
             if m.load_from is not None:
                 raise _err(src, f"models ({m.name})", "give either 'pretrain' or 'load_from', not both")
-    ed = _check_keys(d.get("ensemble"), _ENSEMBLE, src, "ensemble")
-    mode = ed.get("mode", "vote")
-    if mode not in ENSEMBLE_MODES:
-        raise _err(src, "ensemble.mode", f"unknown mode {mode!r}; expected one of {list(ENSEMBLE_MODES)}")
-    for m in models:
-        if m.masks_from is not None:
-            if m.role != "boxes":
-                raise _err(src, f"models ({m.name}).masks_from", "only a 'boxes' model takes masks_from")
-            src_model = by_name.get(m.masks_from)
-            if src_model is None or src_model.role != "instance":
-                raise _err(
-                    src,
-                    f"models ({m.name}).masks_from",
-                    f"{m.masks_from!r} is not an 'instance' model of the recipe",
-                )
-            if not set(m.folds or train_folds) <= set(src_model.folds or train_folds):
-                raise _err(
-                    src, f"models ({m.name}).masks_from", f"{m.masks_from!r} is not trained on the same folds"
-                )
-    if mode == "box_first":
-        if not any(m.role in ("boxes", "instance") for m in models):
-            raise _err(src, "ensemble.mode", "box_first needs at least one 'boxes' or 'instance' model")
-        if not any(m.role == "instance" for m in models):
-            raise _err(
-                src, "ensemble.mode", "box_first needs an 'instance' model (its mask head gives the masks)"
-            )
-    elif not any(m.role == "instance" or m.masks_from for m in models):
-        raise _err(
-            src, "models", "the vote ensemble needs an 'instance' model or a 'boxes' model with masks_from"
-        )
-    td = _check_keys(ed.get("tune"), _TUNE, src, "ensemble.tune")
-    tune = TuneSpec(
-        method=str(td.get("method", "coord")),
-        rounds=int(td.get("rounds", 2)),
-        trials=int(td.get("trials", 50)),
-        cv=int(td.get("cv", 0)),
-        workers=td.get("workers"),
-        seed=int(td.get("seed", 0)),
-        singles=bool(td.get("singles", True)),
-    )
-    if tune.method not in ("coord", "tpe"):
-        raise _err(src, "ensemble.tune.method", f"unknown method {tune.method!r}; expected coord or tpe")
-    if tune.cv == 1 or tune.cv < 0:
-        raise _err(src, "ensemble.tune.cv", "expected 0 (no held-out report) or K >= 2")
-    start = _path_or_none(ed.get("start"), src, "ensemble.start")
-    if start is not None and check_configs and not (REPO / start).is_file() and not Path(start).is_file():
-        raise _err(src, "ensemble.start", f"ensemble config not found: {start}")
-    ens = EnsembleSpec(
-        mode=mode,
-        start=start,
-        fusion=dict(ed.get("fusion") or {}),
-        class_thresholds=dict(ed.get("class_thresholds") or {}),
-        tune=tune,
-    )
+    ens = _parse_ensemble(d.get("ensemble"), src, models, data_spec.train_folds, check_configs)
     od = _check_keys(d.get("outputs"), _OUTPUT, src, "outputs")
     outputs = OutputSpec(
         submission=_path_or_none(od.get("submission"), src, "outputs.submission"),
@@ -503,6 +400,137 @@ def parse_recipe(data: Any, source: str = "<recipe>", check_configs: bool = True
         pretrain=pretrain,
         expected_gpu_minutes=d.get("expected_gpu_minutes"),
     )
+
+
+def _parse_data(raw: Any, src: str) -> DataSpec:
+    """The ``data`` mapping."""
+    dd = _check_keys(raw, _DATA, src, "data")
+    root = _path_or_none(dd.get("root"), src, "data.root")
+    synthetic = dd.get("synthetic")
+    if synthetic is not None:
+        synthetic = dict(_check_keys(synthetic, _SYNTH, src, "data.synthetic"))
+    if root is None and synthetic is None:
+        raise _err(src, "data", "give 'root' (Kaggle layout) or 'synthetic' (generator options)")
+    folds = dd.get("folds", 5)
+    if not isinstance(folds, int) or isinstance(folds, bool) or folds < 2:
+        raise _err(src, "data.folds", f"expected an integer >= 2, got {folds!r}")
+    return DataSpec(
+        root=root,
+        synthetic=synthetic,
+        folds=folds,
+        train_folds=_int_list(dd.get("train_folds", [0]), src, "data.train_folds"),
+        fold_seed=int(dd.get("fold_seed", 0)),
+        test_dir=str(dd.get("test_dir", "test")),
+    )
+
+
+def _parse_models(raw: Any, src: str, data: DataSpec, check_configs: bool) -> list[ModelSpec]:
+    """The ``models`` list: every model valid, names unique, every fold (and ``data.train_folds``) in
+    range."""
+    if not isinstance(raw, list) or not raw:
+        raise _err(src, "models", "expected a non-empty list of models")
+    models = [_parse_model(m, src, i, check_configs) for i, m in enumerate(raw)]
+    names = [m.name for m in models]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise _err(src, "models", f"duplicate model name(s) {dup}")
+    for m in models:
+        for k in m.folds or []:
+            if not 0 <= k < data.folds:
+                raise _err(src, f"models ({m.name}).folds", f"fold {k} outside 0..{data.folds - 1}")
+    for k in data.train_folds:
+        if not 0 <= k < data.folds:
+            raise _err(src, "data.train_folds", f"fold {k} outside 0..{data.folds - 1}")
+    return models
+
+
+def _parse_pretrain(raw: Any, src: str, check_configs: bool) -> PretrainSpec | None:
+    """The optional ``pretrain`` mapping (LIVECell conversion options and the pretrain configs)."""
+    if raw is None:
+        return None
+    pd = _check_keys(raw, _PRETRAIN, src, "pretrain")
+    lc = dict(_check_keys(pd.get("livecell"), _LIVECELL, src, "pretrain.livecell"))
+    for key in ("ann", "images_dir"):
+        if key not in lc:
+            raise _err(src, "pretrain.livecell", f"missing required key '{key}'")
+    pm = pd.get("models") or {}
+    if not isinstance(pm, dict) or not pm:
+        raise _err(src, "pretrain.models", "expected a mapping name -> {config: ...}")
+    for pname, spec in pm.items():
+        spec = _check_keys(spec, _PRE_MODEL, src, f"pretrain.models.{pname}")
+        if "config" not in spec:
+            raise _err(src, f"pretrain.models.{pname}", "missing required key 'config'")
+        if check_configs and not (REPO / spec["config"]).is_file():
+            raise _err(src, f"pretrain.models.{pname}.config", f"config file not found: {spec['config']}")
+    return PretrainSpec(livecell=lc, models={k: dict(v) for k, v in pm.items()})
+
+
+def _parse_ensemble(
+    raw: Any, src: str, models: list[ModelSpec], train_folds: list[int], check_configs: bool
+) -> EnsembleSpec:
+    """The ``ensemble`` mapping: a known mode the models can serve, the tuning options, the start file."""
+    ed = _check_keys(raw, _ENSEMBLE, src, "ensemble")
+    mode = ed.get("mode", "vote")
+    if mode not in ENSEMBLE_MODES:
+        raise _err(src, "ensemble.mode", f"unknown mode {mode!r}; expected one of {list(ENSEMBLE_MODES)}")
+    _check_ensemble_models(models, mode, train_folds, src)
+    tune = _parse_tune(ed.get("tune"), src)
+    start = _path_or_none(ed.get("start"), src, "ensemble.start")
+    if start is not None and check_configs and not (REPO / start).is_file() and not Path(start).is_file():
+        raise _err(src, "ensemble.start", f"ensemble config not found: {start}")
+    return EnsembleSpec(
+        mode=mode,
+        start=start,
+        fusion=dict(ed.get("fusion") or {}),
+        class_thresholds=dict(ed.get("class_thresholds") or {}),
+        tune=tune,
+    )
+
+
+def _check_ensemble_models(models: list[ModelSpec], mode: str, train_folds: list[int], src: str) -> None:
+    """``masks_from`` names an instance model trained on the same folds; the mode has the models it needs."""
+    by_name = {m.name: m for m in models}
+    for m in models:
+        if m.masks_from is None:
+            continue
+        where = f"models ({m.name}).masks_from"
+        if m.role != "boxes":
+            raise _err(src, where, "only a 'boxes' model takes masks_from")
+        src_model = by_name.get(m.masks_from)
+        if src_model is None or src_model.role != "instance":
+            raise _err(src, where, f"{m.masks_from!r} is not an 'instance' model of the recipe")
+        if not set(m.folds or train_folds) <= set(src_model.folds or train_folds):
+            raise _err(src, where, f"{m.masks_from!r} is not trained on the same folds")
+    if mode == "box_first":
+        if not any(m.role in ("boxes", "instance") for m in models):
+            raise _err(src, "ensemble.mode", "box_first needs at least one 'boxes' or 'instance' model")
+        if not any(m.role == "instance" for m in models):
+            raise _err(
+                src, "ensemble.mode", "box_first needs an 'instance' model (its mask head gives the masks)"
+            )
+    elif not any(m.role == "instance" or m.masks_from for m in models):
+        raise _err(
+            src, "models", "the vote ensemble needs an 'instance' model or a 'boxes' model with masks_from"
+        )
+
+
+def _parse_tune(raw: Any, src: str) -> TuneSpec:
+    """The ``ensemble.tune`` mapping."""
+    td = _check_keys(raw, _TUNE, src, "ensemble.tune")
+    tune = TuneSpec(
+        method=str(td.get("method", "coord")),
+        rounds=int(td.get("rounds", 2)),
+        trials=int(td.get("trials", 50)),
+        cv=int(td.get("cv", 0)),
+        workers=td.get("workers"),
+        seed=int(td.get("seed", 0)),
+        singles=bool(td.get("singles", True)),
+    )
+    if tune.method not in ("coord", "tpe"):
+        raise _err(src, "ensemble.tune.method", f"unknown method {tune.method!r}; expected coord or tpe")
+    if tune.cv == 1 or tune.cv < 0:
+        raise _err(src, "ensemble.tune.cv", "expected 0 (no held-out report) or K >= 2")
+    return tune
 
 
 def load_recipe(path: str | os.PathLike, check_configs: bool = True) -> Recipe:
