@@ -1,4 +1,4 @@
-"""tools/kaggle/make_bundle.py and workflow.bundle: what goes into a Kaggle bundle, and what is refused."""
+"""python -m workflow.cli.make_bundle and workflow.bundle: what goes into a Kaggle bundle, and what is refused."""
 
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from workflow.bundle import (  # noqa: E402
     load_bundle,
     make_bundle,
     paths_outside,
-    run_step,
     validate_submission,
 )
+from workflow.execution import LogContext, execute  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 YOLOX_DEMO = REPO / "configs/yolox/yolox_tiny_demo-cpu_sartorius.py"
@@ -194,18 +194,15 @@ def test_mask_head_provider_is_bundled_and_planned_first(tmp_path: Path, yolox_s
     assert names == [("yolox", "boxes", False, None), ("heads", "mask_head", True, "yolox")]
     images = tmp_path / "test"
     images.mkdir()
-    infer = tmp_path / "infer.py"
-    infer.write_text("")
-    plan = inference_plan(
-        tmp_path / "b", images, tmp_path / "work", tmp_path / "sub.csv", infer, device="cpu"
-    )
-    assert [s.name for s in plan] == ["yolox", "heads", "ensemble"]
-    assert plan[1].argv[plan[1].argv.index("--mask-head-on") + 1] == str(
+    plan = inference_plan(tmp_path / "b", images, tmp_path / "work", tmp_path / "sub.csv", device="cpu")
+    assert [s.title for s in plan] == ["yolox", "heads", "ensemble"]
+    assert plan[1].cmd[plan[1].cmd.index("--mask-head-on") + 1] == str(
         (tmp_path / "work" / "yolox.npz").resolve()
     )
-    assert "--tta" not in plan[0].argv and plan[0].argv[plan[0].argv.index("--device") + 1] == "cpu"
-    assert plan[2].argv[1:3] == ["-m", "ensemble.run"]
-    assert plan[2].argv[plan[2].argv.index("--predictions-dir") + 1] == str((tmp_path / "work").resolve())
+    assert "--tta" not in plan[0].cmd and plan[0].cmd[plan[0].cmd.index("--device") + 1] == "cpu"
+    assert plan[2].cmd[1:3] == ["-m", "ensemble.run"]
+    assert plan[0].cmd[1:3] == ["-m", "workflow.cli.infer"]  # the installed module, no script path
+    assert plan[2].cmd[plan[2].cmd.index("--predictions-dir") + 1] == str((tmp_path / "work").resolve())
 
 
 def test_load_bundle_detects_a_corrupted_file(tmp_path: Path, yolox_state: dict) -> None:
@@ -279,18 +276,16 @@ def test_fold_merged_model_bundles_every_fold_and_plans_the_merge(tmp_path: Path
 
     images = tmp_path / "test"
     images.mkdir()
-    infer = tmp_path / "infer.py"
-    infer.write_text("")
     work = tmp_path / "work"
-    plan = inference_plan(tmp_path / "b", images, work, tmp_path / "sub.csv", infer)
-    assert [(s.kind, s.name) for s in plan] == [
+    plan = inference_plan(tmp_path / "b", images, work, tmp_path / "sub.csv")
+    assert [(s.stage, s.title) for s in plan] == [
         ("infer", "yolox fold 0"), ("infer", "yolox fold 1"), ("merge", "yolox (2 folds)"), ("ensemble", "ensemble"),
     ]  # fmt: skip
-    assert plan[1].argv[plan[1].argv.index("--out") + 1] == str(work.resolve() / "yolox.fold1.npz")
+    assert plan[1].cmd[plan[1].cmd.index("--out") + 1] == str(work.resolve() / "yolox.fold1.npz")
     # the merge step merges the fold files with the recipe's rule (flip-TTA merge)
     for k, f in enumerate(folds):
         (work / f"yolox.fold{k}.npz").write_bytes(f.read_bytes())
-    run_step(plan[2])
+    execute(plan[2], LogContext(tmp_path / "plan.log", verbose=False))
     from ensemble.predictions import load_predictions
     from ensemble.tta import merge_tta
 
@@ -337,19 +332,15 @@ def test_box_first_bundle_replays_fuse_boxes_before_the_mask_heads(tmp_path: Pat
 
     images = tmp_path / "test"
     images.mkdir()
-    infer = tmp_path / "infer.py"
-    infer.write_text("")
     work = tmp_path / "work"
-    plan = inference_plan(tmp_path / "b", images, work, tmp_path / "sub.csv", infer)
-    assert [(s.kind, s.name) for s in plan] == [
+    plan = inference_plan(tmp_path / "b", images, work, tmp_path / "sub.csv")
+    assert [(s.stage, s.title) for s in plan] == [
         ("infer", "yolox"), ("fuse_boxes", "bf_fused_boxes"), ("infer", "heads"), ("ensemble", "ensemble"),
     ]  # fmt: skip
-    assert plan[2].argv[plan[2].argv.index("--mask-head-on") + 1] == str(
-        work.resolve() / "bf_fused_boxes.npz"
-    )
+    assert plan[2].cmd[plan[2].cmd.index("--mask-head-on") + 1] == str(work.resolve() / "bf_fused_boxes.npz")
     # step 1 replayed from the bundle gives the fused boxes the mask model was tuned on
     (work / "yolox.npz").write_bytes(yolox.read_bytes())
-    run_step(plan[1])
+    execute(plan[1], LogContext(tmp_path / "plan.log", verbose=False))
     a = load_predictions(work / "bf_fused_boxes.npz")[0]["img0"]
     b = load_predictions(fused)[0]["img0"]
     assert len(a) == 2 and np.allclose(a.boxes, b.boxes) and np.allclose(a.scores, b.scores)

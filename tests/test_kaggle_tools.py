@@ -18,7 +18,16 @@ NOTEBOOK = KAGGLE / "inference.ipynb"
 INSTALL = KAGGLE / "install_offline.sh"
 PARAMETERS = ("KAGGLE_INPUT", "WHEELS", "BUNDLE", "TEST_DIR", "OUT", "WORK_DIR", "DEVICE")
 # what the notebook may import: the standard library it needs before the install, and the project
-ALLOWED_IMPORTS = {"glob", "os", "subprocess", "sys", "time", "importlib", "workflow.bundle"}
+ALLOWED_IMPORTS = {
+    "glob",
+    "os",
+    "subprocess",
+    "sys",
+    "time",
+    "importlib",
+    "workflow.bundle",
+    "workflow.execution",
+}
 
 
 def _code_cells() -> list:
@@ -60,10 +69,10 @@ def test_notebook_cells_only_call_the_projects_tools() -> None:
                 assert node.module in ALLOWED_IMPORTS
             if isinstance(node, ast.Call):
                 calls.add(ast.unparse(node.func))
-    for needed in ("inference_plan", "run_step", "validate_submission", "subprocess.run"):
+    for needed in ("inference_plan", "LogContext", "execute", "validate_submission", "subprocess.run"):
         assert needed in calls, f"the notebook does not call {needed}"
     source = "\n".join(c.source for c in cells)
-    assert '"install_offline.sh"' in source and '"infer.py"' in source
+    assert '"install_offline.sh"' in source and "workflow.cli.infer" in source
     # the defaults are found under KAGGLE_INPUT by glob, for both mount layouts
     assert "**/sartorius-cell-instance-segmentation/test" in source and "recursive=True" in source
 

@@ -15,9 +15,10 @@
 #   MMCV_VERSION=2.3.6  MAX_JOBS=<nproc>  FORCE_CUDA=1 (CUDA ops without a visible GPU; needs nvcc)
 #
 # OUT_DIR gets: onedl_mmcv (compiled ops, debug info stripped), the pure-Python forks built into wheels, every
-# runtime dependency of requirements.txt, the project's own wheel, install_offline.sh, tools/infer.py (the CLI the
-# notebook runs) and manifest.json (each file's name, version, sha256 and size; the Python tag; the torch + CUDA
-# onedl-mmcv was built against). Built in OUT_DIR.partial, renamed at the end: a failed build leaves no OUT_DIR.
+# runtime dependency of requirements.txt, the project's own wheel (the notebook runs its tools as python -m
+# workflow.cli.<tool>), install_offline.sh and manifest.json (each file's name, version, sha256 and size; the Python
+# tag; the torch + CUDA onedl-mmcv was built against). Built in OUT_DIR.partial, renamed at the end: a failed
+# build leaves no OUT_DIR.
 set -euo pipefail
 
 log() { printf '\033[1;34m[wheelhouse]\033[0m %s\n' "$*"; }
@@ -30,7 +31,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --with-torch) WITH_TORCH=1 ;;
     --extra) [ $# -ge 2 ] || die "--extra needs a package"; EXTRAS+=("$2"); shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     -*) die "unknown option $1" ;;
     *) [ -z "$OUT" ] || die "one OUT_DIR only"; OUT=$1 ;;
   esac
@@ -62,7 +63,7 @@ log "python $PYTAG, torch $TORCH_VER (CUDA $TORCH_CUDA), MAX_JOBS=$MAX_JOBS"
 
 PART="$OUT.partial"
 rm -rf "$PART"
-mkdir -p "$PART/tools"
+mkdir -p "$PART"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
@@ -133,9 +134,8 @@ PY
 log "wheeling ${#REQS[@]} requirements${EXTRAS[*]:+ + extras: ${EXTRAS[*]}}"
 "${PIP[@]}" wheel -q --prefer-binary --find-links "$PART" -w "$PART" "${REQS[@]}" "${EXTRAS[@]}"
 
-# 4. what the notebook runs besides the packages
+# 4. what the notebook runs besides the packages (its tools are modules of the project's wheel)
 cp "$REPO/tools/kaggle/install_offline.sh" "$PART/install_offline.sh"
-cp "$REPO/tools/infer.py" "$PART/tools/infer.py"
 
 # 5. manifest.json
 "$PYTHON" - "$PART" "$MMCV_SOURCE" "$WITH_TORCH" "$REPO" <<'PY'
