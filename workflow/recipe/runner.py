@@ -240,14 +240,8 @@ def run_plan(
     if dry_run:
         print(format_plan(plan, states, selected))
         return {"ran": [], "skipped": [], "failed": [], "seconds": {}}
-    by_id = {st.step.id: st for st in states}
     if selected is not None:
-        for sid in selected:
-            for d in by_id[sid].step.deps:
-                if d not in selected and by_id[d].state != "done":
-                    raise ValueError(
-                        f"--only {sid}: its dependency {d} is not done; run it first (or drop --only)"
-                    )
+        _check_selected_deps(states, selected)
     env = tool_env()
     result: dict = {"ran": [], "skipped": [], "failed": [], "seconds": {}}
     failed: set[str] = set()
@@ -278,45 +272,14 @@ def run_plan(
             continue
         verb = "resume" if state == "resume" else "run"
         print(f"[{i:>2}/{n}] {s.id:<40} {verb}: {s.title}", flush=True)
-        log_path = plan.work_dir / "logs" / (s.id.replace("/", "__") + ".log")
-        ctx = LogContext(log_path, verbose, env, cwd=REPO)
-        stamp_path = _stamp_path(plan.work_dir, s.id)
-        if stamp_path.exists():
-            stamp_path.unlink()
-        lock = _lock_path(plan.work_dir, s.id)
-        atomic_write_text(lock, f"{os.getpid()}\n")
-        t0 = time.perf_counter()
-        try:
-            cmd = _prepare_train_dir(s, st.fingerprint, state) if s.train_dir is not None else None
-            execute(s, ctx, cmd)
-        except Exception as e:  # a step failing must not leave a stamp; report it with its log
-            lock.unlink(missing_ok=True)
-            ctx.log(f"FAILED: {type(e).__name__}: {e}")
-            ctx.close()
+        secs, err = _run_step(plan, st, verbose, env)
+        if err is not None:
             failed.add(s.id)
             result["failed"].append(s.id)
-            print(f"[{i:>2}/{n}] {s.id}: FAILED after {time.perf_counter() - t0:.0f} s: {e}", file=sys.stderr)
+            print(f"[{i:>2}/{n}] {s.id}: FAILED after {secs:.0f} s: {err}", file=sys.stderr)
             if not keep_going:
-                raise RuntimeError(f"step {s.id} failed: {e}") from e
+                raise RuntimeError(f"step {s.id} failed: {err}") from err
             continue
-        except BaseException:  # interrupted: the lock goes, the step stays unfinished (resumable)
-            lock.unlink(missing_ok=True)
-            ctx.close()
-            raise
-        ctx.close()
-        secs = round(time.perf_counter() - t0, 1)
-        atomic_write_json(
-            stamp_path,
-            {
-                "id": s.id,
-                "fingerprint": st.fingerprint,
-                "seconds": secs,
-                "finished": time.time(),
-                "outputs": [str(o) for o in s.outputs],
-                "log": str(log_path),
-            },  # fmt: skip
-        )
-        lock.unlink(missing_ok=True)
         eff[s.id] = _effective(plan, StepState(s, st.fingerprint, "done"))
         result["ran"].append(s.id)
         result["seconds"][s.id] = secs
@@ -325,3 +288,67 @@ def run_plan(
             flush=True,
         )
     return result
+
+
+def _check_selected_deps(states: list[StepState], selected: set[str]) -> None:
+    """``--only``: every dependency of a selected step is selected too or done.
+
+    Raises:
+        ValueError: Naming the step and its unfinished dependency.
+    """
+    by_id = {st.step.id: st for st in states}
+    for sid in selected:
+        for d in by_id[sid].step.deps:
+            if d not in selected and by_id[d].state != "done":
+                raise ValueError(
+                    f"--only {sid}: its dependency {d} is not done; run it first (or drop --only)"
+                )
+
+
+def _run_step(
+    plan: Plan, st: StepState, verbose: bool, env: dict[str, str]
+) -> tuple[float, Exception | None]:
+    """Run one step under its log and lock and write its stamp when it succeeds.
+
+    Returns:
+        The seconds it took and the exception it failed with (``None`` when it succeeded; no stamp then).
+
+    Raises:
+        BaseException: An interruption (Ctrl-C, SIGTERM): the lock goes, the step stays unfinished (resumable).
+    """
+    s = st.step
+    log_path = plan.work_dir / "logs" / (s.id.replace("/", "__") + ".log")
+    ctx = LogContext(log_path, verbose, env, cwd=REPO)
+    stamp_path = _stamp_path(plan.work_dir, s.id)
+    if stamp_path.exists():
+        stamp_path.unlink()
+    lock = _lock_path(plan.work_dir, s.id)
+    atomic_write_text(lock, f"{os.getpid()}\n")
+    t0 = time.perf_counter()
+    try:
+        cmd = _prepare_train_dir(s, st.fingerprint, st.state) if s.train_dir is not None else None
+        execute(s, ctx, cmd)
+    except Exception as e:  # a step failing must not leave a stamp; report it with its log
+        lock.unlink(missing_ok=True)
+        ctx.log(f"FAILED: {type(e).__name__}: {e}")
+        ctx.close()
+        return time.perf_counter() - t0, e
+    except BaseException:
+        lock.unlink(missing_ok=True)
+        ctx.close()
+        raise
+    ctx.close()
+    secs = round(time.perf_counter() - t0, 1)
+    atomic_write_json(
+        stamp_path,
+        {
+            "id": s.id,
+            "fingerprint": st.fingerprint,
+            "seconds": secs,
+            "finished": time.time(),
+            "outputs": [str(o) for o in s.outputs],
+            "log": str(log_path),
+        },  # fmt: skip
+    )
+    lock.unlink(missing_ok=True)
+    return secs, None
