@@ -6,7 +6,10 @@ Checked mechanically:
 * every repository path in backticks in the README and the configs' READMEs exists (outputs such as
   ``work_dirs/...``, ``data/...`` and ``submissions/...`` are made by the tools, so they are not checked);
 * every ``--option`` of a ``python tools/X.py`` / ``python -m pkg.mod`` / ``bash tools/X.sh`` command line in a
-  README code block is defined by that tool (its file, or the library module it imports its options from).
+  README code block is defined by that tool (its file, or the library module it imports its options from; a
+  ``tools/X.py`` shim is read as the module it runs, ``workflow.cli.X``);
+* every documented script ``tools/X.py`` is a shim over ``workflow.cli.X`` (``python -m workflow.cli.X`` runs the
+  same ``main``).
 """
 
 from __future__ import annotations
@@ -106,12 +109,19 @@ def _option_sources(target: str) -> str:
             path = REPO / mod.replace(".", "/") / "__main__.py"
     else:
         path = REPO / target
+        shim = (
+            re.search(r"^from (workflow\.cli\.\w+) import main$", path.read_text(), re.M)
+            if path.is_file()
+            else None
+        )
+        if shim:  # tools/X.py runs workflow.cli.X
+            return _option_sources(f"-m {shim.group(1)}")
     assert path.exists(), f"README runs {target}, which does not exist"
     text = path.read_text()
     if path.suffix == ".sh":  # a launcher passes its options on to the Python tools it runs
-        return "\n".join(
-            [text] + [_option_sources(f"tools/{t}") for t in sorted(set(re.findall(r"\b(\w+\.py)\b", text)))]
-        )
+        tools = set(re.findall(r"\b(\w+)\.py\b", text)) | set(re.findall(r"workflow\.cli\.(\w+)", text))
+        tools = {t for t in tools if (REPO / "workflow" / "cli" / f"{t}.py").is_file()}
+        return "\n".join([text] + [_option_sources(f"-m workflow.cli.{t}") for t in sorted(tools)])
     sources = [text]
     for mod in re.findall(r"^\s*(?:from|import)\s+((?:celldata|ensemble|custom_modules)[\w.]*)", text, re.M):
         p = REPO / (mod.replace(".", "/") + ".py")
@@ -147,3 +157,46 @@ def test_documented_command_options_exist(doc: Path) -> None:
                     if f'"{o}"' not in sources and f"'{o}'" not in sources
                 ]
     assert not bad, f"{doc.relative_to(REPO)} documents options the tools do not define: {bad}"
+
+
+def _shims() -> list[Path]:
+    return sorted((REPO / "tools").glob("*.py"))
+
+
+@pytest.mark.parametrize("shim", _shims(), ids=lambda p: p.name)
+def test_tools_are_shims_over_workflow_cli(shim: Path) -> None:
+    """``tools/X.py`` only runs ``workflow.cli.X.main``; the module has ``main(argv)`` and runs under ``-m``."""
+    import ast
+
+    tree = ast.parse(shim.read_text())
+    imports = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
+    assert [(n.module, [a.name for a in n.names]) for n in imports] == [
+        (f"workflow.cli.{shim.stem}", ["main"])
+    ]
+    assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))], shim.name
+    module = (REPO / "workflow" / "cli" / shim.name).read_text()
+    assert "def main(argv: list[str] | None = None)" in module
+    assert 'if __name__ == "__main__":' in module or "if __name__ == '__main__':" in module
+
+
+def test_module_entry_point_runs(tmp_path: Path) -> None:
+    """``python -m workflow.cli.X`` and ``python tools/X.py`` give the same help and the same bad-input exit code,
+    from any working directory (the project is installed; no PYTHONPATH)."""
+    import os
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    runs = [
+        [sys.executable, "-m", "workflow.cli.prepare_sartorius"],
+        [sys.executable, str(REPO / "tools" / "prepare_sartorius.py")],
+    ]
+    helps = [
+        subprocess.run([*r, "--help"], cwd=tmp_path, capture_output=True, text=True, env=env) for r in runs
+    ]
+    assert [h.returncode for h in helps] == [0, 0] and helps[0].stdout == helps[1].stdout
+    assert helps[0].stdout.startswith("usage: prepare_sartorius.py")
+    bad = [
+        subprocess.run([*r, "--folds", "x"], cwd=tmp_path, capture_output=True, text=True, env=env)
+        for r in runs
+    ]
+    assert [b.returncode for b in bad] == [2, 2]
