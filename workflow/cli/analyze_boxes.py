@@ -32,6 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _markdown(rep: dict) -> str:
+    """The report as Markdown tables."""
     lines = [f"# Box sizes ({rep['n_boxes']} boxes, {rep['ann_file']})", "",
              "sqrt(w*h) in original pixels:", "", "| class | boxes | p5 | p10 | p25 | p50 | p75 | p90 | p95 |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
@@ -69,7 +70,8 @@ def _markdown(rep: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rep_boxes, out: Path) -> None:
+def _plot(rep_boxes: tuple, out: Path) -> None:
+    """Histogram of the box sizes per class (``rep_boxes``: boxes, class names, labels) into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")

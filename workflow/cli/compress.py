@@ -24,6 +24,7 @@ from mmengine.config import DictAction
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments (exits 2 with one message for an invalid combination)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -74,6 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Compress and report; returns the exit status (1 for a missing file or bad input)."""
     args = parse_args(argv)
     from custom_modules.seg.compress import run_compression
 

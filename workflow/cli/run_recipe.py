@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     import signal
 
-    def _terminate(signum, frame):  # a plain `kill` stops the running tool too (its checkpoints stay)
+    def _terminate(signum: int, frame: object) -> None:
+        # a plain `kill` stops the running tool too (its checkpoints stay)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
