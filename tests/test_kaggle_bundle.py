@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -344,3 +345,154 @@ def test_box_first_bundle_replays_fuse_boxes_before_the_mask_heads(tmp_path: Pat
     a = load_predictions(work / "bf_fused_boxes.npz")[0]["img0"]
     b = load_predictions(fused)[0]["img0"]
     assert len(a) == 2 and np.allclose(a.boxes, b.boxes) and np.allclose(a.scores, b.scores)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# the recipe's own bundle step on what the recipe writes: fold-merged test members, a tuned YAML with its `tuning:`
+# record; the bundle loaded back and its plan run on the test images
+# ------------------------------------------------------------------------------------------------------------------
+class _InProcess:
+    """A step context (``run``/``log``) that runs ``python -m MODULE ARGS`` as ``MODULE.main(ARGS)`` in this process:
+    the commands are the ones the recipe and the notebook run, without an interpreter start per command."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
+        self.lines: list[str] = []
+
+    def log(self, text: str) -> None:
+        self.lines.append(text)
+
+    def run(self, cmd: list) -> str:
+        import contextlib
+        import importlib
+        import io
+
+        assert cmd[1] == "-m", f"not a module command: {cmd}"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            rc = importlib.import_module(cmd[2]).main([str(c) for c in cmd[3:]])
+        self.lines.append(out.getvalue())
+        assert rc == 0, f"{' '.join(map(str, cmd))} exited {rc}:\n{out.getvalue()}"
+        return out.getvalue()
+
+
+def _infer(ctx: _InProcess, config: Path, ckpt: Path, images: Path, out: Path, *extra: str) -> Path:
+    ctx.run(["python", "-m", "workflow.cli.infer", config, ckpt, "--images", images, "--out", out, "--device", "cpu",
+             "--score-thr", "0.001", "--max-per-img", "20", "--no-progress", *extra])  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module")
+def recipe_test_folds(tiny_sartorius: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Two fold checkpoints (random weights) of a YOLOX and a Mask R-CNN, and their raw test predictions as the
+    recipe lays them out (``test_fold<k>/<model>.npz``)."""
+    from custom_modules.inference import load_model
+
+    work = tmp_path_factory.mktemp("recipe")
+    ctx = _InProcess(work / "log")
+    ckpts, raw = {}, {}
+    for name, config in (("yolox", YOLOX_DEMO), ("mask_rcnn", MRCNN_DEMO)):
+        for k in range(2):
+            torch.manual_seed(k)
+            sd = load_model(config, None, "cpu").model.state_dict()
+            ckpts[name, k] = _training_checkpoint(work / f"{name}_fold{k}.pth", sd, ema=False)
+            out = work / "predictions" / f"test_fold{k}" / f"{name}.npz"
+            raw[name, k] = _infer(ctx, config, ckpts[name, k], tiny_sartorius / "test", out)
+    return {
+        "work": work,
+        "ckpts": ckpts,
+        "raw": raw,
+        "images": tiny_sartorius / "test",
+        "root": tiny_sartorius,
+    }
+
+
+def _derived_test_members(folds: dict, mode: str, ctx: _InProcess) -> dict[str, Path]:
+    """The mode's members' fold-merged test files, made as the recipe makes them (box-first: one fused box set over
+    every fold model's boxes, each fold's mask head on it; vote: each fold's mask head on that fold's YOLOX boxes)."""
+    from workflow.recipe.steps import MergeFolds
+
+    P, raw = folds["work"] / mode / "predictions", folds["raw"]
+    heads: dict[str, list[Path]] = {}
+    if mode == "box_first":
+        fuse_yaml, fused = P / "test" / "fuse_boxes.yaml", P / "test" / "fused_boxes.npz"
+        fuse_yaml.parent.mkdir(parents=True)
+        fuse_yaml.write_text(yaml.safe_dump({"name": "fused_boxes", "fusion": {"mode": "box_first", "iou_thr": 0.55},
+                                             "models": [{"name": f"{n}_fold{k}", "predictions": str(p), "weight": 0.5}
+                                                        for (n, k), p in raw.items()]}))  # fmt: skip
+        ctx.run(
+            ["python", "-m", "ensemble.fuse_boxes", "--config", fuse_yaml, "--out", fused, "--no-progress"]
+        )
+        heads["mask_rcnn_on_boxes"] = [fused, fused]
+    else:
+        heads["yolox_masks"] = [raw["yolox", k] for k in range(2)]
+    parts = {n: [P / f"test_fold{k}" / f"{n}.npz" for k in range(2)] for n in heads}
+    for n, boxes in heads.items():
+        for k in range(2):
+            _infer(ctx, MRCNN_DEMO, folds["ckpts"]["mask_rcnn", k], folds["images"], parts[n][k],
+                   "--mask-head-on", str(boxes[k]), "--name", n)  # fmt: skip
+    if mode == "vote":
+        parts["mask_rcnn"] = [raw["mask_rcnn", k] for k in range(2)]
+    members = {n: P / "test" / f"{n}_test.npz" for n in parts}
+    for n, files in parts.items():
+        MergeFolds(files, members[n])(ctx)
+    return members
+
+
+@pytest.mark.parametrize("mode", ["box_first", "vote"])
+def test_recipe_bundle_step_on_a_tuned_ensemble_runs_offline(recipe_test_folds: dict, mode: str) -> None:
+    """The recipe's Submission and Bundle steps on a tuned YAML that keeps its ``tuning:`` record (truth path
+    included): the bundle is made (no path outside it, the record's numbers kept), make_bundle's summary prints
+    every entry (fused boxes too), and the bundle's plan reproduces the recipe's submission on the test images."""
+    from ensemble.config import load_config as load_ensemble
+    from workflow.recipe.steps import Bundle, Submission
+
+    folds, work = recipe_test_folds, recipe_test_folds["work"] / mode
+    ctx = _InProcess(work / "log")
+    members = _derived_test_members(folds, mode, ctx)
+    truth = folds["root"] / "train.csv"
+    record = {"method": "coordinate", "truth": str(truth), "n_images": 6, "score_start": 0.21, "score_in_sample": 0.25,
+              "cv": {"k": 2, "grouped_by": "sample_id", "score_held_out": 0.23}, "images": ["img_a", "img_b"]}  # fmt: skip
+    tuned = work / "ensemble" / "ensemble_tuned.yaml"
+    tuned.parent.mkdir(parents=True)
+    tuned.write_text(yaml.safe_dump({
+        "name": "ensemble_tuned", "truth": str(truth), "tuning": record,
+        "models": [{"name": n, "predictions": str(work / "oof" / f"{n}_val.npz"), "weight": 1.0} for n in members],
+        "fusion": {"mode": mode, "iou_thr": 0.55}, "class_thresholds": {"astro": {"score": 0.3, "min_area": 10}},
+    }))  # fmt: skip
+    test_yaml, sub = work / "ensemble" / "ensemble_test.yaml", work / "submission.csv"
+    Submission(tuned, members[next(iter(members))].parent, test_yaml, sub, sys.executable)(ctx)
+    assert load_ensemble(test_yaml).tuning == record  # what the bundle step gets keeps the truth path
+
+    Bundle(test_yaml, work / "bundle", sys.executable)(
+        ctx
+    )  # python -m workflow.cli.make_bundle ... --overwrite
+    bundle = load_bundle(work / "bundle")  # every file with its sha256
+    summary = ctx.lines[-1].splitlines()
+    assert len(summary) == len(bundle["models"]) + 1 and summary[-1].startswith(f"wrote {work / 'bundle'}")
+    shipped = yaml.safe_load((work / "bundle" / "ensemble.yaml").read_text())
+    assert paths_outside(shipped, work / "bundle") == [] and "truth" not in shipped
+    assert shipped["tuning"] == {**record, "truth": "train.csv"}  # numbers and ids kept, the path reduced
+    roles = [
+        (m["name"], m["role"], len(m["folds"]) if "folds" in m else m["n_folds"]) for m in bundle["models"]
+    ]
+    if (
+        mode == "box_first"
+    ):  # every fold model's boxes fused once (one fused file), the mask head per fold on it
+        assert roles == [("yolox_fold0", "boxes", 1), ("yolox_fold1", "boxes", 1), ("mask_rcnn_fold0", "instance", 1),
+                         ("mask_rcnn_fold1", "instance", 1), ("fused_boxes_fused_boxes", "fused_boxes", 1),
+                         ("mask_rcnn_on_boxes", "mask_head", 2)]  # fmt: skip
+    else:  # each fold's mask head on that fold's boxes
+        boxes = YOLOX_DEMO.stem  # the recipe's raw predictions carry the config name
+        assert roles == [(boxes, "boxes", 2), ("yolox_masks", "mask_head", 2), ("mask_rcnn", "instance", 2)]
+        assert bundle["models"][1]["masks_from"] == boxes
+        assert [f["masks_from_fold"] for f in bundle["models"][1]["folds"]] == [0, 1]
+
+    out = work / "offline" / "submission.csv"
+    plan = inference_plan(
+        work / "bundle", folds["images"], work / "offline" / "predictions", out, device="cpu"
+    )
+    for step in plan:
+        execute(step, ctx)
+    assert validate_submission(out, folds["images"])["images"] == 2
+    assert out.read_text() == sub.read_text()  # the bundle reproduces the recipe's submission
