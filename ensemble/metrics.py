@@ -1,4 +1,6 @@
-"""Competition metric of the Sartorius Cell Instance Segmentation challenge, plus COCO mAP via pycocotools.
+"""Competition metric of the Sartorius Cell Instance Segmentation challenge, plus COCO mAP via pycocotools and the
+foreground (semantic) IoU of the stack (:func:`foreground_counts`, used by the mmseg metric, the compression
+report and the recipe's semantic score).
 
 Metric (per image):
 
@@ -58,6 +60,8 @@ __all__ = [
     "image_precisions",
     "image_score",
     "evaluate",
+    "ForegroundCounts",
+    "foreground_counts",
     "coco_map",
 ]
 
@@ -471,6 +475,100 @@ def evaluate(
         n_true=n_true,
         n_pred=n_pred,
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Foreground (semantic) IoU
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ForegroundCounts:
+    """Pixel confusion counts of a foreground (any cell vs background) mask; they add up over images.
+
+    Every ratio with a zero denominator is 1.0 (empty prediction and empty truth agree perfectly).
+
+    Attributes:
+        tp: Foreground in both prediction and truth (the intersection).
+        fp: Foreground in the prediction only.
+        fn: Foreground in the truth only.
+        tn: Background in both.
+    """
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    tn: int = 0
+
+    def __add__(self, other: ForegroundCounts) -> ForegroundCounts:
+        return ForegroundCounts(
+            self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn
+        )
+
+    @staticmethod
+    def _ratio(a: int, b: int) -> float:
+        return a / b if b else 1.0
+
+    @property
+    def union(self) -> int:
+        """Foreground pixels of prediction or truth."""
+        return self.tp + self.fp + self.fn
+
+    @property
+    def iou(self) -> float:
+        """Foreground IoU (Jaccard) ``tp / (tp + fp + fn)``."""
+        return self._ratio(self.tp, self.union)
+
+    @property
+    def dice(self) -> float:
+        """Dice (= F1) ``2 tp / (2 tp + fp + fn)``."""
+        return self._ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+
+    @property
+    def accuracy(self) -> float:
+        """Pixel accuracy over the counted pixels."""
+        return self._ratio(self.tp + self.tn, self.tp + self.tn + self.fp + self.fn)
+
+    @property
+    def recall(self) -> float:
+        """``tp / (tp + fn)``."""
+        return self._ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def precision(self) -> float:
+        """``tp / (tp + fp)``."""
+        return self._ratio(self.tp, self.tp + self.fp)
+
+
+def foreground_counts(
+    pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None
+) -> ForegroundCounts:
+    """Confusion counts of a predicted foreground mask against the true one (the one foreground IoU of the stack).
+
+    Args:
+        pred: ``(H, W)`` predicted foreground (bool, or nonzero = foreground).
+        truth: ``(H, W)`` true foreground (bool, or nonzero = foreground).
+        valid: ``(H, W)`` bool, pixels to count (``None``: all).
+
+    Returns:
+        The counts; ``.iou`` is the image's foreground IoU, and summed counts give the pooled IoU of a set.
+
+    Raises:
+        ValueError: on shape mismatch.
+    """
+    p = np.asarray(pred).astype(bool, copy=False)
+    t = np.asarray(truth).astype(bool, copy=False)
+    if p.shape != t.shape or (valid is not None and np.shape(valid) != p.shape):
+        shapes = [p.shape, t.shape] + ([] if valid is None else [np.shape(valid)])
+        raise ValueError(f"foreground masks of different shapes: {shapes}")
+    if valid is not None:
+        v = np.asarray(valid).astype(bool, copy=False)
+        p, t = p & v, t & v
+        n = int(v.sum())
+    else:
+        n = p.size
+    tp = int(np.count_nonzero(p & t))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(t)) - tp
+    return ForegroundCounts(tp, fp, fn, n - tp - fp - fn)
 
 
 # ----------------------------------------------------------------------------------------------------------------

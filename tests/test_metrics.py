@@ -327,3 +327,22 @@ def test_coco_map_perfect_and_degraded() -> None:
     assert worse["segm_mAP"] < 0.95
     with pytest.raises(ValueError, match="iou type"):
         coco_map(truth, truth, scores, iou_types=("keypoints",))
+
+
+def test_foreground_counts_by_hand() -> None:
+    """The one foreground IoU: counts, ratios (1.0 on empty denominators), valid mask, pooling by addition."""
+    from ensemble.metrics import ForegroundCounts, foreground_counts
+
+    pred = np.array([[1, 1, 0, 0]], bool)
+    truth = np.array([[1, 0, 1, 0]], bool)
+    c = foreground_counts(pred, truth)
+    assert (c.tp, c.fp, c.fn, c.tn) == (1, 1, 1, 1) and c.union == 3
+    assert c.iou == pytest.approx(1 / 3) and c.dice == pytest.approx(0.5) and c.accuracy == pytest.approx(0.5)
+    v = foreground_counts(pred, truth, valid=np.array([[1, 1, 1, 0]], bool))
+    assert (v.tp, v.fp, v.fn, v.tn) == (1, 1, 1, 0)
+    empty = foreground_counts(np.zeros((2, 2)), np.zeros((2, 2)))
+    assert empty.iou == empty.dice == empty.precision == empty.recall == 1.0
+    pooled = sum([c, empty], ForegroundCounts())
+    assert pooled.iou == pytest.approx(1 / 3) and pooled.tn == 5
+    with pytest.raises(ValueError, match="shapes"):
+        foreground_counts(np.zeros((2, 2)), np.zeros((2, 3)))

@@ -6,8 +6,7 @@ Library paths (torch 2.13, see ``../shared/FACTS_KAGGLE_COMPRESSION_SEARCH.md``)
 - PTQ: ``torch.export`` (dynamic batch, height, width) -> torchao ``prepare_pt2e`` with
   ``X86InductorQuantizer`` -> calibration on N training images -> ``convert_pt2e`` -> ``torch.compile``. The
   converted graph run without compiling is torch's *reference* int8 model (quantize / dequantize around fp32
-  ops: the same numbers, slower than fp32); the compiled one runs int8 kernels. ``legacy=True`` uses the
-  deprecated ``torch.ao.quantization`` FX path instead (eager int8 kernels, x86 backend), only on request.
+  ops: the same numbers, slower than fp32); the compiled one runs int8 kernels.
 - QAT: the same export -> ``prepare_qat_pt2e`` -> fine-tuning with the config's optimizer and loss on its
   training pipeline (any batch size: the batch dimension is dynamic) -> ``convert_pt2e``.
 - Structured pruning: ``torch_pruning.MetaPruner`` (L1 channel importance, skip concatenations handled)
@@ -25,7 +24,6 @@ import io
 import json
 import statistics
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,10 +34,11 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
-from mmengine.utils import import_modules_from_strings
 from torch import nn
 
 from celldata.fileio import atomic_write_bytes, atomic_write_json, atomic_write_text
+from custom_modules.config import load_config
+from ensemble.metrics import foreground_counts
 
 METRIC_KEYS = ('accuracy', 'f1', 'jaccard', 'recall', 'precision')
 
@@ -70,25 +69,16 @@ class Sample:
     img_id: str
 
 
-def load_config(config: str | Path, cfg_options: dict | None = None, data_root: str | None = None) -> Config:
-    """Read a config, apply ``cfg_options`` and an optional data root (train/val/test datasets)."""
-    cfg = Config.fromfile(str(config))
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if data_root is not None:
-        for key in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-            if key in cfg and cfg[key] is not None:
-                cfg[key].dataset.data_root = data_root
-    if cfg.get('custom_imports'):
-        import_modules_from_strings(**cfg.custom_imports)
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    return cfg
-
-
 def build_segmentor(cfg: Config, checkpoint: str | Path | None = None) -> nn.Module:
-    """Build ``cfg.model`` (BN instead of SyncBN on one process) and load ``checkpoint``; eval mode."""
+    """Build ``cfg.model`` (BN instead of SyncBN on one process) and load ``checkpoint``; eval mode.
+
+    The config's default scope (``mmseg``) becomes the current one, for the datasets and transforms built next.
+    Read configs with :func:`custom_modules.config.load_config` (``data_root`` among its overrides).
+    """
     from mmengine.model import revert_sync_batchnorm
     from mmseg.registry import MODELS
+
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
 
     model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
     if checkpoint is not None:
@@ -139,7 +129,8 @@ def logits_to_mask(logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor
 
 
 def binary_metrics(pred: torch.Tensor, gt: torch.Tensor, ignore_index: int = 255) -> dict[str, float]:
-    """Pixel accuracy, F1 (= Dice), Jaccard (= IoU), recall, precision of a foreground mask.
+    """Pixel accuracy, F1 (= Dice), Jaccard (= IoU), recall, precision of a foreground mask
+    (:func:`ensemble.metrics.foreground_counts`).
 
     Args:
         pred: ``(H, W)`` bool prediction.
@@ -148,23 +139,8 @@ def binary_metrics(pred: torch.Tensor, gt: torch.Tensor, ignore_index: int = 255
     Empty prediction and empty truth score 1 on every ratio with a zero denominator.
     """
     valid = gt != ignore_index
-    t = (gt > 0) & valid
-    p = pred & valid
-    tp = int((p & t).sum())
-    fp = int((p & ~t).sum())
-    fn = int((~p & t).sum())
-    tn = int(valid.sum()) - tp - fp - fn
-
-    def ratio(a: int, b: int) -> float:
-        return a / b if b else 1.0
-
-    return dict(
-        accuracy=ratio(tp + tn, tp + tn + fp + fn),
-        f1=ratio(2 * tp, 2 * tp + fp + fn),
-        jaccard=ratio(tp, tp + fp + fn),
-        recall=ratio(tp, tp + fn),
-        precision=ratio(tp, tp + fp),
-    )
+    c = foreground_counts(pred.cpu().numpy(), ((gt > 0) & valid).cpu().numpy(), valid.cpu().numpy())
+    return dict(accuracy=c.accuracy, f1=c.dice, jaccard=c.iou, recall=c.recall, precision=c.precision)
 
 
 def predict(fn: Callable[[torch.Tensor], torch.Tensor], samples: Sequence[Sample]) -> list[torch.Tensor]:
@@ -354,24 +330,6 @@ def ptq_pt2e(
         for x in calib_inputs:
             prepared(_pad16(x))
     return strip_unused_attributes(convert_pt2e(prepared))
-
-
-def ptq_legacy_fx(float_module: nn.Module, calib_inputs: Sequence[torch.Tensor]) -> nn.Module:
-    """Deprecated fallback: ``torch.ao.quantization`` FX static int8 (x86 backend, eager int8 kernels)."""
-    from torch.ao.quantization import get_default_qconfig_mapping
-    from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    torch.backends.quantized.engine = 'x86'
-    example = _pad16(calib_inputs[0])
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore', DeprecationWarning)
-        prepared = prepare_fx(
-            copy.deepcopy(float_module).eval(), get_default_qconfig_mapping('x86'), (example,)
-        )
-        with torch.no_grad():
-            for x in calib_inputs:
-                prepared(_pad16(x))
-        return convert_fx(prepared)
 
 
 def train_batches(cfg: Config, seed: int = 0) -> Iterator[tuple[torch.Tensor, list]]:
@@ -620,6 +578,121 @@ def write_report(report: dict, out_dir: str | Path, stem: str) -> dict[str, Path
     return paths
 
 
+@dataclass
+class _Setup:
+    """What every compression command works on: the float model, its images and the timing settings."""
+
+    cfg: Config
+    segmentor: nn.Module
+    float_module: SegLogits
+    threshold: float
+    val: list[Sample]
+    calib: list[torch.Tensor]
+    example: torch.Tensor
+    timed: torch.Tensor
+    out_dir: Path
+    repeats: int
+    compile_models: bool
+    log: Callable[[str], None]
+
+    def timings(self, module: nn.Module, quantized: bool, eager: bool = True) -> dict[str, float]:
+        """Median latencies (ms) of ``module``: eager and/or compiled (``torch.compile``, when enabled)."""
+        res = {}
+        if eager:
+            res['eager'] = latency_ms(module, self.timed, self.repeats)
+        if self.compile_models:
+            self.log(f'compiling {"int8" if quantized else "float"} model (inductor) ...')
+            compiled = compile_module(module, quantized)
+            res['compiled'] = latency_ms(compiled, self.timed, self.repeats)
+        return res
+
+    def report(
+        self, name: str, module: nn.Module, latency: dict[str, float], save: str | None = None
+    ) -> dict:
+        """:func:`variant_report` of ``module`` on the validation images (saved to ``out_dir / save``)."""
+        path = None if save is None else self.out_dir / save
+        return variant_report(name, module, module, self.val, self.example, self.threshold, latency, path)
+
+
+def _setup(
+    config: str | Path,
+    checkpoint: str | Path,
+    work_dir: str | Path,
+    data_root: str | None,
+    cfg_options: dict | None,
+    calib_images: int,
+    repeats: int,
+    latency_size: tuple[int, int] | None,
+    compile_models: bool,
+    log: Callable[[str], None],
+) -> _Setup:
+    """Config (:func:`custom_modules.config.load_config`), float model, validation and calibration images."""
+    opts = dict(cfg_options or {})
+    if data_root is not None:
+        opts['data_root'] = data_root
+    cfg = load_config(config, opts)
+    segmentor = build_segmentor(cfg, checkpoint)
+    val = load_samples(cfg, segmentor, 'val')
+    example = _pad16(val[0].inputs)
+    return _Setup(
+        cfg=cfg,
+        segmentor=segmentor,
+        float_module=SegLogits(segmentor).eval(),
+        threshold=float(getattr(segmentor.decode_head, 'threshold', None) or 0.5),
+        val=val,
+        calib=[s.inputs for s in load_samples(cfg, segmentor, 'train', calib_images)],
+        example=example,
+        timed=example if latency_size is None else torch.randn(1, 3, *latency_size),
+        out_dir=Path(work_dir),
+        repeats=repeats,
+        compile_models=compile_models,
+        log=log,
+    )
+
+
+def _ptq_variants(su: _Setup) -> tuple[list[dict], list[str]]:
+    """The PT2E int8 PTQ variant and its note."""
+    su.log(f'PTQ: calibrating on {len(su.calib)} training images')
+    q = ptq_pt2e(su.float_module, su.calib)
+    qv = su.report('int8-ptq', q, su.timings(q, True, eager=False), 'int8_ptq.pt2')
+    note = (
+        'Metrics of the int8 model come from the converted PT2E graph run as torch reference int8 '
+        '(quantize/dequantize around fp32 ops); its compiled form runs int8 kernels.'
+    )
+    return [qv], [note]
+
+
+def _qat_variants(su: _Setup, iters: int, lr: float | None, seed: int) -> list[dict]:
+    """The int8 QAT variant (with its training losses)."""
+    su.log(f'QAT: {iters} iterations')
+    q, losses = qat_pt2e(
+        su.float_module,
+        su.segmentor,
+        su.cfg,
+        su.example,
+        iters,
+        lr,
+        seed,
+        on_iter=lambda i, v: su.log(f'qat iter {i + 1}/{iters} loss {v:.4f}') if (i + 1) % 20 == 0 else None,
+    )
+    qv = su.report('int8-qat', q, su.timings(q, True, eager=False), 'int8_qat.pt2')
+    qv['train_losses'] = losses
+    return [qv]
+
+
+def _prune_variants(su: _Setup, ratio: float, iters: int, lr: float | None, seed: int) -> list[dict]:
+    """The pruned model before and after fine-tuning (the latter with its training losses)."""
+    su.log(f'structured pruning: {ratio:.0%} of the channels, then {iters} iterations of fine-tuning')
+    pruned = prune_channels(su.float_module, su.example, ratio)
+    before = su.report(f'pruned-{ratio:.0%}-no-ft', pruned, {})
+    pruned.train()
+    losses = finetune(pruned, su.segmentor, su.cfg, iters, lr, seed)
+    pruned.eval()
+    pv = su.report(f'pruned-{ratio:.0%}', pruned, su.timings(pruned, False), 'pruned.pt2')
+    pv['train_losses'] = losses
+    return [before, pv]
+
+
 def run_compression(
     command: str,
     config: str | Path,
@@ -635,7 +708,6 @@ def run_compression(
     repeats: int = 10,
     latency_size: tuple[int, int] | None = None,
     compile_models: bool = True,
-    legacy: bool = False,
     seed: int = 0,
     logger: Callable[[str], None] | None = None,
 ) -> dict:
@@ -656,123 +728,53 @@ def run_compression(
         repeats: Timed runs per latency (median reported).
         latency_size: ``(H, W)`` of the timed input (None: the first validation image, padded to 16).
         compile_models: Also time ``torch.compile`` versions (int8 needs it to be fast).
-        legacy: PTQ through the deprecated ``torch.ao.quantization`` FX path instead of PT2E.
         seed: Seed of the fine-tuning data order.
         logger: Progress callback (e.g. ``print`` or an mmengine logger's ``info``).
+
+    Raises:
+        ValueError: unknown command, bad config or data; FileNotFoundError: missing config or checkpoint.
     """
     log = logger or (lambda _msg: None)
     if command not in ('ptq', 'qat', 'prune-structured'):
         raise ValueError(f"command must be 'ptq', 'qat' or 'prune-structured', got {command!r}")
     torch.manual_seed(seed)
-    cfg = load_config(config, cfg_options, data_root)
-    segmentor = build_segmentor(cfg, checkpoint)
-    threshold = float(getattr(segmentor.decode_head, 'threshold', None) or 0.5)
-    float_module = SegLogits(segmentor).eval()
-    val = load_samples(cfg, segmentor, 'val')
-    calib = [s.inputs for s in load_samples(cfg, segmentor, 'train', calib_images)]
-    example = _pad16(val[0].inputs)
-    timed = example if latency_size is None else torch.randn(1, 3, *latency_size)
-    out_dir = Path(work_dir)
-    torch.set_num_threads(threads)
-
-    def timings(module: nn.Module, quantized: bool, eager: bool = True) -> dict[str, float]:
-        res = {}
-        if eager:
-            res['eager'] = latency_ms(module, timed, repeats)
-        if compile_models:
-            log(f'compiling {"int8" if quantized else "float"} model (inductor) ...')
-            compiled = compile_module(module, quantized)
-            res['compiled'] = latency_ms(compiled, timed, repeats)
-        return res
-
-    log(f'float model: {len(val)} validation images')
-    base = variant_report(
-        'float',
-        float_module,
-        float_module,
-        val,
-        example,
-        threshold,
-        timings(float_module, False),
-        out_dir / 'float.pt2',
+    su = _setup(
+        config,
+        checkpoint,
+        work_dir,
+        data_root,
+        cfg_options,
+        calib_images,
+        repeats,
+        latency_size,
+        compile_models,
+        log,
     )
-    variants = [base]
-    notes = []
+    torch.set_num_threads(threads)
+    log(f'float model: {len(su.val)} validation images')
+    base = su.report('float', su.float_module, su.timings(su.float_module, False), 'float.pt2')
+    notes: list[str] = []
     if command == 'ptq':
-        log(f'PTQ: calibrating on {len(calib)} training images')
-        if legacy:
-            q = ptq_legacy_fx(float_module, calib)
-            lat = {'eager': latency_ms(q, timed, repeats)}
-            notes.append('Legacy torch.ao.quantization FX path (deprecated), x86 eager int8 kernels.')
-            qv = variant_report('int8-ptq-legacy', q, q, val, example, threshold, lat, exportable=False)
-        else:
-            q = ptq_pt2e(float_module, calib)
-            qv = variant_report(
-                'int8-ptq',
-                q,
-                q,
-                val,
-                example,
-                threshold,
-                timings(q, True, eager=False),
-                out_dir / 'int8_ptq.pt2',
-            )
-            notes.append(
-                'Metrics of the int8 model come from the converted PT2E graph run as torch reference int8 '
-                '(quantize/dequantize around fp32 ops); its compiled form runs int8 kernels.'
-            )
-        variants.append(qv)
+        extra, notes = _ptq_variants(su)
     elif command == 'qat':
-        log(f'QAT: {iters} iterations')
-        q, losses = qat_pt2e(
-            float_module,
-            segmentor,
-            cfg,
-            example,
-            iters,
-            lr,
-            seed,
-            on_iter=lambda i, v: log(f'qat iter {i + 1}/{iters} loss {v:.4f}') if (i + 1) % 20 == 0 else None,
-        )
-        qv = variant_report(
-            'int8-qat', q, q, val, example, threshold, timings(q, True, eager=False), out_dir / 'int8_qat.pt2'
-        )
-        qv['train_losses'] = losses
-        variants.append(qv)
+        extra = _qat_variants(su, iters, lr, seed)
     else:
-        log(f'structured pruning: {ratio:.0%} of the channels, then {iters} iterations of fine-tuning')
-        pruned = prune_channels(float_module, example, ratio)
-        before = variant_report(f'pruned-{ratio:.0%}-no-ft', pruned, pruned, val, example, threshold, {})
-        pruned.train()
-        losses = finetune(pruned, segmentor, cfg, iters, lr, seed)
-        pruned.eval()
-        pv = variant_report(
-            f'pruned-{ratio:.0%}',
-            pruned,
-            pruned,
-            val,
-            example,
-            threshold,
-            timings(pruned, False),
-            out_dir / 'pruned.pt2',
-        )
-        pv['train_losses'] = losses
-        variants += [before, pv]
-    fid = fidelity(base['_logits'], variants[-1]['_logits'], threshold)
+        extra = _prune_variants(su, ratio, iters, lr, seed)
+    variants = [base, *extra]
     report = dict(
         command=command,
         config=str(config),
         checkpoint=str(checkpoint),
-        n_val_images=len(val),
-        n_calib_images=len(calib),
+        n_val_images=len(su.val),
+        n_calib_images=len(su.calib),
         iters=iters if command != 'ptq' else 0,
         threads=threads,
         repeats=repeats,
-        latency_input=list(timed.shape),
+        latency_input=list(su.timed.shape),
         variants=variants,
-        fidelity=fid,
+        fidelity=fidelity(base['_logits'], variants[-1]['_logits'], su.threshold),
         notes=notes,
     )
-    write_report(report, out_dir, command.replace('-', '_'))
+    write_report(report, su.out_dir, command.replace('-', '_'))
     report['variants'] = [{k: v for k, v in var.items() if not k.startswith('_')} for var in variants]
     return report

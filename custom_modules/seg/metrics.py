@@ -1,4 +1,7 @@
-"""Foreground (cell vs background) IoU and Dice for mmseg validation, complementing ``IoUMetric``."""
+"""Foreground (cell vs background) IoU and Dice for mmseg validation, complementing ``IoUMetric``.
+
+The counting is :func:`ensemble.metrics.foreground_counts`, the stack's one foreground IoU.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ from collections.abc import Sequence
 import torch
 from mmengine.evaluator import BaseMetric
 from mmseg.registry import METRICS
+
+from ensemble.metrics import ForegroundCounts, foreground_counts
 
 
 @METRICS.register_module()
@@ -43,7 +48,7 @@ class ForegroundIoUMetric(BaseMetric):
         return fg
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
-        """Accumulate intersection, union and areas per image from ``pred_sem_seg`` / ``gt_sem_seg``."""
+        """Accumulate the foreground confusion counts of every image from ``pred_sem_seg`` / ``gt_sem_seg``."""
         for sample in data_samples:
             pred = sample['pred_sem_seg']['data'].squeeze()
             gt = sample['gt_sem_seg']['data'].squeeze().to(pred.device)
@@ -51,19 +56,18 @@ class ForegroundIoUMetric(BaseMetric):
                 raise ValueError(
                     f'ForegroundIoUMetric: prediction {tuple(pred.shape)} != truth {tuple(gt.shape)}'
                 )
-            valid = gt != self.ignore_index
-            p = self._foreground(pred) & valid
-            t = self._foreground(gt) & valid
-            inter = int((p & t).sum())
-            self.results.append((inter, int((p | t).sum()), int(p.sum()), int(t.sum())))
+            valid = (gt != self.ignore_index).cpu().numpy()
+            p = self._foreground(pred).cpu().numpy()
+            t = self._foreground(gt).cpu().numpy()
+            self.results.append(foreground_counts(p, t, valid))
 
     def compute_metrics(self, results: list) -> dict[str, float]:
         """Return ``{'fgIoU', 'fgDice', 'fgIoU_img'}`` in percent (2 decimals)."""
-        inter = sum(r[0] for r in results)
-        union = sum(r[1] for r in results)
-        area_sum = sum(r[2] + r[3] for r in results)
-        iou = inter / union if union else 1.0
-        dice = 2 * inter / area_sum if area_sum else 1.0
-        per_image = [r[0] / r[1] if r[1] else 1.0 for r in results]
+        pooled = sum(results, ForegroundCounts())
+        per_image = [r.iou for r in results]
         iou_img = sum(per_image) / len(per_image) if per_image else float('nan')
-        return dict(fgIoU=round(100 * iou, 2), fgDice=round(100 * dice, 2), fgIoU_img=round(100 * iou_img, 2))
+        return dict(
+            fgIoU=round(100 * pooled.iou, 2),
+            fgDice=round(100 * pooled.dice, 2),
+            fgIoU_img=round(100 * iou_img, 2),
+        )

@@ -172,23 +172,22 @@ class SemanticScore:
     out: Path
 
     def __call__(self, ctx: StepContext) -> None:
+        from ensemble.metrics import ForegroundCounts, foreground_counts
         from ensemble.predictions import load_predictions
 
         preds, _ = load_predictions(self.predictions)
-        inter = union = 0
+        pooled = ForegroundCounts()
         per_image: dict[str, float] = {}
         for iid, p in preds.items():
             if p.semantic is None:
                 raise RuntimeError(f"{self.predictions}: image {iid} has no semantic map")
             fg_true = _read_label(self.data_root / "semantic" / "train" / f"{iid}.png") > 0
-            fg_pred = p.semantic >= 0.5
-            i = int(np.logical_and(fg_true, fg_pred).sum())
-            u = int(np.logical_or(fg_true, fg_pred).sum())
-            inter, union = inter + i, union + u
-            per_image[iid] = i / u if u else 1.0
+            counts = foreground_counts(p.semantic >= 0.5, fg_true)
+            pooled += counts
+            per_image[iid] = counts.iou
         report = {
             "metric": "foreground IoU (map >= 0.5 vs any cell), pooled over the images",
-            "fg_iou": inter / union if union else 1.0,
+            "fg_iou": pooled.iou,
             "fg_iou_mean_per_image": float(np.mean(list(per_image.values()))) if per_image else float("nan"),
             "n_images": len(per_image),
             "per_image": per_image,
