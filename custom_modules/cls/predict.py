@@ -15,7 +15,6 @@ Each probability row sums to 1. :func:`ensemble.image_class.read_class_probabili
 
 from __future__ import annotations
 
-import json
 import os
 import os.path as osp
 from collections.abc import Mapping, Sequence
@@ -26,58 +25,38 @@ import numpy as np
 import torch
 
 from celldata.fileio import atomic_write_json
+from celldata.images import ImageItem, list_images
 from ensemble.image_class import FORMAT, read_class_probabilities
 
 from .data import image_tiles, read_gray
 
 __all__ = [
     "FORMAT",
-    "list_images",
+    "source_images",
     "predict_image_probabilities",
     "write_image_probabilities",
     "read_class_probabilities",
 ]
 
 
-def list_images(
-    source: str | os.PathLike, data_root: str | os.PathLike | None = None
-) -> list[tuple[str, Path]]:
-    """``(kaggle id, path)`` of the images of a folder (``*.png``, sorted) or a COCO json.
+def source_images(source: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[ImageItem]:
+    """The images of a folder or a COCO json: :func:`celldata.images.list_images` of whichever ``source`` is.
 
     Args:
-        source: Folder of PNGs, or a COCO json whose ``file_name`` entries are relative to ``data_root``.
+        source: Folder of images, or a COCO json whose ``file_name`` entries are relative to ``data_root``.
         data_root: Root of a COCO json's ``file_name`` (default: the json's grandparent, the prepared layout
-            ``<root>/annotations/x.json``, falling back to the json's folder).
+            ``<root>/annotations/x.json``).
+
+    Returns:
+        The images (id = Kaggle id), in a deterministic order.
 
     Raises:
-        ValueError: missing source, unreadable json, no images.
+        ValueError: no images, unreadable json; FileNotFoundError: missing source or listed image.
     """
     src = Path(source)
     if src.is_dir():
-        out = [(p.stem, p) for p in sorted(src.glob("*.png"))]
-    elif src.is_file():
-        try:
-            coco = json.loads(src.read_text())
-            images = coco["images"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{src}: not a COCO json with an 'images' list ({e})") from e
-        if data_root is None:
-            root = src.parent.parent
-            if images and not (root / images[0]["file_name"]).is_file():
-                root = src.parent
-        else:
-            root = Path(data_root)
-        out = []
-        for im in images:
-            if "file_name" not in im:
-                raise ValueError(f"{src}: image {im.get('id')!r} lacks field 'file_name'")
-            kid = str(im.get("kaggle_id") or im.get("image_id") or Path(im["file_name"]).stem)
-            out.append((kid, root / im["file_name"]))
-    else:
-        raise ValueError(f"{src}: no such folder or COCO json")
-    if not out:
-        raise ValueError(f"{src}: no images")
-    return out
+        return list_images(images_dir=src)
+    return list_images(ann_file=src, data_root=data_root)
 
 
 @torch.no_grad()
@@ -95,7 +74,7 @@ def predict_image_probabilities(
     Args:
         config: Image-tile classifier config (``test_dataloader.dataset.type == 'SartoriusImageTileDataset'``).
         checkpoint: Trained checkpoint.
-        source: Folder of PNGs or COCO json (see :func:`list_images`).
+        source: Folder of images or COCO json (see :func:`source_images`).
         data_root: Root of a COCO json's ``file_name`` entries.
         batch_size: Tiles per forward pass.
         device: Torch device.
@@ -105,7 +84,7 @@ def predict_image_probabilities(
         ``(classes, {kaggle id: [p per class]}, meta)``; ``meta`` holds config, checkpoint and tile settings.
 
     Raises:
-        ValueError: not an image-tile config, bad source; FileNotFoundError: missing checkpoint.
+        ValueError: not an image-tile config, bad source; FileNotFoundError: missing checkpoint or source.
     """
     from mmengine.registry import MODELS
     from mmengine.runner import load_checkpoint
@@ -129,7 +108,8 @@ def predict_image_probabilities(
     load_checkpoint(model, str(checkpoint), map_location="cpu", logger="silent")
     model.to(device).eval()
     probs: dict[str, list[float]] = {}
-    for kid, path in list_images(source, data_root):
+    for item in source_images(source, data_root):
+        kid, path = item.image_id, item.path
         tiles = np.stack([t for _, t in image_tiles(read_gray(path), tile, mode, stride)])
         scores = []
         for i in range(0, len(tiles), batch_size):

@@ -14,7 +14,7 @@ too large or a stride too coarse misses them before training starts. This module
   finest stride (one grid cell), and the input scale that would bring the 10th percentile to 1.5 strides;
 * a suggestion: the anchor scale (from ``candidates``) that leaves the fewest boxes unmatched.
 
-Config parsing uses mmengine's ``Config`` only (no model is built, no torch).
+Config parsing uses :func:`custom_modules.config.load_config` only (no model is built, no torch).
 """
 
 from __future__ import annotations
@@ -179,11 +179,9 @@ def config_box_setup(config: str | os.PathLike, cfg_options: dict | None = None)
     Raises:
         ValueError: If the config has neither an anchor generator nor a strided head.
     """
-    from mmengine.config import Config
+    from custom_modules.config import load_config
 
-    cfg = Config.fromfile(str(config), import_custom_modules=False)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+    cfg = load_config(config, cfg_options, import_custom_modules=False)
     model = cfg.model
     pipeline = cfg.get("test_pipeline") or cfg.test_dataloader.dataset.get("pipeline")
     head = model.get("rpn_head") or model.get("bbox_head") or {}
