@@ -38,7 +38,6 @@ __all__ = [
     "image_class",
     "normalize_boxes",
     "relabel",
-    "relabel_to_image_class",
     "weighted_boxes_fusion",
     "weighted_boxes_fusion_members",
     "xywh_to_xyxy",
@@ -672,27 +671,6 @@ def image_class(
     size = max(int(labels.max()) + 1, n_classes or 0)
     totals = np.bincount(labels, weights=np.concatenate(parts_v), minlength=size)
     return int(np.argmax(totals))
-
-
-def relabel_to_image_class(
-    scores_list: Sequence[np.ndarray],
-    labels_list: Sequence[np.ndarray],
-    weights: Sequence[float] | np.ndarray | None = None,
-) -> tuple[int | None, list[np.ndarray]]:
-    """Relabels every detection of an image to its :func:`image_class` (the ``'majority'`` rule, without the
-    label-twin step that fusion and TTA merging add: ``ensemble.image_class.majority_without_twins``).
-
-    Args:
-        scores_list: per model (or per TTA view), ``(N_m,)`` scores.
-        labels_list: per model, ``(N_m,)`` integer labels.
-        weights: per model weight (``None``: all 1).
-
-    Returns:
-        ``(label, labels_list)``: the image class (None without positive-score detections, then the labels are
-        returned unchanged) and per model an int64 ``(N_m,)`` array of it.
-    """
-    label = image_class(scores_list, labels_list, weights)
-    return label, relabel(labels_list, label)
 
 
 def relabel(labels_list: Sequence[np.ndarray], label: int | None) -> list[np.ndarray]:

@@ -48,7 +48,6 @@ from ensemble.pipeline import FuseState, common_image_ids, fuse_predictions, loa
 from ensemble.submission import load_truth, write_submission
 
 __all__ = [
-    "evaluation_label",
     "find_image",
     "draw_overlay",
     "run_ensemble",
@@ -127,11 +126,6 @@ def _overlay_ids(report: ScoreReport, n: int) -> list[str]:
     return [ranked[i] for i in idx]
 
 
-def evaluation_label(config: EnsembleConfig, image_ids: Sequence[str]) -> str:
-    """:meth:`EnsembleConfig.evaluation_of` (kept as the name the score reports use)."""
-    return config.evaluation_of(image_ids)
-
-
 def run_ensemble(
     config: EnsembleConfig,
     out_csv: str | Path | None = None,
@@ -155,7 +149,7 @@ def run_ensemble(
 
     Returns:
         Summary dict: ``submission`` path, ``n_images``, ``n_instances``, ``notes`` (lines for the user), and with
-        truth ``score_json``, ``evaluation`` (:func:`evaluation_label`), ``overlays`` (paths) and ``report``
+        truth ``score_json``, ``evaluation`` (:meth:`EnsembleConfig.evaluation_of`), ``overlays`` (paths) and ``report``
         (:class:`ScoreReport`).
 
     Raises:
@@ -217,7 +211,7 @@ def run_ensemble(
                 f"note: scoring the {len(ids)} predicted images; {len(ignored)} other ground-truth image(s) ignored"
             )
         report = evaluate({k: truth[k] for k in ids}, instances, cell_types=cell_types, progress=progress)
-        label = evaluation_label(config, ids)
+        label = config.evaluation_of(ids)
         payload = report.to_dict()
         payload["evaluation"] = label
         payload["n_truth_images_ignored"] = len(ignored)

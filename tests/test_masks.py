@@ -379,16 +379,17 @@ def test_majority_fuses_disagreeing_labels_into_one_instance() -> None:
         FusionParams(image_class="vote")
 
 
-def test_relabel_to_image_class() -> None:
-    from ensemble.boxes import image_class, relabel_to_image_class
+def test_image_class_and_relabel() -> None:
+    from ensemble.boxes import image_class, relabel
 
-    label, labs = relabel_to_image_class(
-        [np.array([0.9, 0.2]), np.array([0.5, 0.5])], [np.array([0, 2]), np.array([2, 2])]
-    )
+    scores, labels = [np.array([0.9, 0.2]), np.array([0.5, 0.5])], [np.array([0, 2]), np.array([2, 2])]
+    label = image_class(scores, labels)
+    labs = relabel(labels, label)
     assert label == 2 and [x.tolist() for x in labs] == [[2, 2], [2, 2]]
     assert image_class([np.array([0.9, 0.2])], [np.array([0, 2])], weights=[1.0]) == 0
     assert image_class([np.zeros(2)], [np.array([0, 1])]) is None  # no positive score: no class
-    label, labs = relabel_to_image_class([np.zeros(0)], [np.zeros(0, np.int64)])
+    label = image_class([np.zeros(0)], [np.zeros(0, np.int64)])
+    labs = relabel([np.zeros(0, np.int64)], label)
     assert label is None and labs[0].shape == (0,)
 
 

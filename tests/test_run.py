@@ -333,8 +333,8 @@ def test_predictions_dir_applies_a_config_to_test_images(data: dict, tmp_path: P
     assert "fields are {name}, {file}, {stem}" in capsys.readouterr().err
 
 
-def test_per_model_semantic_weight_and_evaluation_label(data: dict, tmp_path: Path) -> None:
-    from ensemble.run import evaluation_label, run_ensemble
+def test_per_model_semantic_weight_and_evaluation_of(data: dict, tmp_path: Path) -> None:
+    from ensemble.run import run_ensemble
 
     cfg = yaml.safe_load(_config(data, tmp_path / "c.yaml").read_text())
     cfg["models"][2]["semantic_weight"] = 2.0
@@ -345,11 +345,11 @@ def test_per_model_semantic_weight_and_evaluation_label(data: dict, tmp_path: Pa
     with pytest.raises(ValueError, match=r"models\[2\].semantic_weight: must be >= 0"):
         EnsembleConfig.from_dict(cfg, "c.yaml")
     ids = list(data["truth"])
-    assert evaluation_label(parsed, ids) == "untuned"
+    assert parsed.evaluation_of(ids) == "untuned"
     tuned = EnsembleConfig.from_dict({**parsed.to_dict(), "tuning": {"images": ids[:3]}}, "t")
-    assert evaluation_label(tuned, ids[:3]) == "in-sample"
-    assert evaluation_label(tuned, ids[3:]) == "held-out"
-    assert evaluation_label(tuned, ids) == "partly in-sample"
+    assert tuned.evaluation_of(ids[:3]) == "in-sample"
+    assert tuned.evaluation_of(ids[3:]) == "held-out"
+    assert tuned.evaluation_of(ids) == "partly in-sample"
     summary = run_ensemble(tuned, out_csv=tmp_path / "r" / "e.csv", overlays=0, progress=False)
     assert summary["evaluation"] == "partly in-sample"
     saved = json.loads((tmp_path / "r" / "ens_score.json").read_text())
