@@ -292,27 +292,8 @@ def _expect(cond: bool, path: Path, msg: str) -> None:
         raise ValueError(f"{path}: {msg}")
 
 
-def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePredictions], dict]:
-    """Reads and validates a prediction file written by :func:`save_predictions`.
-
-    Args:
-        path: the ``.npz`` file.
-
-    Returns:
-        ``(predictions, meta)``: image id -> :class:`ImagePredictions` (file order) and the stored meta dict.
-        Masks are packed (``InstanceMasks.from_packed``: crops are views into one unpacked buffer); semantic maps
-        are float32 ``q / 255``.
-
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: if the file is not a valid prediction file; the message names the file and, for
-            per-image problems, the image id.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"prediction file not found: {path}")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable .npz prediction file (not a zip archive)")
+def _read_members(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a prediction file (``_KEYS``, plus ``_KEYS_V2`` for format version 2)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             missing = [k for k in _KEYS if k not in z.files]
@@ -334,7 +315,11 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
         if str(e).startswith(str(path)):
             raise
         raise ValueError(f"{path}: unreadable prediction file ({e})") from None
+    return a
 
+
+def _read_meta(path: Path, a: dict[str, np.ndarray]) -> dict:
+    """The meta dict (``meta_json``), after checking the file's class names."""
     try:
         meta = json.loads(str(a["meta_json"]))
     except json.JSONDecodeError as e:
@@ -342,7 +327,11 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
     _expect(isinstance(meta, dict), path, "meta_json must hold a JSON object")
     classes = tuple(str(c) for c in a["classes"].reshape(-1))
     _expect(classes == CLASSES, path, f"classes {classes} differ from ensemble.CLASSES {CLASSES}")
+    return meta
 
+
+def _check_arrays(path: Path, a: dict[str, np.ndarray]) -> list[str]:
+    """Shapes and types of every array (version-1 files get empty soft masks); returns the image ids."""
     ids = [str(i) for i in a["image_ids"].reshape(-1)]
     n_img = len(ids)
     _expect(len(set(ids)) == n_img, path, "duplicate image ids")
@@ -370,7 +359,6 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
     _expect(
         a["semantic_q"].dtype == np.uint8 and a["semantic_q"].ndim == 1, path, "semantic_q must be uint8 (P,)"
     )
-
     if "has_mask_probs" not in a:  # version 1
         a["has_mask_probs"] = np.zeros(n_img, dtype=bool)
         a["mask_q"] = np.zeros(0, dtype=np.uint8)
@@ -385,14 +373,36 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
         "has_mask_probs set for an image without masks",
     )
     _expect(a["mask_q"].dtype == np.uint8 and a["mask_q"].ndim == 1, path, "mask_q must be uint8 (Q,)")
+    return ids
 
-    # mask bit layout
+
+@dataclass
+class _Layout:
+    """The decoded buffers of a prediction file and the crop sizes that slice them."""
+
+    mask_boxes: np.ndarray  # int64 (N, 4)
+    crop_h: np.ndarray  # int64 (N,)
+    crop_w: np.ndarray  # int64 (N,)
+    bits: np.ndarray  # bool (sum of the crop sizes of the images with masks,)
+    probs: np.ndarray  # float32 (sum of the crop sizes of the images with soft masks,)
+
+
+def _instances_of(det: np.ndarray, flags: np.ndarray, n_total: int) -> np.ndarray:
+    """bool ``(n_total,)``: the detections of the images whose ``flags`` are set."""
+    out = np.zeros(n_total, dtype=bool)
+    for k in np.flatnonzero(flags):
+        out[det[k] : det[k + 1]] = True
+    return out
+
+
+def _decode_layout(path: Path, a: dict[str, np.ndarray], ids: Sequence[str]) -> _Layout:
+    """Checks the crop windows and buffer lengths, and unpacks the mask bits and soft-mask values."""
+    det = a["det_offsets"]
+    n_total = int(det[-1]) if len(ids) else 0
     mb = a["mask_boxes"].astype(np.int64)
     crop_h = mb[:, 3] - mb[:, 1]
     crop_w = mb[:, 2] - mb[:, 0]
-    with_masks = np.zeros(n_total, dtype=bool)
-    for k in np.flatnonzero(a["has_masks"]):
-        with_masks[det[k] : det[k + 1]] = True
+    with_masks = _instances_of(det, a["has_masks"], n_total)
     bad = with_masks & ((crop_h < 0) | (crop_w < 0))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -407,19 +417,25 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
         f"mask_bits holds {len(a['mask_bits'])} bytes, mask_boxes need {(n_bits + 7) // 8}",
     )
     bits = np.unpackbits(a["mask_bits"], count=n_bits).view(bool)
-    with_probs = np.zeros(n_total, dtype=bool)
-    for k in np.flatnonzero(a["has_mask_probs"]):
-        with_probs[det[k] : det[k + 1]] = True
+    with_probs = _instances_of(det, a["has_mask_probs"], n_total)
     n_q = int(np.where(with_probs, crop_h * crop_w, 0).sum())
     _expect(len(a["mask_q"]) == n_q, path, f"mask_q holds {len(a['mask_q'])} values, mask_boxes need {n_q}")
     probs = a["mask_q"].astype(np.float32) / np.float32(255.0)
+    sizes = a["sizes"]
     sem_px = int(sum(int(sizes[k, 0]) * int(sizes[k, 1]) for k in np.flatnonzero(a["has_semantic"])))
     _expect(
         len(a["semantic_q"]) == sem_px,
         path,
         f"semantic_q holds {len(a['semantic_q'])} values, sizes need {sem_px}",
     )
+    return _Layout(mb, crop_h, crop_w, bits, probs)
 
+
+def _build_images(
+    path: Path, a: dict[str, np.ndarray], ids: Sequence[str], lay: _Layout
+) -> dict[str, ImagePredictions]:
+    """One :class:`ImagePredictions` per image, its masks, soft masks and semantic map sliced off the buffers."""
+    sizes, det = a["sizes"], a["det_offsets"]
     out: dict[str, ImagePredictions] = {}
     bit_pos = 0
     q_pos = 0
@@ -431,17 +447,19 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
         try:
             if a["has_masks"][k]:
                 offs = np.zeros(e - s + 1, dtype=np.int64)
-                np.cumsum(crop_h[s:e] * crop_w[s:e], out=offs[1:])
+                np.cumsum(lay.crop_h[s:e] * lay.crop_w[s:e], out=offs[1:])
                 # packed: the crops are views of the file's buffer, and fusion, metric and RLE use it as it is
-                masks = InstanceMasks.from_packed(h, w, mb[s:e], bits[bit_pos : bit_pos + offs[-1]], offs)
+                masks = InstanceMasks.from_packed(
+                    h, w, lay.mask_boxes[s:e], lay.bits[bit_pos : bit_pos + offs[-1]], offs
+                )
                 bit_pos += int(offs[-1])
             mask_probs = None
             if a["has_mask_probs"][k]:
                 mask_probs = []
                 for i in range(s, e):
-                    size = int(crop_h[i] * crop_w[i])
-                    mask_probs.append(probs[q_pos : q_pos + size].reshape(int(crop_h[i]), int(crop_w[i])))
-                    q_pos += size
+                    ch, cw = int(lay.crop_h[i]), int(lay.crop_w[i])
+                    mask_probs.append(lay.probs[q_pos : q_pos + ch * cw].reshape(ch, cw))
+                    q_pos += ch * cw
             semantic = None
             if a["has_semantic"][k]:
                 q = a["semantic_q"][sem_pos : sem_pos + h * w].reshape(h, w)
@@ -463,4 +481,32 @@ def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePrediction
             if not msg.startswith(f"image {image_id}"):
                 msg = f"image {image_id}: {msg}"
             raise ValueError(f"{path}: {msg}") from None
-    return out, meta
+    return out
+
+
+def load_predictions(path: str | os.PathLike) -> tuple[dict[str, ImagePredictions], dict]:
+    """Reads and validates a prediction file written by :func:`save_predictions`.
+
+    Args:
+        path: the ``.npz`` file.
+
+    Returns:
+        ``(predictions, meta)``: image id -> :class:`ImagePredictions` (file order) and the stored meta dict.
+        Masks are packed (``InstanceMasks.from_packed``: crops are views into one unpacked buffer); semantic maps
+        are float32 ``q / 255``.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: if the file is not a valid prediction file; the message names the file and, for
+            per-image problems, the image id.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prediction file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a readable .npz prediction file (not a zip archive)")
+    a = _read_members(path)
+    meta = _read_meta(path, a)
+    ids = _check_arrays(path, a)
+    layout = _decode_layout(path, a, ids)
+    return _build_images(path, a, ids, layout), meta
