@@ -126,6 +126,90 @@ def _overlay_ids(report: ScoreReport, n: int) -> list[str]:
     return [ranked[i] for i in idx]
 
 
+def _matching_truth(
+    truth_path: str | Path | None,
+    explicit: bool,
+    ids: Sequence[str],
+    models: Sequence[dict],
+    notes: list[str],
+) -> tuple[dict[str, InstanceMasks] | None, dict[str, str]]:
+    """The ground truth of the predicted images, or None (with a note) for a config truth that does not fit.
+
+    Raises:
+        ValueError: an explicit truth without some predicted image, or an image size that differs.
+    """
+    truth: dict[str, InstanceMasks] | None = None
+    cell_types: dict[str, str] = {}
+    if truth_path is None:
+        return truth, cell_types
+    if not explicit and not Path(truth_path).is_file():
+        notes.append(f"note: the config's truth {truth_path} does not exist; not scoring")
+        return truth, cell_types
+    truth, cell_types = load_truth(truth_path)
+    unknown = [k for k in ids if k not in truth]
+    if unknown and not explicit:
+        notes.append(
+            f"note: {len(unknown)} of the {len(ids)} predicted images are not in the config's truth "
+            f"{truth_path} (e.g. {unknown[:3]}); it is ignored and nothing is scored"
+        )
+        return None, cell_types
+    if unknown:
+        raise ValueError(
+            f"{truth_path}: {len(unknown)} predicted image(s) have no ground truth, e.g. {unknown[:3]}"
+        )
+    for k in ids:
+        p, t = models[0][k], truth[k]
+        if (p.height, p.width) != (t.height, t.width):
+            raise ValueError(
+                f"image {k}: predictions are {p.height}x{p.width} but the ground truth is {t.height}x{t.width}"
+            )
+    return truth, cell_types
+
+
+def _score_files(
+    config: EnsembleConfig,
+    ids: Sequence[str],
+    instances: dict[str, InstanceMasks],
+    truth: dict[str, InstanceMasks],
+    cell_types: dict[str, str],
+    truth_path: str | Path,
+    out_csv: Path,
+    images_dir: str | Path | None,
+    overlays: int,
+    progress: bool,
+    summary: dict[str, Any],
+) -> list[tuple[Path, bytes]]:
+    """Scores the fused images; returns the score report and overlay PNGs to write (and fills ``summary``)."""
+    # The prediction files define the evaluated images (e.g. one validation fold scored against the full
+    # train.csv); ground-truth images without predictions are left out and counted in the report.
+    ignored = [k for k in truth if k not in instances]
+    if ignored:
+        summary["notes"].append(
+            f"note: scoring the {len(ids)} predicted images; {len(ignored)} other ground-truth image(s) ignored"
+        )
+    report = evaluate({k: truth[k] for k in ids}, instances, cell_types=cell_types, progress=progress)
+    label = config.evaluation_of(ids)
+    payload = report.to_dict()
+    payload["evaluation"] = label
+    payload["n_truth_images_ignored"] = len(ignored)
+    payload["name"] = config.name
+    payload["submission"] = str(out_csv)
+    payload["truth"] = str(truth_path)
+    payload["config"] = config.to_dict()
+    score_json = out_csv.parent / f"{config.name}_score.json"
+    pending = [(score_json, json.dumps(payload, indent=2).encode())]
+    summary.update(score_json=str(score_json), report=report, evaluation=label, overlays=[])
+    for rank, image_id in enumerate(_overlay_ids(report, overlays)):
+        path = find_image(image_id, images_dir, truth_path)
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path is not None else None
+        title = f"{image_id} {cell_types.get(image_id, '')} score {report.per_image[image_id]:.3f}"
+        pic = draw_overlay(image, truth[image_id], instances[image_id], title)
+        png = out_csv.parent / f"{config.name}_overlays" / f"{rank:02d}_{image_id}.png"
+        pending.append((png, encode_png(pic)))
+        summary["overlays"].append(str(png))
+    return pending
+
+
 def run_ensemble(
     config: EnsembleConfig,
     out_csv: str | Path | None = None,
@@ -156,7 +240,6 @@ def run_ensemble(
         ValueError: Invalid prediction files, truth or configuration; nothing is written then.
     """
     out_csv = Path(out_csv) if out_csv is not None else Path(config.out_dir) / f"{config.name}.csv"
-    out_dir = out_csv.parent
     explicit_truth = truth_path is not None
     truth_path = truth_path if explicit_truth else config.truth
     images_dir = images_dir if images_dir is not None else config.images_dir
@@ -165,31 +248,7 @@ def run_ensemble(
     models = load_models(config.models)
     ids = common_image_ids(models, [m.name for m in config.models])
     state = FuseState.from_config(config, models)
-    truth: dict[str, InstanceMasks] | None = None
-    cell_types: dict[str, str] = {}
-    if truth_path is not None:
-        if not explicit_truth and not Path(truth_path).is_file():
-            notes.append(f"note: the config's truth {truth_path} does not exist; not scoring")
-        else:
-            truth, cell_types = load_truth(truth_path)
-            unknown = [k for k in ids if k not in truth]
-            if unknown and not explicit_truth:
-                notes.append(
-                    f"note: {len(unknown)} of the {len(ids)} predicted images are not in the config's truth "
-                    f"{truth_path} (e.g. {unknown[:3]}); it is ignored and nothing is scored"
-                )
-                truth = None
-            elif unknown:
-                raise ValueError(
-                    f"{truth_path}: {len(unknown)} predicted image(s) have no ground truth, e.g. {unknown[:3]}"
-                )
-    if truth is not None:
-        for k in ids:
-            p, t = models[0][k], truth[k]
-            if (p.height, p.width) != (t.height, t.width):
-                raise ValueError(
-                    f"image {k}: predictions are {p.height}x{p.width} but the ground truth is {t.height}x{t.width}"
-                )
+    truth, cell_types = _matching_truth(truth_path, explicit_truth, ids, models, notes)
     fused = fuse_predictions(state, config.weights, config.fusion, ids, workers=workers, progress=progress)
     instances = {
         k: v.masks if v.masks is not None else InstanceMasks.empty(v.height, v.width)
@@ -203,33 +262,19 @@ def run_ensemble(
     }
     pending: list[tuple[Path, bytes]] = []
     if truth is not None:
-        # The prediction files define the evaluated images (e.g. one validation fold scored against the full
-        # train.csv); ground-truth images without predictions are left out and counted in the report.
-        ignored = [k for k in truth if k not in instances]
-        if ignored:
-            notes.append(
-                f"note: scoring the {len(ids)} predicted images; {len(ignored)} other ground-truth image(s) ignored"
-            )
-        report = evaluate({k: truth[k] for k in ids}, instances, cell_types=cell_types, progress=progress)
-        label = config.evaluation_of(ids)
-        payload = report.to_dict()
-        payload["evaluation"] = label
-        payload["n_truth_images_ignored"] = len(ignored)
-        payload["name"] = config.name
-        payload["submission"] = str(out_csv)
-        payload["truth"] = str(truth_path)
-        payload["config"] = config.to_dict()
-        score_json = out_dir / f"{config.name}_score.json"
-        pending.append((score_json, json.dumps(payload, indent=2).encode()))
-        summary.update(score_json=str(score_json), report=report, evaluation=label, overlays=[])
-        for rank, image_id in enumerate(_overlay_ids(report, overlays)):
-            path = find_image(image_id, images_dir, truth_path)
-            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) if path is not None else None
-            title = f"{image_id} {cell_types.get(image_id, '')} score {report.per_image[image_id]:.3f}"
-            pic = draw_overlay(image, truth[image_id], instances[image_id], title)
-            png = out_dir / f"{config.name}_overlays" / f"{rank:02d}_{image_id}.png"
-            pending.append((png, encode_png(pic)))
-            summary["overlays"].append(str(png))
+        pending = _score_files(
+            config,
+            ids,
+            instances,
+            truth,
+            cell_types,
+            truth_path,
+            out_csv,
+            images_dir,
+            overlays,
+            progress,
+            summary,
+        )
     write_submission(out_csv, ids, instances)
     for path, data in pending:
         atomic_write_bytes(path, data)
