@@ -626,9 +626,6 @@ def coco_map(
     Raises:
         ValueError: On unknown image ids, length mismatches or an unknown iou type.
     """
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     for it in iou_types:
         if it not in ("bbox", "segm"):
             raise ValueError(f"unknown iou type {it!r}; expected 'bbox' or 'segm'")
@@ -642,59 +639,95 @@ def coco_map(
         else [{"id": 1, "name": "cell"}]
     )
     images, anns, dets = [], [], []
-    ann_id = 1
     for num, (image_id, t) in enumerate(truth.items(), start=1):
         images.append({"id": num, "height": int(t.height), "width": int(t.width), "file_name": image_id})
-        rles = t.to_coco_rles()
-        boxes = _tight_boxes_xywh(t)
-        areas = t.areas()
-        labels = np.asarray(truth_labels[image_id]) if per_class else np.zeros(len(t), dtype=np.int64)
-        if len(labels) != len(t):
-            raise ValueError(f"image {image_id}: {len(labels)} truth labels for {len(t)} instances")
-        for i in range(len(t)):
-            anns.append(
-                {
-                    "id": ann_id,
-                    "image_id": num,
-                    "category_id": int(labels[i]) + 1,
-                    "segmentation": rles[i],
-                    "area": float(areas[i]),
-                    "bbox": boxes[i].tolist(),
-                    "iscrowd": 0,
-                }
-            )
-            ann_id += 1
+        anns += _coco_truth_anns(
+            image_id, num, t, truth_labels[image_id] if per_class else None, len(anns) + 1
+        )
         p = pred.get(image_id)
         if p is None or len(p) == 0:
             continue
-        s = np.asarray(scores[image_id], dtype=np.float64)
-        if s.shape != (len(p),):
-            raise ValueError(f"image {image_id}: {s.shape} scores for {len(p)} predicted instances")
-        plabels = np.asarray(pred_labels[image_id]) if per_class else np.zeros(len(p), dtype=np.int64)
-        if len(plabels) != len(p):
-            raise ValueError(f"image {image_id}: {len(plabels)} predicted labels for {len(p)} instances")
-        if pred_boxes is not None and image_id in pred_boxes:
-            b = np.asarray(pred_boxes[image_id], dtype=np.float64).reshape(-1, 4)
-            if len(b) != len(p):
-                raise ValueError(f"image {image_id}: {len(b)} boxes for {len(p)} predicted instances")
-            pboxes = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
-        else:
-            pboxes = _tight_boxes_xywh(p)
-        prles = p.to_coco_rles()
-        for i in range(len(p)):
-            dets.append(
-                {
-                    "image_id": num,
-                    "category_id": int(plabels[i]) + 1,
-                    "segmentation": prles[i],
-                    "bbox": pboxes[i].tolist(),
-                    "score": float(s[i]),
-                }
-            )
+        dets += _coco_detections(
+            image_id,
+            num,
+            p,
+            scores[image_id],
+            pred_labels[image_id] if per_class else None,
+            pred_boxes.get(image_id) if pred_boxes is not None else None,
+        )
+    return _coco_eval(
+        {"images": images, "annotations": anns, "categories": categories}, dets, iou_types, max_dets
+    )
+
+
+def _coco_truth_anns(
+    image_id: str, num: int, t: InstanceMasks, labels: np.ndarray | None, first_id: int
+) -> list[dict]:
+    """COCO annotations of one image's true instances (ids from ``first_id``; ``labels`` None: class 0)."""
+    rles = t.to_coco_rles()
+    boxes = _tight_boxes_xywh(t)
+    areas = t.areas()
+    labels = np.asarray(labels) if labels is not None else np.zeros(len(t), dtype=np.int64)
+    if len(labels) != len(t):
+        raise ValueError(f"image {image_id}: {len(labels)} truth labels for {len(t)} instances")
+    return [
+        {
+            "id": first_id + i,
+            "image_id": num,
+            "category_id": int(labels[i]) + 1,
+            "segmentation": rles[i],
+            "area": float(areas[i]),
+            "bbox": boxes[i].tolist(),
+            "iscrowd": 0,
+        }
+        for i in range(len(t))
+    ]
+
+
+def _coco_detections(
+    image_id: str,
+    num: int,
+    p: InstanceMasks,
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    boxes: np.ndarray | None,
+) -> list[dict]:
+    """COCO results of one image's predictions (boxes: xyxy ``(Np, 4)``, None: the masks' tight boxes)."""
+    s = np.asarray(scores, dtype=np.float64)
+    if s.shape != (len(p),):
+        raise ValueError(f"image {image_id}: {s.shape} scores for {len(p)} predicted instances")
+    plabels = np.asarray(labels) if labels is not None else np.zeros(len(p), dtype=np.int64)
+    if len(plabels) != len(p):
+        raise ValueError(f"image {image_id}: {len(plabels)} predicted labels for {len(p)} instances")
+    if boxes is not None:
+        b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(b) != len(p):
+            raise ValueError(f"image {image_id}: {len(b)} boxes for {len(p)} predicted instances")
+        pboxes = np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
+    else:
+        pboxes = _tight_boxes_xywh(p)
+    prles = p.to_coco_rles()
+    return [
+        {
+            "image_id": num,
+            "category_id": int(plabels[i]) + 1,
+            "segmentation": prles[i],
+            "bbox": pboxes[i].tolist(),
+            "score": float(s[i]),
+        }
+        for i in range(len(p))
+    ]
+
+
+def _coco_eval(dataset: dict, dets: list[dict], iou_types: Sequence[str], max_dets: int) -> dict[str, float]:
+    """``COCOeval`` of the detections against the ground-truth dataset, per iou type (all areas)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
     out: dict[str, float] = {}
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO()
-        gt.dataset = {"images": images, "annotations": anns, "categories": categories}
+        gt.dataset = dataset
         gt.createIndex()
         for iou_type in iou_types:
             if not dets:
