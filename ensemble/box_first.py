@@ -166,6 +166,92 @@ def _box_first_kernel(flat, offs, mwins, mw, n_box, fwin, sem, lam, den, vote_th
     return uwin, fg_off, fg, mean_vote
 
 
+def _checked_weights(
+    preds: Sequence[ImagePredictions], weights: Sequence[float], names: Sequence[str] | None
+) -> tuple[np.ndarray, list[str]]:
+    """float64 ``(M,)`` weights and the model names, after checking that every model predicts the same image.
+
+    Raises:
+        ValueError: no model, a non-positive weight, or mismatched images.
+    """
+    if not preds:
+        raise ValueError("box_first needs the predictions of at least one model")
+    n_models = len(preds)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != n_models or not np.isfinite(w).all() or (w <= 0).any():
+        raise ValueError(f"box_first: need {n_models} finite positive weights, got {list(weights)}")
+    names = [f"model {m}" for m in range(n_models)] if names is None else list(names)
+    first = preds[0]
+    h, w_img = first.height, first.width
+    for m, p in enumerate(preds):
+        if (p.image_id, p.height, p.width) != (first.image_id, h, w_img):
+            raise ValueError(
+                f"box_first: model '{names[m]}' predicts image {p.image_id} ({p.height}x{p.width}), "
+                f"model '{names[0]}' image {first.image_id} ({h}x{w_img})"
+            )
+    return w, names
+
+
+def _semantic_voters(
+    preds: Sequence[ImagePredictions],
+    box_files: Sequence[bool],
+    semantic_weights: Sequence[float | None] | None,
+    default_weight: float,
+    mean_w: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The semantic-only models that vote: float32 ``(S, H, W)`` maps and float64 ``(S,)`` weights
+    (``sigma * mean_w``; ``(0, 1, 1)`` / ``(0,)`` when none)."""
+    sw_in = [None] * len(preds) if semantic_weights is None else list(semantic_weights)
+    sem = []  # (lambda, map)
+    for m, p in enumerate(preds):
+        if box_files[m] or p.semantic is None:
+            continue
+        sigma = default_weight if sw_in[m] is None else float(sw_in[m])
+        if sigma > 0:
+            sem.append((sigma * mean_w, p.semantic))
+    if not sem:
+        return np.zeros((0, 1, 1), np.float32), np.zeros(0, np.float64)
+    maps = np.ascontiguousarray(np.stack([smap for _, smap in sem]), dtype=np.float32)
+    return maps, np.array([lam for lam, _ in sem], dtype=np.float64)
+
+
+def _packed_mask_crops(
+    preds: Sequence[ImagePredictions], mask_models: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every mask model's crops (probabilities, or binary masks as 0/1) packed once: crop ``g = t * K + k``.
+
+    Returns:
+        ``(flat float32 (P,), offsets int64 (G + 1,), windows int64 (G, 4))``.
+    """
+    crops_all, wins_all = [], []
+    for m in mask_models:
+        p = preds[m]
+        crops_all.extend(p.mask_probs if p.mask_probs is not None else p.masks.crops)
+        wins_all.append(p.masks.boxes)
+    offs = np.zeros(len(crops_all) + 1, dtype=np.int64)
+    np.cumsum([c.size for c in crops_all], out=offs[1:])
+    flat = (
+        np.concatenate([c.reshape(-1) for c in crops_all]).astype(np.float32, copy=False)
+        if offs[-1]
+        else np.zeros(0, np.float32)
+    )
+    mwins = np.concatenate(wins_all).astype(np.int64) if wins_all else np.zeros((0, 4), np.int64)
+    return flat, offs, mwins
+
+
+def _empty_like(p: ImagePredictions) -> ImagePredictions:
+    """No instance in the image of ``p``."""
+    return ImagePredictions(
+        p.image_id,
+        p.height,
+        p.width,
+        np.zeros((0, 4)),
+        np.zeros(0),
+        np.zeros(0, np.int64),
+        InstanceMasks.empty(p.height, p.width),
+    )
+
+
 def fuse_image_box_first(
     preds: Sequence[ImagePredictions],
     weights: Sequence[float],
@@ -195,67 +281,21 @@ def fuse_image_box_first(
         ValueError: mismatched images, boxes or weights.
     """
     params = FusionParams() if params is None else params
-    if not preds:
-        raise ValueError("box_first needs the predictions of at least one model")
-    n_models = len(preds)
-    w = np.asarray(weights, dtype=np.float64).reshape(-1)
-    if len(w) != n_models or not np.isfinite(w).all() or (w <= 0).any():
-        raise ValueError(f"box_first: need {n_models} finite positive weights, got {list(weights)}")
-    names = [f"model {m}" for m in range(n_models)] if names is None else list(names)
+    w, names = _checked_weights(preds, weights, names)
     first = preds[0]
     h, w_img = first.height, first.width
-    for m, p in enumerate(preds):
-        if (p.image_id, p.height, p.width) != (first.image_id, h, w_img):
-            raise ValueError(
-                f"box_first: model '{names[m]}' predicts image {p.image_id} ({p.height}x{p.width}), "
-                f"model '{names[0]}' image {first.image_id} ({h}x{w_img})"
-            )
     if box_files is None:
         box_files = [len(p) > 0 or p.semantic is None for p in preds]
     box_files = [bool(b) for b in box_files]
     check_same_boxes(preds, names, box_files)
     ref = preds[box_files.index(True)]
-    mask_models = [m for m in range(n_models) if box_files[m] and preds[m].masks is not None]
-    sw_in = [None] * n_models if semantic_weights is None else list(semantic_weights)
+    mask_models = [m for m in range(len(preds)) if box_files[m] and preds[m].masks is not None]
     mean_w = float(np.mean(w[mask_models])) if mask_models else 1.0
-    sem = []  # (lambda, map)
-    for m, p in enumerate(preds):
-        if box_files[m] or p.semantic is None:
-            continue
-        sigma = params.semantic_weight if sw_in[m] is None else float(sw_in[m])
-        if sigma > 0:
-            sem.append((sigma * mean_w, p.semantic))
-    empty = ImagePredictions(
-        first.image_id,
-        h,
-        w_img,
-        np.zeros((0, 4)),
-        np.zeros(0),
-        np.zeros(0, np.int64),
-        InstanceMasks.empty(h, w_img),
-    )
+    sem_maps, lam = _semantic_voters(preds, box_files, semantic_weights, params.semantic_weight, mean_w)
     n_box = len(ref)
-    if n_box == 0 or not (mask_models or sem):
-        return empty
-    # pack every mask model's crops (probabilities, or binary masks as 0/1) once: crop g = t * K + k
-    crops_all, wins_all = [], []
-    for m in mask_models:
-        p = preds[m]
-        crops_all.extend(p.mask_probs if p.mask_probs is not None else p.masks.crops)
-        wins_all.append(p.masks.boxes)
-    offs = np.zeros(len(crops_all) + 1, dtype=np.int64)
-    np.cumsum([c.size for c in crops_all], out=offs[1:])
-    flat = (
-        np.concatenate([c.reshape(-1) for c in crops_all]).astype(np.float32, copy=False)
-        if offs[-1]
-        else np.zeros(0, np.float32)
-    )
-    mwins = np.concatenate(wins_all).astype(np.int64) if wins_all else np.zeros((0, 4), np.int64)
-    if sem:
-        sem_maps = np.ascontiguousarray(np.stack([smap for _, smap in sem]), dtype=np.float32)
-        lam = np.array([lam for lam, _ in sem], dtype=np.float64)
-    else:
-        sem_maps, lam = np.zeros((0, 1, 1), np.float32), np.zeros(0, np.float64)
+    if n_box == 0 or not (mask_models or len(lam)):
+        return _empty_like(first)
+    flat, offs, mwins = _packed_mask_crops(preds, mask_models)
     fwin = _box_windows(ref.boxes.astype(np.float64), h, w_img)
     den = float(sum(w[m] for m in mask_models) + lam.sum())
     uwin, fg_off, fg, mean_vote = _box_first_kernel(
@@ -278,18 +318,17 @@ def fuse_image_box_first(
         for k in range(n_box)
     ]
     instances = InstanceMasks(h, w_img, uwin.astype(np.int32), crops)
-    scores_arr = scores
-    kept, idx = filter_instances(instances, scores_arr, ref.labels, params)
+    kept, idx = filter_instances(instances, scores, ref.labels, params)
     if len(idx) == 0:
-        return empty
-    order = np.argsort(-scores_arr[idx], kind="stable")
+        return _empty_like(first)
+    order = np.argsort(-scores[idx], kind="stable")
     sel = idx[order]
     return ImagePredictions(
         first.image_id,
         h,
         w_img,
         np.clip(ref.boxes[sel], 0, [w_img, h, w_img, h]),
-        scores_arr[sel].astype(np.float32),
+        scores[sel].astype(np.float32),
         ref.labels[sel],
         kept.subset(order),
     )
