@@ -485,6 +485,84 @@ def weighted_boxes_fusion(
     return boxes, scores, labels, [members[a:b] for a, b in zip(ptr[:-1].tolist(), ptr[1:].tolist())]
 
 
+def _wbf_inputs(
+    boxes_list: Sequence[np.ndarray],
+    scores_list: Sequence[np.ndarray],
+    labels_list: Sequence[np.ndarray],
+    skip_box_thr: float,
+    checked: bool,
+    stacklevel: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All models' boxes after the score filter, clipping to ``[0, 1]`` and the zero-area filter (warned about).
+
+    Returns:
+        ``(coords float64 (N, 4), model int64 (N,), box index in its model int64 (N,), scores (N,), labels (N,))``.
+    """
+    parts_b, parts_s, parts_lab, parts_keep, sizes = [], [], [], [], []
+    for t in range(len(boxes_list)):
+        if checked:  # the caller passes float64 (N, 4) finite x2 >= x1 boxes, float64 scores, int64 labels
+            b, s, lab = boxes_list[t], scores_list[t], labels_list[t]
+        else:
+            b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])
+        raw = scores_list[t]
+        if isinstance(raw, np.ndarray) and raw.dtype in (np.float32, np.float16):
+            # ensemble-boxes compares the numpy scalar with a Python float, i.e. at the score's precision.
+            parts_keep.append(~(raw.reshape(-1) < raw.dtype.type(skip_box_thr)))
+        else:
+            parts_keep.append(~(s < skip_box_thr))
+        parts_b.append(b)
+        parts_s.append(s)
+        parts_lab.append(lab)
+        sizes.append(len(b))
+    # all models at once: the score filter, clipping and the zero-area filter
+    model_all = np.repeat(np.arange(len(boxes_list), dtype=np.int64), sizes)
+    idx_all = np.arange(int(sum(sizes)), dtype=np.int64) - np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
+    sel = np.flatnonzero(np.concatenate(parts_keep))
+    raw_boxes = np.concatenate(parts_b)[sel]
+    clipped = np.clip(raw_boxes, 0.0, 1.0)
+    n_clipped = int((clipped != raw_boxes).any(axis=1).sum())
+    nz = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]) != 0.0
+    n_zero = int(len(nz) - nz.sum())
+    if n_clipped:
+        warnings.warn(
+            f"weighted_boxes_fusion: {n_clipped} box(es) with coordinates outside [0, 1] were clipped; "
+            "check that boxes are normalized",
+            stacklevel=stacklevel,
+        )
+    if n_zero:
+        warnings.warn(f"weighted_boxes_fusion: {n_zero} zero-area box(es) skipped", stacklevel=stacklevel)
+    sel = sel[nz]
+    return (
+        clipped[nz],
+        model_all[sel],
+        idx_all[sel],
+        np.concatenate(parts_s)[sel],
+        np.concatenate(parts_lab)[sel],
+    )
+
+
+def _fused_in_final_order(
+    parts: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Concatenates the per-label results ``(boxes, scores, labels, members, counts)`` and sorts them by score
+    (ensemble-boxes' sort call), the member groups following their fused boxes."""
+    boxes = np.concatenate([p[0] for p in parts])
+    scores = np.concatenate([p[1] for p in parts])
+    labels = np.concatenate([p[2] for p in parts])
+    key = np.empty((len(scores), 2), dtype=np.float64)
+    key[:, 1] = scores
+    final = key[:, 1].argsort()[::-1]
+    # the member groups in the final order: group k of the output is group final[k] of the concatenation
+    count = np.concatenate([p[4] for p in parts])
+    start = np.zeros(len(count), dtype=np.int64)
+    np.cumsum(count[:-1], out=start[1:])
+    ptr = np.zeros(len(count) + 1, dtype=np.int64)
+    np.cumsum(count[final], out=ptr[1:])
+    take = np.repeat(start[final] - ptr[:-1], count[final]) + np.arange(ptr[-1], dtype=np.int64)
+    members = np.concatenate([p[3] for p in parts])[take]
+    return boxes[final], scores[final], labels[final], members, ptr
+
+
 def weighted_boxes_fusion_members(
     boxes_list: Sequence[np.ndarray],
     scores_list: Sequence[np.ndarray],
@@ -519,49 +597,13 @@ def weighted_boxes_fusion_members(
     )
     if n_models == 0:
         return empty
-
-    parts_b, parts_s, parts_lab, parts_keep, sizes = [], [], [], [], []
-    for t in range(n_models):
-        if _checked:  # the caller passes float64 (N, 4) finite x2 >= x1 boxes, float64 scores, int64 labels
-            b, s, lab = boxes_list[t], scores_list[t], labels_list[t]
-        else:
-            b, s, lab = _validate_model(t, boxes_list[t], scores_list[t], labels_list[t])
-        raw = scores_list[t]
-        if isinstance(raw, np.ndarray) and raw.dtype in (np.float32, np.float16):
-            # ensemble-boxes compares the numpy scalar with a Python float, i.e. at the score's precision.
-            parts_keep.append(~(raw.reshape(-1) < raw.dtype.type(skip_box_thr)))
-        else:
-            parts_keep.append(~(s < skip_box_thr))
-        parts_b.append(b)
-        parts_s.append(s)
-        parts_lab.append(lab)
-        sizes.append(len(b))
-    # all models at once: the score filter, clipping and the zero-area filter
-    model_all = np.repeat(np.arange(n_models, dtype=np.int64), sizes)
-    idx_all = np.arange(int(sum(sizes)), dtype=np.int64) - np.repeat(np.cumsum([0, *sizes[:-1]]), sizes)
-    sel = np.flatnonzero(np.concatenate(parts_keep))
-    raw_boxes = np.concatenate(parts_b)[sel]
-    clipped = np.clip(raw_boxes, 0.0, 1.0)
-    n_clipped = int((clipped != raw_boxes).any(axis=1).sum())
-    nz = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]) != 0.0
-    n_zero = int(len(nz) - nz.sum())
-    if n_clipped:
-        warnings.warn(
-            f"weighted_boxes_fusion: {n_clipped} box(es) with coordinates outside [0, 1] were clipped; "
-            "check that boxes are normalized",
-            stacklevel=_stacklevel,
-        )
-    if n_zero:
-        warnings.warn(f"weighted_boxes_fusion: {n_zero} zero-area box(es) skipped", stacklevel=_stacklevel)
-    sel = sel[nz]
-    if len(sel) == 0:
+    coords, model, box_idx, score, label = _wbf_inputs(
+        boxes_list, scores_list, labels_list, skip_box_thr, _checked, _stacklevel + 1
+    )
+    if len(model) == 0:
         return empty
-    coords = clipped[nz]
-    model = model_all[sel]
-    box_idx = idx_all[sel]
     wt = w[model]
-    wscore = np.concatenate(parts_s)[sel] * wt
-    label = np.concatenate(parts_lab)[sel]
+    wscore = score * wt
 
     # Labels in order of first appearance (the dict insertion order of ensemble-boxes).
     uniq, first = np.unique(label, return_index=True)
@@ -570,7 +612,7 @@ def weighted_boxes_fusion_members(
     weights_max = w.max()
     conf_code = _CONF_CODE[conf_type]
 
-    all_boxes, all_scores, all_labels, all_members, all_counts = [], [], [], [], []
+    parts = []
     for lab_value in label_order:
         sel = np.flatnonzero(label == lab_value)
         # Same sort call as ensemble-boxes (on a column view of a 2-D array) so that ties break identically.
@@ -596,30 +638,12 @@ def weighted_boxes_fusion_members(
             conf_code,
             bool(allows_overflow),
         )
-        all_boxes.append(fused)
-        all_scores.append(scores)
         # Label column: raw int for one-member clusters, float32-rounded (get_weighted_box) otherwise.
         lab_col = np.where(count > 1, float(np.float32(lab_value)), float(lab_value))
-        all_labels.append(lab_col)
         members = np.stack([mdl, box_idx[order]], axis=1)
-        all_members.append(members[np.argsort(assign, kind="stable")])  # grouped by cluster, join order kept
-        all_counts.append(count)
-
-    boxes = np.concatenate(all_boxes)
-    scores = np.concatenate(all_scores)
-    labels = np.concatenate(all_labels)
-    key = np.empty((len(scores), 2), dtype=np.float64)
-    key[:, 1] = scores
-    final = key[:, 1].argsort()[::-1]
-    # the member groups in the final order: group k of the output is group final[k] of the concatenation
-    count = np.concatenate(all_counts)
-    start = np.zeros(len(count), dtype=np.int64)
-    np.cumsum(count[:-1], out=start[1:])
-    ptr = np.zeros(len(count) + 1, dtype=np.int64)
-    np.cumsum(count[final], out=ptr[1:])
-    take = np.repeat(start[final] - ptr[:-1], count[final]) + np.arange(ptr[-1], dtype=np.int64)
-    members = np.concatenate(all_members)[take]
-    return boxes[final], scores[final], labels[final], members, ptr
+        members = members[np.argsort(assign, kind="stable")]  # grouped by cluster, join order kept
+        parts.append((fused, scores, lab_col, members, count))
+    return _fused_in_final_order(parts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
