@@ -33,6 +33,7 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -127,6 +128,164 @@ def _read_gray8(path: Path) -> np.ndarray:
     return img
 
 
+def _decode_segmentation(seg: object, h: int, w: int) -> np.ndarray | None:
+    """bool ``(h, w)`` mask of a COCO polygon list or RLE; None for a polygon list without a valid polygon.
+
+    Raises:
+        ValueError, TypeError, KeyError, IndexError: undecodable segmentation.
+    """
+    if isinstance(seg, list):
+        polys = [p for p in seg if len(p) >= 6]
+        if not polys:
+            return None
+        return mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(polys, h, w))).astype(bool)
+    if isinstance(seg, dict):
+        return coco_rle_decode(seg)
+    raise ValueError(f"unsupported segmentation type {type(seg).__name__}")
+
+
+@dataclass
+class _Converter:
+    """State of one :func:`convert_livecell` run: settings, the staging folder and the running summary."""
+
+    images_dir: Path
+    staging: Path
+    categories: str
+    cmap: dict[str, str]
+    out_cats: list[dict]
+    show_progress: bool
+    summary: dict = field(
+        default_factory=lambda: {"files": {}, "per_category": Counter(), "skipped": Counter()}
+    )
+    written_images: set[str] = field(default_factory=set)
+    index: dict[str, Path] | None = None
+
+    def target(self, ann_path: Path, a: dict, img: dict, line: str) -> str:
+        """The output class of an annotation of cell line ``line`` (``'cell'``, a class name or ``'skip'``)."""
+        if self.categories == "cell":
+            return "cell"
+        if line in self.cmap:
+            return self.cmap[line]
+        raise ValueError(
+            f"{ann_path}: annotation {a.get('id')} of image {img['file_name']}: unknown cell line "
+            f"{line!r}; map it with --class-map {line}=TARGET (known: {', '.join(sorted(self.cmap))})"
+        )
+
+    def instances(
+        self, ann_path: Path, img: dict, anns: Sequence[dict], cat_name: Mapping[object, str]
+    ) -> tuple[InstanceMasks, list[int], set[str]]:
+        """The kept instances of one image, their category ids and the image's cell lines."""
+        h, w = int(img["height"]), int(img["width"])
+        crops, boxes, labels, lines = [], [], [], set()
+        for a in anns:
+            if a.get("category_id") not in cat_name:
+                raise ValueError(
+                    f"{ann_path}: annotation {a.get('id')}: category_id {a.get('category_id')} not in categories"
+                )
+            line = _cell_line(img, cat_name[a["category_id"]])
+            lines.add(line)
+            target = self.target(ann_path, a, img, line)
+            if target == "skip":
+                self.summary["skipped"]["class_map_skip"] += 1
+                continue
+            try:
+                m = _decode_segmentation(a.get("segmentation"), h, w)
+            except (ValueError, TypeError, KeyError, IndexError) as e:
+                raise ValueError(f"{ann_path}: annotation {a.get('id')}: bad segmentation ({e})") from None
+            if m is None:
+                self.summary["skipped"]["degenerate_polygon"] += 1
+                continue
+            if m.shape != (h, w):
+                raise ValueError(
+                    f"{ann_path}: annotation {a.get('id')}: mask size {m.shape} != image size ({h}, {w})"
+                )
+            ys, xs = np.nonzero(m)
+            if ys.size == 0:
+                self.summary["skipped"]["empty_mask"] += 1
+                continue
+            x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+            boxes.append((x0, y0, x1, y1))
+            crops.append(m[y0:y1, x0:x1])
+            labels.append(1 if target == "cell" else CLASSES.index(target) + 1)
+        return InstanceMasks(h, w, np.asarray(boxes, np.int32).reshape(-1, 4), crops), labels, lines
+
+    def convert_file(self, ann_path: Path) -> None:
+        """One LIVECell json -> ``annotations/<stem>.json`` (and its images) in the staging folder."""
+        try:
+            data = json.loads(ann_path.read_text())
+            src_images, src_anns, src_cats = data["images"], data["annotations"], data["categories"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{ann_path}: not a readable COCO json ({e})") from e
+        if isinstance(src_anns, dict):
+            src_anns = list(src_anns.values())
+        cat_name = {c["id"]: str(c["name"]) for c in src_cats}
+        by_image: dict[object, list[dict]] = {}
+        for a in src_anns:
+            by_image.setdefault(a["image_id"], []).append(a)
+        out_images, out_anns = [], []
+        for img in tqdm(
+            sorted(src_images, key=lambda r: str(r["file_name"])),
+            desc=ann_path.name,
+            unit="img",
+            disable=not self.show_progress,
+        ):
+            record, anns = self.convert_image(
+                ann_path, img, by_image.get(img["id"], []), cat_name, len(out_images) + 1, len(out_anns) + 1
+            )
+            out_images.append(record)
+            out_anns.extend(anns)
+        name = f"{ann_path.stem}.json"
+        atomic_write_json(
+            self.staging / "annotations" / name,
+            {"images": out_images, "annotations": out_anns, "categories": self.out_cats},
+        )
+        self.summary["files"][f"annotations/{name}"] = {"images": len(out_images), "instances": len(out_anns)}
+
+    def convert_image(
+        self,
+        ann_path: Path,
+        img: dict,
+        src_anns: Sequence[dict],
+        cat_name: Mapping[object, str],
+        int_id: int,
+        first_ann_id: int,
+    ) -> tuple[dict, list[dict]]:
+        """One image: its record (id ``int_id``) and COCO annotations (ids from ``first_ann_id``); the image
+        file is staged once."""
+        h, w = int(img["height"]), int(img["width"])
+        stem = Path(str(img["file_name"])).stem
+        path, self.index = _find_image(self.images_dir, str(img["file_name"]), self.index)
+        if path is None:
+            raise ValueError(
+                f"{ann_path}: image {img['id']}: file {img['file_name']} not found under {self.images_dir}"
+            )
+        instances, labels, lines = self.instances(ann_path, img, src_anns, cat_name)
+        image = _read_gray8(path)
+        if image.shape != (h, w):
+            raise ValueError(
+                f"{ann_path}: image {img['id']}: file {path} is {image.shape[1]}x{image.shape[0]} but the "
+                f"json says width={w}, height={h}"
+            )
+        if stem not in self.written_images:
+            (self.staging / "images" / f"{stem}.png").write_bytes(encode_png(image))
+            self.written_images.add(stem)
+        anns = instances_to_coco_annotations(instances, int_id, labels, first_ann_id)
+        for a in anns:
+            self.summary["per_category"][self.out_cats[a["category_id"] - 1]["name"]] += 1
+        line = sorted(lines)[0] if lines else _cell_line(img, "cell")
+        record = {
+            "id": int_id,
+            "file_name": f"images/{stem}.png",
+            "kaggle_id": stem,
+            "image_id": stem,
+            "height": h,
+            "width": w,
+            "cell_type": "cell" if self.categories == "cell" else self.cmap.get(line, "skip"),
+            "livecell_cell_type": line,
+        }
+        return record, anns
+
+
 def convert_livecell(
     ann_paths: Sequence[str | os.PathLike],
     images_dir: str | os.PathLike,
@@ -175,132 +334,19 @@ def convert_livecell(
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".livecell-staging-", dir=out_dir))
     ok = False
-    index: dict[str, Path] | None = None
-    summary: dict = {"files": {}, "per_category": Counter(), "skipped": Counter()}
-    written_images: set[str] = set()
+    conv = _Converter(images_dir, staging, categories, cmap, out_cats, show_progress)
     try:
         (staging / "images").mkdir()
         (staging / "annotations").mkdir()
         for ann_path in map(Path, ann_paths):
-            try:
-                data = json.loads(ann_path.read_text())
-                src_images, src_anns, src_cats = data["images"], data["annotations"], data["categories"]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{ann_path}: not a readable COCO json ({e})") from e
-            if isinstance(src_anns, dict):
-                src_anns = list(src_anns.values())
-            cat_name = {c["id"]: str(c["name"]) for c in src_cats}
-            by_image: dict[object, list[dict]] = {}
-            for a in src_anns:
-                by_image.setdefault(a["image_id"], []).append(a)
-            out_images, out_anns = [], []
-            for img in tqdm(
-                sorted(src_images, key=lambda r: str(r["file_name"])),
-                desc=ann_path.name,
-                unit="img",
-                disable=not show_progress,
-            ):
-                h, w = int(img["height"]), int(img["width"])
-                stem = Path(str(img["file_name"])).stem
-                path, index = _find_image(images_dir, str(img["file_name"]), index)
-                if path is None:
-                    raise ValueError(
-                        f"{ann_path}: image {img['id']}: file {img['file_name']} not found under {images_dir}"
-                    )
-                crops, boxes, labels, lines = [], [], [], set()
-                for a in by_image.get(img["id"], []):
-                    if a.get("category_id") not in cat_name:
-                        raise ValueError(
-                            f"{ann_path}: annotation {a.get('id')}: category_id {a.get('category_id')} not in categories"
-                        )
-                    line = _cell_line(img, cat_name[a["category_id"]])
-                    lines.add(line)
-                    if categories == "cell":
-                        target = "cell"
-                    elif line in cmap:
-                        target = cmap[line]
-                    else:
-                        raise ValueError(
-                            f"{ann_path}: annotation {a.get('id')} of image {img['file_name']}: unknown cell line "
-                            f"{line!r}; map it with --class-map {line}=TARGET (known: {', '.join(sorted(cmap))})"
-                        )
-                    if target == "skip":
-                        summary["skipped"]["class_map_skip"] += 1
-                        continue
-                    seg = a.get("segmentation")
-                    try:
-                        if isinstance(seg, list):
-                            polys = [p for p in seg if len(p) >= 6]
-                            if not polys:
-                                summary["skipped"]["degenerate_polygon"] += 1
-                                continue
-                            m = mask_utils.decode(
-                                mask_utils.merge(mask_utils.frPyObjects(polys, h, w))
-                            ).astype(bool)
-                        elif isinstance(seg, dict):
-                            m = coco_rle_decode(seg)
-                        else:
-                            raise ValueError(f"unsupported segmentation type {type(seg).__name__}")
-                    except (ValueError, TypeError, KeyError, IndexError) as e:
-                        raise ValueError(
-                            f"{ann_path}: annotation {a.get('id')}: bad segmentation ({e})"
-                        ) from None
-                    if m.shape != (h, w):
-                        raise ValueError(
-                            f"{ann_path}: annotation {a.get('id')}: mask size {m.shape} != image size ({h}, {w})"
-                        )
-                    ys, xs = np.nonzero(m)
-                    if ys.size == 0:
-                        summary["skipped"]["empty_mask"] += 1
-                        continue
-                    x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-                    boxes.append((x0, y0, x1, y1))
-                    crops.append(m[y0:y1, x0:x1])
-                    labels.append(1 if target == "cell" else CLASSES.index(target) + 1)
-                image = _read_gray8(path)
-                if image.shape != (h, w):
-                    raise ValueError(
-                        f"{ann_path}: image {img['id']}: file {path} is {image.shape[1]}x{image.shape[0]} but the "
-                        f"json says width={w}, height={h}"
-                    )
-                if stem not in written_images:
-                    (staging / "images" / f"{stem}.png").write_bytes(encode_png(image))
-                    written_images.add(stem)
-                int_id = len(out_images) + 1
-                anns = instances_to_coco_annotations(
-                    InstanceMasks(h, w, np.asarray(boxes, np.int32).reshape(-1, 4), crops),
-                    int_id,
-                    labels,
-                    len(out_anns) + 1,
-                )
-                out_anns.extend(anns)
-                for a in anns:
-                    summary["per_category"][out_cats[a["category_id"] - 1]["name"]] += 1
-                line = sorted(lines)[0] if lines else _cell_line(img, "cell")
-                out_images.append(
-                    {
-                        "id": int_id,
-                        "file_name": f"images/{stem}.png",
-                        "kaggle_id": stem,
-                        "image_id": stem,
-                        "height": h,
-                        "width": w,
-                        "cell_type": "cell" if categories == "cell" else cmap.get(line, "skip"),
-                        "livecell_cell_type": line,
-                    }
-                )
-            name = f"{ann_path.stem}.json"
-            atomic_write_json(
-                staging / "annotations" / name,
-                {"images": out_images, "annotations": out_anns, "categories": out_cats},
-            )
-            summary["files"][f"annotations/{name}"] = {"images": len(out_images), "instances": len(out_anns)}
+            conv.convert_file(ann_path)
         written = move_staged_files(staging, out_dir)
         ok = True
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         if not ok and created and not any(out_dir.iterdir()):
             out_dir.rmdir()
+    summary = conv.summary
     summary["per_category"] = dict(summary["per_category"])
     summary["skipped"] = dict(summary["skipped"])
     summary["written"] = written
