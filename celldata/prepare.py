@@ -225,6 +225,104 @@ def _commit(staging: Path, data_root: Path) -> list[str]:
     return written + move_staged_files(staging, data_root)
 
 
+def _stage_train_images(
+    images: Sequence, fold_of: np.ndarray, staging: Path, show_progress: bool
+) -> tuple[list[dict], list[dict], dict[str, list[int]]]:
+    """COCO records and annotations of the labeled images; their semantic PNGs are written to ``staging``.
+
+    Returns:
+        ``(coco images, coco annotations, per cell type the instance count of each image)``.
+    """
+    coco_images, coco_anns = [], []
+    per_image_counts: dict[str, list[int]] = {c: [] for c in CLASSES}
+    for k, im in enumerate(tqdm(images, desc="prepare", unit="img", disable=not show_progress)):
+        int_id = k + 1
+        label = CLASSES.index(im.cell_type) + 1
+        instances = im.to_instances()
+        anns = instances_to_coco_annotations(instances, int_id, [label] * len(instances), len(coco_anns) + 1)
+        coco_anns.extend(anns)
+        per_image_counts[im.cell_type].append(len(anns))
+        record = {
+            "id": int_id,
+            "file_name": f"train/{im.image_id}.png",
+            "kaggle_id": im.image_id,
+            "image_id": im.image_id,
+            "height": im.height,
+            "width": im.width,
+            "cell_type": im.cell_type,
+            "sample_id": im.sample_id,
+            "fold": int(fold_of[k]),
+        }
+        record.update(im.meta)
+        coco_images.append(record)
+        sem, boundary = semantic_maps(instances, label)
+        (staging / "semantic/train" / f"{im.image_id}.png").write_bytes(encode_png(sem))
+        (staging / "semantic/train_boundary" / f"{im.image_id}.png").write_bytes(encode_png(boundary))
+    return coco_images, coco_anns, per_image_counts
+
+
+def _stage_folds(
+    images: Sequence,
+    fold_of: np.ndarray,
+    folds: int,
+    coco_images: list[dict],
+    coco_anns: list[dict],
+    staging: Path,
+) -> list[dict]:
+    """Writes ``train_all.json``, every fold's train/val json and split lists to ``staging``; returns the
+    per-fold summary."""
+    cats = coco_categories()
+    anns_by_image: dict[int, list[dict]] = defaultdict(list)
+    for a in coco_anns:
+        anns_by_image[a["image_id"]].append(a)
+
+    def subset(sel: np.ndarray) -> dict:
+        imgs = [coco_images[i] for i in np.flatnonzero(sel)]
+        return {
+            "images": imgs,
+            "annotations": [a for im in imgs for a in anns_by_image[im["id"]]],
+            "categories": cats,
+        }
+
+    atomic_write_json(staging / "annotations/train_all.json", subset(np.ones(len(images), bool)))
+    fold_summary = []
+    for f in range(folds):
+        val = fold_of == f
+        atomic_write_json(staging / f"annotations/fold{f}_train.json", subset(~val))
+        atomic_write_json(staging / f"annotations/fold{f}_val.json", subset(val))
+        ids_train = [images[i].image_id for i in np.flatnonzero(~val)]
+        ids_val = [images[i].image_id for i in np.flatnonzero(val)]
+        (staging / f"splits/fold{f}_train.txt").write_text("".join(i + "\n" for i in ids_train))
+        (staging / f"splits/fold{f}_val.txt").write_text("".join(i + "\n" for i in ids_val))
+        fold_summary.append(
+            {
+                "fold": f,
+                "train_images": int((~val).sum()),
+                "val_images": int(val.sum()),
+                "val_per_class": {
+                    c: sum(1 for i in np.flatnonzero(val) if images[i].cell_type == c) for c in CLASSES
+                },
+                "val_samples": len({images[i].sample_id for i in np.flatnonzero(val)}),
+            }
+        )
+    return fold_summary
+
+
+def _stage_unlabeled(data_root: Path, staging: Path, next_id: int) -> tuple[int, int]:
+    """``test.json`` and ``semi_supervised.json`` (when their folders exist); returns their image counts."""
+    n_test = n_semi = 0
+    if (data_root / "test").is_dir():
+        test = _unlabeled_coco(data_root, data_root / "test", next_id)
+        atomic_write_json(staging / "annotations/test.json", test)
+        n_test = len(test["images"])
+        next_id += n_test
+    if (data_root / "train_semi_supervised").is_dir():
+        semi = _unlabeled_coco(data_root, data_root / "train_semi_supervised", next_id)
+        atomic_write_json(staging / "annotations/semi_supervised.json", semi)
+        n_semi = len(semi["images"])
+    return n_test, n_semi
+
+
 def prepare_sartorius(
     data_root: str | os.PathLike, folds: int = 5, seed: int = 0, show_progress: bool = True
 ) -> dict:
@@ -263,81 +361,11 @@ def prepare_sartorius(
     try:
         for sub in ("annotations", "semantic/train", "semantic/train_boundary", "splits"):
             (staging / sub).mkdir(parents=True)
-        coco_images, coco_anns = [], []
-        per_image_counts: dict[str, list[int]] = {c: [] for c in CLASSES}
-        for k, im in enumerate(tqdm(images, desc="prepare", unit="img", disable=not show_progress)):
-            int_id = k + 1
-            label = CLASSES.index(im.cell_type) + 1
-            instances = im.to_instances()
-            anns = instances_to_coco_annotations(
-                instances, int_id, [label] * len(instances), len(coco_anns) + 1
-            )
-            coco_anns.extend(anns)
-            per_image_counts[im.cell_type].append(len(anns))
-            record = {
-                "id": int_id,
-                "file_name": f"train/{im.image_id}.png",
-                "kaggle_id": im.image_id,
-                "image_id": im.image_id,
-                "height": im.height,
-                "width": im.width,
-                "cell_type": im.cell_type,
-                "sample_id": im.sample_id,
-                "fold": int(fold_of[k]),
-            }
-            record.update(im.meta)
-            coco_images.append(record)
-            sem, boundary = semantic_maps(instances, label)
-            (staging / "semantic/train" / f"{im.image_id}.png").write_bytes(encode_png(sem))
-            (staging / "semantic/train_boundary" / f"{im.image_id}.png").write_bytes(encode_png(boundary))
-
-        cats = coco_categories()
-        anns_by_image: dict[int, list[dict]] = defaultdict(list)
-        for a in coco_anns:
-            anns_by_image[a["image_id"]].append(a)
-
-        def subset(sel: np.ndarray) -> dict:
-            imgs = [coco_images[i] for i in np.flatnonzero(sel)]
-            return {
-                "images": imgs,
-                "annotations": [a for im in imgs for a in anns_by_image[im["id"]]],
-                "categories": cats,
-            }
-
-        atomic_write_json(staging / "annotations/train_all.json", subset(np.ones(len(images), bool)))
-        fold_summary = []
-        for f in range(folds):
-            val = fold_of == f
-            atomic_write_json(staging / f"annotations/fold{f}_train.json", subset(~val))
-            atomic_write_json(staging / f"annotations/fold{f}_val.json", subset(val))
-            ids_train = [images[i].image_id for i in np.flatnonzero(~val)]
-            ids_val = [images[i].image_id for i in np.flatnonzero(val)]
-            (staging / f"splits/fold{f}_train.txt").write_text("".join(i + "\n" for i in ids_train))
-            (staging / f"splits/fold{f}_val.txt").write_text("".join(i + "\n" for i in ids_val))
-            fold_summary.append(
-                {
-                    "fold": f,
-                    "train_images": int((~val).sum()),
-                    "val_images": int(val.sum()),
-                    "val_per_class": {
-                        c: sum(1 for i in np.flatnonzero(val) if images[i].cell_type == c) for c in CLASSES
-                    },
-                    "val_samples": len({images[i].sample_id for i in np.flatnonzero(val)}),
-                }
-            )
-
-        next_id = len(images) + 1
-        n_test = n_semi = 0
-        if (data_root / "test").is_dir():
-            test = _unlabeled_coco(data_root, data_root / "test", next_id)
-            atomic_write_json(staging / "annotations/test.json", test)
-            n_test = len(test["images"])
-            next_id += n_test
-        if (data_root / "train_semi_supervised").is_dir():
-            semi = _unlabeled_coco(data_root, data_root / "train_semi_supervised", next_id)
-            atomic_write_json(staging / "annotations/semi_supervised.json", semi)
-            n_semi = len(semi["images"])
-
+        coco_images, coco_anns, per_image_counts = _stage_train_images(
+            images, fold_of, staging, show_progress
+        )
+        fold_summary = _stage_folds(images, fold_of, folds, coco_images, coco_anns, staging)
+        n_test, n_semi = _stage_unlabeled(data_root, staging, len(images) + 1)
         written = _commit(staging, data_root)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
