@@ -580,6 +580,105 @@ def _commit_staging(staging: Path, out_dir: Path, names: Sequence[str]) -> None:
             os.replace(src, dst)
 
 
+_PlanItem = tuple[str, str, dict[str, str], object]
+"""One training image of the plan: ``(image_id, cell_type, metadata, source record or None)``."""
+
+
+def _plan_from_coco(
+    from_coco: str | os.PathLike,
+    n_images: int | None,
+    meta_rng: np.random.Generator,
+    used: set[str],
+    lo: int,
+    hi: int,
+) -> list[_PlanItem]:
+    """The training images rendered from a COCO json's masks, grouped into samples of ``lo..hi`` images per type."""
+    coco_images = _load_coco_instances(Path(from_coco), n_images)
+    if not coco_images:
+        raise ValueError(f"{from_coco}: no images")
+    by_type: dict[str, list] = {}
+    for rec in coco_images:
+        by_type.setdefault(rec[1], []).append(rec)
+    plan: list[_PlanItem] = []
+    for cell_type in CLASSES:
+        recs = by_type.get(cell_type, [])
+        i = 0
+        while i < len(recs):
+            k = int(meta_rng.integers(lo, hi + 1))
+            group = recs[i : i + k]
+            for rec, meta in zip(group, _sample_metadata(meta_rng, cell_type, len(group))):
+                image_id = rec[0] if rec[0] not in used else _new_id(meta_rng, used)
+                used.add(image_id)
+                plan.append((image_id, cell_type, meta, rec))
+            i += k
+    return plan
+
+
+def _plan_synthetic(
+    n_images: int, meta_rng: np.random.Generator, used: set[str], lo: int, hi: int
+) -> list[_PlanItem]:
+    """``n_images`` synthetic training images, samples of the cell types in turn."""
+    plan: list[_PlanItem] = []
+    offset = int(meta_rng.integers(len(CLASSES)))
+    s = 0
+    while len(plan) < n_images:
+        cell_type = CLASSES[(offset + s) % len(CLASSES)]
+        # small datasets: fewer images per sample so that every cell type gets >= 2 samples (grouped folds)
+        cap = max(1, n_images // (2 * len(CLASSES)))
+        k = min(int(meta_rng.integers(lo, hi + 1)), cap, n_images - len(plan))
+        for meta in _sample_metadata(meta_rng, cell_type, k):
+            plan.append((_new_id(meta_rng, used), cell_type, meta, None))
+        s += 1
+    return plan
+
+
+def _stage_train(
+    plan: Sequence[_PlanItem], seed: int, density: float, staging: Path, bar: tqdm
+) -> tuple[str, int, dict[str, dict[str, int]]]:
+    """Renders the training images into ``staging/train``.
+
+    Returns:
+        ``(train.csv text, number of instances, per cell type {'images', 'instances'})``.
+    """
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(KAGGLE_COLUMNS)
+    per_class = {c: {"images": 0, "instances": 0} for c in CLASSES}
+    n_instances = 0
+    for idx, (image_id, cell_type, meta, rec) in enumerate(plan):
+        rng = np.random.default_rng([seed, 0, idx])
+        if rec is None:
+            sim = synthesize_image(rng, cell_type, density)
+            h, w = IMAGE_HEIGHT, IMAGE_WIDTH
+        else:
+            instances = rec[2]
+            h, w = instances.height, instances.width
+            sim = SyntheticImage(render_phase_contrast(rng, instances, cell_type), instances, cell_type)
+        rows = _instance_rows(image_id, sim, meta, h, w)
+        writer.writerows(rows)
+        n_instances += len(rows)
+        per_class[cell_type]["images"] += 1
+        per_class[cell_type]["instances"] += len(rows)
+        (staging / "train" / f"{image_id}.png").write_bytes(encode_png(sim.image))
+        bar.update()
+    return buf.getvalue(), n_instances, per_class
+
+
+def _stage_test(
+    test_ids: Sequence[str], test_types: Sequence[str], seed: int, density: float, staging: Path, bar: tqdm
+) -> None:
+    """Renders the unlabeled test images into ``staging/test`` and writes ``sample_submission.csv``."""
+    for i, (image_id, cell_type) in enumerate(zip(test_ids, test_types)):
+        sim = synthesize_image(np.random.default_rng([seed, 2, i]), cell_type, density)
+        (staging / "test" / f"{image_id}.png").write_bytes(encode_png(sim.image))
+        bar.update()
+    sub = io.StringIO()
+    sub_writer = csv.writer(sub, lineterminator="\n")
+    sub_writer.writerow(["id", "predicted"])
+    sub_writer.writerows([[t, "1 1"] for t in test_ids])
+    (staging / "sample_submission.csv").write_text(sub.getvalue())
+
+
 def generate_synthetic_dataset(
     out_dir: str | os.PathLike,
     n_images: int | None = 24,
@@ -631,80 +730,24 @@ def generate_synthetic_dataset(
 
     meta_rng = np.random.default_rng([seed, 3])
     used: set[str] = set()
-
-    # plan: (image_id, cell_type, metadata, source) per training image
-    plan: list[tuple[str, str, dict[str, str], object]] = []
     if from_coco is not None:
-        coco_images = _load_coco_instances(Path(from_coco), n_images)
-        if not coco_images:
-            raise ValueError(f"{from_coco}: no images")
-        by_type: dict[str, list] = {}
-        for rec in coco_images:
-            by_type.setdefault(rec[1], []).append(rec)
-        for cell_type in CLASSES:
-            recs = by_type.get(cell_type, [])
-            i = 0
-            while i < len(recs):
-                k = int(meta_rng.integers(lo, hi + 1))
-                group = recs[i : i + k]
-                for rec, meta in zip(group, _sample_metadata(meta_rng, cell_type, len(group))):
-                    image_id = rec[0] if rec[0] not in used else _new_id(meta_rng, used)
-                    used.add(image_id)
-                    plan.append((image_id, cell_type, meta, rec))
-                i += k
+        plan = _plan_from_coco(from_coco, n_images, meta_rng, used, lo, hi)
     else:
         assert n_images is not None
-        offset = int(meta_rng.integers(len(CLASSES)))
-        s = 0
-        while len(plan) < n_images:
-            cell_type = CLASSES[(offset + s) % len(CLASSES)]
-            # small datasets: fewer images per sample so that every cell type gets >= 2 samples (grouped folds)
-            cap = max(1, n_images // (2 * len(CLASSES)))
-            k = min(int(meta_rng.integers(lo, hi + 1)), cap, n_images - len(plan))
-            for meta in _sample_metadata(meta_rng, cell_type, k):
-                plan.append((_new_id(meta_rng, used), cell_type, meta, None))
-            s += 1
+        plan = _plan_synthetic(n_images, meta_rng, used, lo, hi)
     test_types = [CLASSES[(i + int(meta_rng.integers(len(CLASSES)))) % len(CLASSES)] for i in range(n_test)]
     test_ids = [_new_id(meta_rng, used) for _ in range(n_test)]
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging.", dir=out_dir.parent))
-    per_class = {c: {"images": 0, "instances": 0} for c in CLASSES}
-    n_instances = 0
     try:
         (staging / "train").mkdir()
         (staging / "test").mkdir()
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(KAGGLE_COLUMNS)
         bar = tqdm(total=len(plan) + n_test, desc="synthetic images", unit="img", disable=not show_progress)
-        for idx, (image_id, cell_type, meta, rec) in enumerate(plan):
-            rng = np.random.default_rng([seed, 0, idx])
-            if rec is None:
-                sim = synthesize_image(rng, cell_type, density)
-                h, w = IMAGE_HEIGHT, IMAGE_WIDTH
-            else:
-                instances = rec[2]
-                h, w = instances.height, instances.width
-                sim = SyntheticImage(render_phase_contrast(rng, instances, cell_type), instances, cell_type)
-            rows = _instance_rows(image_id, sim, meta, h, w)
-            writer.writerows(rows)
-            n_instances += len(rows)
-            per_class[cell_type]["images"] += 1
-            per_class[cell_type]["instances"] += len(rows)
-            (staging / "train" / f"{image_id}.png").write_bytes(encode_png(sim.image))
-            bar.update()
-        for i, (image_id, cell_type) in enumerate(zip(test_ids, test_types)):
-            sim = synthesize_image(np.random.default_rng([seed, 2, i]), cell_type, density)
-            (staging / "test" / f"{image_id}.png").write_bytes(encode_png(sim.image))
-            bar.update()
+        train_csv, n_instances, per_class = _stage_train(plan, seed, density, staging, bar)
+        _stage_test(test_ids, test_types, seed, density, staging, bar)
         bar.close()
-        (staging / "train.csv").write_text(buf.getvalue())
-        sub = io.StringIO()
-        sub_writer = csv.writer(sub, lineterminator="\n")
-        sub_writer.writerow(["id", "predicted"])
-        sub_writer.writerows([[t, "1 1"] for t in test_ids])
-        (staging / "sample_submission.csv").write_text(sub.getvalue())
+        (staging / "train.csv").write_text(train_csv)
         _commit_staging(staging, out_dir, ["train", "test", "sample_submission.csv", "train.csv"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
