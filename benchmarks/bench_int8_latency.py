@@ -105,6 +105,7 @@ def profile_ops(fn, x, top: int = 12) -> dict:
 def measure_width(width: int, size: tuple[int, int], args: argparse.Namespace, log) -> dict:
     import torch
 
+    from custom_modules.config import load_config
     from custom_modules.seg import compress as cp
 
     opts = {
@@ -113,7 +114,7 @@ def measure_width(width: int, size: tuple[int, int], args: argparse.Namespace, l
         'model.decode_head.channels': width,
     }
     torch.manual_seed(0)
-    cfg = cp.load_config(CONFIG, opts)
+    cfg = load_config(CONFIG, opts)
     fmod = cp.SegLogits(cp.build_segmentor(cfg)).eval()
     x = torch.randn(1, 3, *size)
     calib, calib_desc = calib_inputs(args.calib, size)

@@ -43,7 +43,7 @@ Pipeline of :func:`fuse_image` (all work happens inside crop windows, never on p
    below it. The result has no overlapping pixels, and no pixel that a lower instance claimed is left unowned
    because a dropped instance had taken it.
 
-``benchmarks/ensemble_reference.py`` holds a straightforward full-frame implementation of the same rules; the
+``tests/ensemble_reference.py`` holds a straightforward full-frame implementation of the same rules; the
 tests compare both (masks exactly, scores to 1e-9 relative). Speed: see ``benchmarks/bench_ensemble.py``.
 """
 

@@ -215,7 +215,7 @@ def train(config: Path, opts: dict, work_dir: Path, extra: dict | None = None) -
     """Train with the mmengine Runner; returns the final checkpoint."""
     from mmengine.runner import Runner
 
-    from custom_modules.seg.compress import load_config
+    from custom_modules.config import load_config
 
     cfg = load_config(config, opts)
     cfg.work_dir = str(work_dir)
@@ -230,6 +230,7 @@ def run_job(job: dict) -> dict:
     """Train one combination x seed and evaluate its five variants (runs in a worker process)."""
     import torch
 
+    from custom_modules.config import load_config
     from custom_modules.seg import compress as cp
 
     torch.set_num_threads(1)
@@ -247,7 +248,7 @@ def run_job(job: dict) -> dict:
         train(config, opts, wd / 'base')
     t_train = time.time() - t0
     if args.base_only:
-        cfg = cp.load_config(config, opts)
+        cfg = load_config(config, opts)
         seg = cp.build_segmentor(cfg, ckpt)
         val = cp.load_samples(cfg, seg, 'val')
         logits = cp.predict(cp.padded_fn(cp.SegLogits(seg).eval()), val)
@@ -265,7 +266,7 @@ def run_job(job: dict) -> dict:
     if not p_ckpt.is_file():
         train(config, p_opts, wd / 'pruned', extra=dict(load_from=str(ckpt), custom_hooks=[hook]))
 
-    cfg = cp.load_config(config, opts)
+    cfg = load_config(config, opts)
     seg = cp.build_segmentor(cfg, ckpt)
     thr = float(seg.decode_head.threshold)
     fmod = cp.SegLogits(seg).eval()
@@ -318,11 +319,12 @@ def measure_costs(args: argparse.Namespace, data_root: Path, job: dict) -> dict:
     """
     import torch
 
+    from custom_modules.config import load_config
     from custom_modules.seg import compress as cp
 
     combo, seed = job['combo'], job['seed']
     config = CONFIG_DIR / (COMBOS[combo] + SUFFIX)
-    cfg = cp.load_config(config, cfg_options(args, data_root, seed, args.iters, args.lr))
+    cfg = load_config(config, cfg_options(args, data_root, seed, args.iters, args.lr))
     seg = cp.build_segmentor(cfg, job['ckpt'])
     fmod = cp.SegLogits(seg).eval()
     val = cp.load_samples(cfg, seg, 'val', 1)
