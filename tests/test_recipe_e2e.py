@@ -48,6 +48,10 @@ def test_recipe_end_to_end_and_rerun(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert ens["ensemble"]["tuned_held_out"] is not None, "tune --cv 2 gives a held-out score"
     assert (tmp_path / "sub.csv").is_file() and (work / "summary.md").is_file()
     assert (work / "plots" / "score_per_class.png").is_file()
+    # the tools ran as installed modules (python -m workflow.cli.<tool>), never as script paths
+    for step in ("prepare__folds", "train__mask_rcnn__fold0", "oof__yolox_masks__fold0"):
+        first = (work / "logs" / f"{step}.log").read_text().splitlines()[0]
+        assert first.startswith("$ ") and " -m workflow.cli." in first and "tools/" not in first, first
     capsys.readouterr()
     # second run: every step is skipped
     assert main([str(path), "--work-dir", str(work)]) == 0
