@@ -181,3 +181,38 @@ def test_cpu_demo_configs_learn(
     runner.train()
     value = runner.message_hub.get_scalar(f"val/{key}").current()
     assert value > minimum, f"{key} = {value} after the demo schedule"
+
+
+@pytest.mark.slow
+def test_recipe_ddp_step_trains_two_cpu_processes(
+    tiny_sartorius: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recipe model with ``gpus: 2`` trains through the plan's own command (``python -m torch.distributed.run
+    ... -m workflow.cli.train ... --launcher pytorch``), here as two CPU processes (gloo)."""
+    from workflow.execution import LogContext, execute
+    from workflow.recipe.config import parse_recipe
+    from workflow.recipe.plan import build_plan
+
+    short = {k: v for k, v in _opts(tiny_sartorius, 2, **NO_VAL).items() if k != "data_root"}
+    recipe = parse_recipe(
+        {
+            "name": "ddp",
+            "data": {"root": str(tiny_sartorius), "folds": 2},
+            "models": [
+                {"name": "mask_rcnn", "config": str(MRCNN_DEMO), "role": "instance"},
+                {"name": "yolox", "config": str(YOLOX_DEMO), "role": "boxes", "masks_from": "mask_rcnn",
+                 "gpus": 2, "cfg_options": short},
+            ],
+        },
+        "ddp.yaml",
+    )  # fmt: skip
+    step = build_plan(recipe, work_dir=tmp_path).step("train/yolox/fold0")
+    assert "torch.distributed.run" in step.command_text() and "-m workflow.cli.train" in step.command_text()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PORT", "29514")
+    ctx = LogContext(tmp_path / "train.log", verbose=False, cwd=REPO)
+    execute(step, ctx)
+    ctx.close()
+    log = (tmp_path / "train.log").read_text()
+    assert "--master_port=29514" in log.splitlines()[0] and "Distributed training: True" in log
+    assert (step.train_dir / "iter_2.pth").is_file()
