@@ -10,7 +10,6 @@ Examples:
     python tools/compress.py ptq CONFIG CKPT --work-dir work_dirs/ptq --calib-images 8
     python tools/compress.py qat CONFIG CKPT --work-dir work_dirs/qat --iters 200 --lr 1e-5
     python tools/compress.py prune-structured CONFIG CKPT --ratio 0.5 --iters 200
-    python tools/compress.py ptq CONFIG CKPT --legacy     # deprecated torch.ao FX path, only on request
 Unstructured (magnitude) pruning is a training hook instead: ``custom_hooks = [dict(type='MagnitudePruningHook')]``.
 """
 
@@ -56,16 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='timed input size (default: the first validation image, padded to 16)',
     )
     parser.add_argument('--no-compile', action='store_true', help='skip the torch.compile latencies')
-    parser.add_argument(
-        '--legacy',
-        action='store_true',
-        help='ptq only: deprecated torch.ao.quantization FX path instead of torchao PT2E',
-    )
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None, help='config overrides')
     args = parser.parse_args(argv)
-    if args.legacy and args.command != 'ptq':
-        parser.error('--legacy applies to ptq only')
     for name in ('calib_images', 'iters', 'threads', 'repeats'):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -100,7 +92,6 @@ def main(argv: list[str] | None = None) -> int:
             repeats=args.repeats,
             latency_size=tuple(args.latency_size) if args.latency_size else None,
             compile_models=not args.no_compile,
-            legacy=args.legacy,
             seed=args.seed,
             logger=lambda msg: print(f'compress: {msg}', flush=True),
         )
