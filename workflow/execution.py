@@ -10,16 +10,38 @@ is installed, so no ``PYTHONPATH`` is needed).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shlex
+import signal
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DeferredArg", "Arg", "Step", "LogContext", "tool_env", "execute"]
+from workflow.supervisor import stop_pids, supervised_argv, tree_pids
+
+__all__ = [
+    "DeferredArg",
+    "Arg",
+    "Step",
+    "LogContext",
+    "StepFailed",
+    "STOP_GRACE_S",
+    "tool_env",
+    "execute",
+    "failure_reason",
+    "write_failure",
+    "interrupt_signals",
+    "stop_process_tree",
+]
+
+STOP_GRACE_S = 10.0
+"""Seconds a stopped step's processes get between ``SIGTERM`` and ``SIGKILL`` (checkpoint writes finish)."""
 
 
 class DeferredArg:
@@ -79,6 +101,87 @@ def tool_env() -> dict[str, str]:
     return env
 
 
+class StepFailed(RuntimeError):
+    """A step's command exited non-zero.
+
+    Attributes:
+        rc: Its exit status.
+        reason: One line: the tool's own error line, else the exception that ended it, else its last line.
+        log_path: The log with the whole output.
+    """
+
+    def __init__(self, rc: int, reason: str, log_path: Path) -> None:
+        self.rc, self.reason, self.log_path = rc, reason, Path(log_path)
+        super().__init__(f"{reason} (exit {rc}); full output in {log_path}")
+
+
+_CLI_ERROR = re.compile(r"^[\w./-]+(\.py)?: error: ")
+_EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure))(: |$)")
+_WRITE_ERRORS = re.compile(
+    r"File too large|No space left on device|Read-only file system|Disk quota exceeded|file write failed"
+    r"|\[Errno (27|28|30|122)\]"
+)
+
+
+def failure_reason(lines: Sequence[str]) -> str:
+    """One line saying why a command failed, from its output: the last ``<tool>: error: ...`` line (the
+    project's CLIs), else the last exception line of a traceback, else the last non-empty line."""
+    text = [ln.rstrip("\n") for ln in lines if ln.strip()]
+    for ln in reversed(text):
+        if _CLI_ERROR.match(ln.strip()):
+            return ln.strip()
+    for ln in reversed(text):
+        if _EXC_LINE.match(ln.strip()):
+            return ln.strip()[:500]
+    return text[-1].strip()[:500] if text else "no output"
+
+
+def write_failure(reason: str) -> str | None:
+    """The path named by a write error (full disk, file-size limit, read-only file system), ``""`` when the
+    error names none, ``None`` when ``reason`` is no write error."""
+    if not _WRITE_ERRORS.search(reason):
+        return None
+    m = re.search(r": '([^']+)'\s*$", reason) or re.search(r"'(/[^']+)'", reason)
+    return m.group(1) if m else ""
+
+
+def stop_process_tree(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> None:
+    """Stop a supervised command (:mod:`workflow.supervisor`) and its whole tree: ``SIGTERM`` to the supervisor
+    (it stops the tree within ``grace_s``), and ``SIGKILL`` to whatever is still there a little later."""
+    pids = [proc.pid, *tree_pids(proc.pid)]
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s + 5)
+    except subprocess.TimeoutExpired:
+        pass
+    stop_pids(finder=lambda: [*pids, *tree_pids(proc.pid)], grace_s=0.5)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def interrupt_signals() -> Iterator[None]:
+    """``SIGTERM`` and ``SIGHUP`` raise ``KeyboardInterrupt`` (like Ctrl-C) inside the block, so a running
+    step's process tree is stopped and its lock released; the previous handlers come back afterwards. Does
+    nothing outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 class LogContext:
     """Runs a step's commands with their output in the step's log (and echoed when ``verbose``).
 
@@ -87,15 +190,29 @@ class LogContext:
         verbose: Echo every line of the commands' output (otherwise only training progress lines).
         env: The commands' environment (None: :func:`tool_env`).
         cwd: The commands' working directory (None: this process's).
+        grace_s: Seconds a stopped command's processes get between ``SIGTERM`` and ``SIGKILL``.
+
+    Attributes:
+        pass_fds: Open files the commands' supervisors inherit (the recipe runner's step lock: held while any
+            process of the step lives).
+        on_start: Called with each command's supervisor pid once it started.
     """
 
     def __init__(
-        self, log_path: Path, verbose: bool, env: dict[str, str] | None = None, cwd: Path | str | None = None
+        self,
+        log_path: Path,
+        verbose: bool,
+        env: dict[str, str] | None = None,
+        cwd: Path | str | None = None,
+        grace_s: float = STOP_GRACE_S,
     ) -> None:
         self.log_path = Path(log_path)
+        self.grace_s = grace_s
         self.verbose = verbose
         self.env = tool_env() if env is None else env
         self.cwd = cwd
+        self.pass_fds: tuple[int, ...] = ()
+        self.on_start: Callable[[int], None] | None = None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.fh = open(self.log_path, "a")
 
@@ -107,25 +224,35 @@ class LogContext:
             print(text, flush=True)
 
     def run(self, cmd: Sequence[Arg]) -> str:
-        """Run a command to completion; returns its output.
+        """Run a command to completion under a :mod:`workflow.supervisor` in its own session; returns its output.
+
+        The command and everything it starts (data-loader workers, torchrun ranks) form one process tree that
+        dies with this process: an interruption here (Ctrl-C, or SIGTERM / SIGHUP under
+        :func:`interrupt_signals`) stops the whole tree (``SIGTERM``, then ``SIGKILL`` after ``grace_s``), and
+        even a ``kill -9`` of this process stops it (the supervisor's parent-death signal).
 
         Raises:
-            RuntimeError: If it exits non-zero (the message names the log and holds the output's last lines).
+            StepFailed: If it exits non-zero (one line: the tool's error, the exit status and the log).
         """
         argv = [c.resolve() if isinstance(c, DeferredArg) else str(c) for c in cmd]
         self.log("$ " + " ".join(argv))
         captured: list[str] = []
         proc = subprocess.Popen(
-            argv,
+            supervised_argv(argv, self.grace_s),
             cwd=self.cwd,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            errors="replace",
             env=self.env,
             bufsize=1,
+            start_new_session=True,
+            pass_fds=self.pass_fds,
         )
         assert proc.stdout is not None
         try:
+            if self.on_start is not None:
+                self.on_start(proc.pid)
             for line in proc.stdout:
                 captured.append(line)
                 self.fh.write(line)
@@ -134,18 +261,15 @@ class LogContext:
                 elif "Iter(train)" in line or "Epoch(train)" in line:
                     # training progress, one line per logger interval
                     print("        " + line.split(" - ")[-1].strip()[:150], flush=True)
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM): stop the tool too, its checkpoints stay
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            rc = proc.wait()
+        except BaseException:
+            # interrupted (Ctrl-C, SIGTERM, SIGHUP): stop the whole tree; its checkpoints stay
+            stop_process_tree(proc, self.grace_s)
+            self.log(f"(stopped: the step's process tree was stopped, grace {self.grace_s:g} s)")
             raise
         self.fh.flush()
-        rc = proc.wait()
         if rc != 0:
-            tail = "".join(captured[-15:])
-            raise RuntimeError(f"command failed (exit {rc}); log {self.log_path}\n{tail}")
+            raise StepFailed(rc, failure_reason(captured), self.log_path)
         return "".join(captured)
 
     def close(self) -> None:
