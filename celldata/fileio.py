@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 
 __all__ = [
+    "check_output_path",
     "atomic_open",
     "atomic_write_bytes",
     "atomic_write_text",
@@ -23,6 +24,51 @@ __all__ = [
     "atomic_write_png",
     "encode_png",
 ]
+
+
+def check_output_path(path: str | os.PathLike, kind: str = "file", what: str = "--out") -> Path:
+    """Check, before any work, that ``path`` can be written as a file or used as an output folder.
+
+    The one check of every command-line output (``--out``, ``--report``, ``--work-dir``): a file output must not
+    be an existing folder, a folder output must not be an existing file, and the nearest existing ancestor must be
+    a folder this process may write into (so the missing folders can be created). Nothing is created.
+
+    Args:
+        path: The output path.
+        kind: ``"file"`` (a file written there) or ``"dir"`` (a folder created or filled there).
+        what: How the message names the path (the option, e.g. ``"--report"``).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: One line naming ``what`` and the path and saying what is wrong.
+    """
+    if kind not in ("file", "dir"):
+        raise ValueError(f"check_output_path: kind must be 'file' or 'dir', got {kind!r}")
+    path = Path(path)
+    if str(path) == "":
+        raise ValueError(f"{what}: empty path")
+    if path.exists():
+        if kind == "file" and path.is_dir():
+            raise ValueError(f"{what} {path}: is a folder, expected a file name")
+        if kind == "dir" and not path.is_dir():
+            raise ValueError(f"{what} {path}: is a file, expected a folder")
+        target = path if kind == "dir" else path.parent
+        if not os.access(target if str(target) else ".", os.W_OK):
+            raise ValueError(f"{what} {path}: {'folder' if kind == 'dir' else 'file'} is not writable")
+        if kind == "file" and not os.access(path, os.W_OK):
+            raise ValueError(f"{what} {path}: file is not writable")
+        return path
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    anchor = parent if str(parent) else Path(".")
+    if not anchor.is_dir():
+        raise ValueError(f"{what} {path}: {anchor} is a file, so no folder can be created under it")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {path}: folder {anchor} is not writable")
+    return path
 
 
 def _umask() -> int:

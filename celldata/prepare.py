@@ -33,15 +33,19 @@ Semantic boundary class: a pixel is boundary (4) when the 3x3 dilations of at le
 the contact line of touching cells (both sides, plus a one-pixel gap between them) and every overlap.
 
 Validation happens before anything is written; a bad ``train.csv`` or image raises one ``ValueError`` naming the
-file, the 1-based data row of ``train.csv`` and the field. Outputs are built in a staging directory inside
-``data_root`` and moved into place file by file (``os.replace``), so an error leaves no new file behind.
+file, the 1-based data row of ``train.csv`` and the field. Every image (train, test, semi-supervised) is decoded
+first: a truncated or corrupt PNG whose header is intact is an error naming the file. Outputs are built in a
+staging directory inside ``data_root`` and moved into place file by file (``os.replace``), so an error leaves no
+new file behind.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -58,6 +62,7 @@ from celldata.kaggle_csv import check_images, read_train_csv
 from celldata.rle import coco_rle_encode_crop
 
 __all__ = [
+    "check_image_decodes",
     "make_folds",
     "coco_categories",
     "instances_to_coco_annotations",
@@ -192,6 +197,76 @@ def semantic_maps(instances: InstanceMasks, label: int) -> tuple[np.ndarray, np.
     boundary = sem.copy()
     boundary[cover >= 2] = BOUNDARY_LABEL
     return sem, boundary
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+
+
+def _png_problem(data: bytes) -> str | None:
+    """What keeps PNG bytes from decoding completely (``None`` when they decode): every chunk present with a
+    valid CRC, and the image data a complete zlib stream of exactly the size the header states."""
+    pos, header, idat = len(_PNG_SIGNATURE), None, []
+    while True:
+        if pos + 8 > len(data):
+            return "truncated file (ends before the IEND chunk)"
+        length, ctype = struct.unpack(">I4s", data[pos : pos + 8])
+        end = pos + 12 + length
+        if end > len(data):
+            return f"truncated file (chunk {ctype.decode('latin-1')!r} is cut off)"
+        body = data[pos + 8 : pos + 8 + length]
+        if zlib.crc32(ctype + body) != struct.unpack(">I", data[end - 4 : end])[0]:
+            return f"corrupt chunk {ctype.decode('latin-1')!r} (CRC mismatch)"
+        if ctype == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body[:13])
+        elif ctype == b"IDAT":
+            idat.append(body)
+        elif ctype == b"IEND":
+            break
+        pos = end
+    if header is None or not idat:
+        return "no IHDR or IDAT chunk"
+    width, height, depth, colour, _, _, interlace = header
+    d = zlib.decompressobj()
+    try:
+        raw = d.decompress(b"".join(idat))
+    except zlib.error as e:
+        return f"corrupt image data ({e})"
+    if not d.eof:
+        return "truncated image data"
+    row = (width * _PNG_CHANNELS.get(colour, 1) * depth + 7) // 8
+    if interlace == 0 and len(raw) != height * (1 + row):
+        return f"image data holds {len(raw)} bytes, the {width}x{height} header needs {height * (1 + row)}"
+    return None
+
+
+def check_image_decodes(path: str | os.PathLike) -> None:
+    """Check that an image file decodes completely (not only that its header is readable).
+
+    PNGs are checked chunk by chunk (CRCs, a complete image-data stream of the stated size); other formats are
+    decoded with OpenCV.
+
+    Args:
+        path: The image file.
+
+    Raises:
+        ValueError: Naming the file and what is wrong (truncated, corrupt, unreadable).
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the image ({e.strerror})") from None
+    if data.startswith(_PNG_SIGNATURE):
+        problem = _png_problem(data)
+    else:
+        problem = (
+            None
+            if cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) is not None
+            else ("cannot decode the image")
+        )
+    if problem is not None:
+        raise ValueError(f"{path}: {problem}")
 
 
 def _unlabeled_coco(data_root: Path, directory: Path, first_id: int) -> dict:
@@ -349,6 +424,13 @@ def prepare_sartorius(
     csv_path = data_root / "train.csv"
     images = read_train_csv(csv_path, show_progress=show_progress)
     check_images(images, data_root / "train", csv_path)
+    for path in [data_root / "train" / f"{im.image_id}.png" for im in images] + [
+        p
+        for sub in ("test", "train_semi_supervised")
+        if (data_root / sub).is_dir()
+        for p in list_image_files(data_root / sub)
+    ]:
+        check_image_decodes(path)
     fold_of = make_folds(
         [im.image_id for im in images],
         [im.cell_type for im in images],

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m ensemble.fuse_boxes --config configs/ensemble/box_first_boxes.yaml --out work_dirs/preds/fused_val.npz
+    python -m ensemble.fuse_boxes --config configs/ensemble/sartorius_box_first_boxes.yaml --out work_dirs/preds/fused_boxes_test.npz
 
 For every image, the models whose files provide detections (YOLOX, Mask R-CNN, ...; semantic-only files are
 skipped) are fused exactly as the vote mode fuses them (:mod:`ensemble.masks`: one cell type per image with
@@ -10,7 +10,7 @@ skipped) are fused exactly as the vote mode fuses them (:mod:`ensemble.masks`: o
 ``skip_box_thr``, ``conf_type``, ``allows_overflow``). The result is a prediction file
 (:mod:`ensemble.predictions`) of fused boxes, scores and labels without masks, the input of step 2::
 
-    python tools/infer.py MASK_MODEL_CONFIG CKPT --ann-file VAL.json --mask-head-on fused_val.npz \\
+    python tools/infer.py MASK_MODEL_CONFIG CKPT --ann-file VAL.json --mask-head-on work_dirs/preds/fused_boxes_val.npz \\
         --out work_dirs/preds/mask_rcnn_on_boxes_val.npz
 
 and step 3 (``python -m ensemble.run`` with ``fusion.mode: box_first``, see :mod:`ensemble.box_first`).
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from celldata.fileio import check_output_path
 from ensemble.config import EnsembleConfig, load_config
 from ensemble.masks import FusionParams, _fuse_boxes, _prepare
 from ensemble.pipeline import common_image_ids, load_models, model_roles
@@ -135,6 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.predictions_dir is not None:
             config = config.with_predictions_dir(args.predictions_dir, args.predictions_pattern)
         out = args.out if args.out is not None else Path(config.out_dir) / f"{config.name}_fused_boxes.npz"
+        check_output_path(out, "file", "--out")
         fused, meta = fuse_boxes(config, progress=not args.no_progress)
         meta["config"] = str(args.config)
         save_predictions(out, list(fused.values()), meta=meta)

@@ -5,7 +5,7 @@ Usage::
     python -m ensemble.run --config configs/ensemble/sartorius_ensemble.yaml
     python -m ensemble.run --config cfg.yaml --truth data/sartorius/annotations/fold0_val.json --overlays 6
     python -m ensemble.run --predictions a.npz b.npz --weights 1 2 --name quick      # no config
-    python -m ensemble.run --config tuned.yaml --predictions-dir work_dirs/preds_test \
+    python -m ensemble.run --config work_dirs/ensemble/tuned.yaml --predictions-dir work_dirs/preds \
         --predictions-pattern '{name}_test.npz' --out submissions/test.csv     # a tuned config on other images
 
 For every image: WBF boxes -> weighted pixel voting masks -> rerank, per-class thresholds, overlap removal
@@ -40,7 +40,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from celldata.fileio import atomic_write_bytes, encode_png
+from celldata.fileio import atomic_write_bytes, check_output_path, encode_png
 from celldata.instances import InstanceMasks
 from ensemble.config import EnsembleConfig, ModelEntry, load_config
 from ensemble.metrics import ScoreReport, evaluate
@@ -338,6 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = config.with_predictions_dir(args.predictions_dir, args.predictions_pattern)
         if args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        check_output_path(
+            args.out if args.out is not None else Path(config.out_dir) / f"{config.name}.csv",
+            "file",
+            "--out" if args.out is not None else "out_dir/name.csv",
+        )
         summary = run_ensemble(
             config,
             out_csv=args.out,

@@ -2,13 +2,15 @@
 
 Usage::
 
-    python -m ensemble.tune --config configs/ensemble/val.yaml --truth data/sartorius/annotations/fold0_val.json \
-        --out configs/ensemble/tuned.yaml                       # coordinate search (default)
-    python -m ensemble.tune --config val.yaml --method tpe --trials 100 --out tuned.yaml   # optuna TPE
-    python -m ensemble.tune --config val.yaml --cv 3 --workers 2 --out tuned.yaml     # + held-out estimate
+    python -m ensemble.tune --config configs/ensemble/sartorius_ensemble.yaml \
+        --predictions-dir work_dirs/preds --predictions-pattern '{name}_val.npz' \
+        --truth data/sartorius/annotations/fold0_val.json --cv 3 --out work_dirs/ensemble/tuned.yaml
+    python -m ensemble.tune --config VAL.yaml --truth VAL_TRUTH.json --method tpe --trials 100 --out TUNED.yaml
 
-The config's models must be predictions of the validation images (ground truth from ``--truth`` or the config's
-``truth:``). Searched: each box model's weight (only with several box models), WBF ``iou_thr``, ``vote_thr``,
+The models must be predictions of the validation images: the config's own files, or with ``--predictions-dir``
+and ``--predictions-pattern`` the files ``<dir>/<pattern>`` (``<member>_val.npz`` as ``tools/infer.py`` and the
+recipes name them); ground truth from ``--truth`` or the config's ``truth:``. The tuned YAML names the files it
+was tuned on; ``python -m ensemble.run --predictions-pattern '{name}_test.npz'`` applies it to the test files. Searched: each box model's weight (only with several box models), WBF ``iou_thr``, ``vote_thr``,
 ``semantic_weight`` (only when a model file has semantic maps) and per-class ``score`` / ``min_area`` thresholds.
 
 Held-out estimate (``--cv K``): the validation images are split into K parts, all images of one ``sample_id`` in
@@ -51,6 +53,7 @@ import numpy as np
 from tqdm import tqdm
 
 from celldata import CLASSES
+from celldata.fileio import check_output_path
 from celldata.instances import InstanceMasks
 from celldata.prepare import make_folds
 from ensemble.config import load_config, save_config
@@ -598,10 +601,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, help="validation ground truth (default: the config's truth)")
     p.add_argument("--out", type=Path, required=True, help="tuned ensemble YAML to write")
     p.add_argument("--name", help="name of the tuned ensemble (default: <config name>_tuned)")
-    p.add_argument("--method", choices=("coord", "tpe"), default="coord")
+    p.add_argument(
+        "--predictions-dir",
+        type=Path,
+        help="read each model's validation predictions from this folder instead of the config's files "
+        "(see --predictions-pattern)",
+    )
+    p.add_argument(
+        "--predictions-pattern",
+        default="{file}",
+        help="file name of each model in --predictions-dir; fields {name} (model name), {file}, {stem}, "
+        "e.g. '{name}_val.npz' (default: {file})",
+    )
+    p.add_argument(
+        "--method",
+        choices=("coord", "tpe"),
+        default="coord",
+        help="coord: coordinate search over grids with cached thresholds (default); tpe: optuna TPE trials",
+    )
     p.add_argument("--rounds", type=int, default=3, help="coordinate-search rounds (default 3)")
     p.add_argument("--trials", type=int, default=50, help="TPE trials (default 50)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the TPE sampler (the --cv folds always use seed 0; default 0)",
+    )
     p.add_argument("--no-thresholds", action="store_true", help="keep the per-class thresholds as they are")
     p.add_argument(
         "--cv",
@@ -614,7 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=0, help="processes fusing images (default 0: all cores; same result)"
     )
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
 
 
@@ -626,7 +651,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.workers < 0:
             raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        check_output_path(args.out, "file", "--out")
         config = load_config(args.config)
+        if args.predictions_dir is not None:
+            config = config.with_predictions_dir(args.predictions_dir, args.predictions_pattern)
         truth_path = args.truth or config.truth
         if truth_path is None:
             raise ValueError("tuning needs ground truth: pass --truth or set 'truth:' in the config")

@@ -258,5 +258,5 @@ def test_cli_rejects_missing_checkpoint(tmp_path):
         text=True,
         cwd=REPO,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert 'checkpoint not found' in proc.stderr

@@ -108,5 +108,5 @@ def test_cli_missing_data_exits_1(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1 and "train.csv" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "train.csv" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists()

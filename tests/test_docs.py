@@ -175,7 +175,7 @@ def test_tools_are_shims_over_workflow_cli(shim: Path) -> None:
     ]
     assert not [n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.Assign))], shim.name
     module = (REPO / "workflow" / "cli" / shim.name).read_text()
-    assert "def main(argv: list[str] | None = None)" in module
+    assert re.search(r"def main\(\s*argv: list\[str\] \| None = None", module)
     assert 'if __name__ == "__main__":' in module or "if __name__ == '__main__':" in module
 
 

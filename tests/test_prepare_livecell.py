@@ -174,4 +174,4 @@ def test_cli(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 1 and "target" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "target" in bad.stderr and "Traceback" not in bad.stderr

@@ -271,7 +271,39 @@ BAD_CASES = {
         ),
         [r"train\.csv: row 5, field 'width'", rf"{rows_id(4)}\.png", f"{W + 1}x{H}"],
     ),
+    "truncated image, header intact": (
+        lambda root, rows: _truncate(root / "train" / f"{rows[4]['id']}.png"),
+        [rf"train/{rows_id(4)}\.png: truncated file"],
+    ),
+    "corrupt image data": (
+        lambda root, rows: _flip_byte(root / "train" / f"{rows[4]['id']}.png"),
+        [rf"train/{rows_id(4)}\.png: corrupt chunk 'IDAT' \(CRC mismatch\)"],
+    ),
+    "truncated test image": (
+        lambda root, rows: _truncate(root / "test" / "aaaaaaaaaaaa.png"),
+        [r"test/aaaaaaaaaaaa\.png: truncated file"],
+    ),
 }
+
+
+def _noisy_png(path: Path) -> None:
+    """A PNG of random pixels (several kB of image data, so that cutting it keeps the header)."""
+    rng = np.random.default_rng(0)
+    h, w = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).shape[:2]
+    cv2.imwrite(str(path), rng.integers(0, 255, (h, w), dtype=np.uint8))
+
+
+def _truncate(path: Path) -> None:
+    _noisy_png(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_byte(path: Path) -> None:
+    _noisy_png(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 @pytest.mark.parametrize("case", sorted(BAD_CASES))
@@ -312,8 +344,19 @@ def test_cli_ok_and_bad_input(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert bad.returncode == 1
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "train.csv: row 3, field 'cell_type'" in bad.stderr and "Traceback" not in bad.stderr
+    write_csv(tmp_path, rows)
+    _truncate(tmp_path / "train" / f"{rows[0]['id']}.png")
+    before = tree(tmp_path)
+    bad = subprocess.run(
+        [sys.executable, "tools/prepare_sartorius.py", "--data-root", str(tmp_path), "--no-progress"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "truncated file" in bad.stderr
+    assert f"{rows[0]['id']}.png" in bad.stderr and tree(tmp_path) == before
 
 
 def test_real_geometry_round_trip(real_coco_path: Path, tmp_path: Path) -> None:

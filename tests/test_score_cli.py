@@ -77,7 +77,8 @@ def test_score_table_report_and_missing_ids(
     assert main(["--truth", str(truth_csv), "--submission", str(sub), "--report", str(report)]) == 0
     cap = capsys.readouterr()
     assert "score  0.3333" in cap.out and "per class" in cap.out
-    assert "2 ground-truth image(s) have no row" in cap.err
+    assert cap.err.count("\n") == 1 and "2 of 3 ground-truth image(s) have no row" in cap.err
+    assert "--images-from submission" in cap.err
     full = json.loads(report.read_text())
     assert full["per_image"] == {"img1": 0.0, "img2": 1.0, "img3": 0.0} and full["n_missing"] == 2
 
@@ -91,7 +92,7 @@ OVERLAP_B = kaggle_rle_encode(_box_mask(3, 3, 6, 6))
     [
         ("id,pred\nimg1,1 2\n", "expected exactly 'id,predicted'"),
         ("id,predicted\nimg1,1 2\nid,predicted\n", "row 2 (line 3): duplicate header row"),
-        ("id,predicted\nnope,1 2\n", "row 1 (line 2), id 'nope': unknown image id"),
+        ("id,predicted\nnope,1 2\n", "1 of 1 submitted images are not in the truth"),
         ("id,predicted\nimg1,1 2 3\n", "row 1 (line 2), id 'img1', field 'predicted': RLE has an odd number"),
         ("id,predicted\nimg1,1 2\nimg2,960 2\n", "row 2 (line 3), id 'img2', field 'predicted': RLE run 0"),
         (f"id,predicted\nimg3,{OVERLAP_A}\nimg3,{OVERLAP_B}\n", "row 2 (line 3), id 'img3': mask overlaps"),
@@ -183,3 +184,49 @@ def test_tuned_config_labels_the_score(tmp_path: Path, capsys: pytest.CaptureFix
         ]
         assert main(argv) == 0
         assert json.loads(capsys.readouterr().out)["evaluation"] == label
+
+
+def test_images_from_submission_scores_only_the_submitted_images(
+    tmp_path: Path, truth_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A validation fold's submission against the whole train.csv: --images-from submission leaves the
+    unpredicted truth images out instead of scoring them 0."""
+    sub = tmp_path / "partial.csv"
+    sub.write_text(f"id,predicted\nimg2,{kaggle_rle_encode(_box_mask(5, 5, 15, 15))}\n")
+    argv = ["--truth", str(truth_csv), "--submission", str(sub), "--json"]
+    assert main([*argv, "--images-from", "submission"]) == 0
+    cap = capsys.readouterr()
+    out = json.loads(cap.out)
+    assert out["score"] == pytest.approx(1.0) and out["n_images"] == 1 and out["n_missing"] == 0
+    assert cap.err == ""
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["score"] == pytest.approx(1 / 3)
+
+
+def test_submission_with_images_the_truth_lacks(
+    tmp_path: Path, truth_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A test submission scored against train.csv: one line saying the truth does not fit, exit 2, no score."""
+    sub = tmp_path / "test_sub.csv"
+    sub.write_text("id,predicted\ntest_a,1 2\ntest_b,\nimg1,\n")
+    report = tmp_path / "r.json"
+    for extra in ([], ["--images-from", "submission"]):
+        argv = ["--truth", str(truth_csv), "--submission", str(sub), "--report", str(report), *extra]
+        assert main(argv) == 2
+        cap = capsys.readouterr()
+        assert cap.out == "" and cap.err.count("\n") == 1
+        assert "2 of 3 submitted images are not in the truth" in cap.err and "'test_a'" in cap.err
+        assert "does not fit the submission" in cap.err
+        assert not report.exists()
+
+
+def test_report_naming_a_folder_fails_before_scoring(
+    tmp_path: Path, truth_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sub = _submission(tmp_path, truth_csv)
+    (tmp_path / "adir").mkdir()
+    assert (
+        main(["--truth", str(truth_csv), "--submission", str(sub), "--report", str(tmp_path / "adir")]) == 2
+    )
+    cap = capsys.readouterr()
+    assert cap.out == "" and cap.err.count("\n") == 1 and "--report" in cap.err and "is a folder" in cap.err

@@ -176,6 +176,6 @@ def test_cli_bad_argument_exits_1(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert "density" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()

@@ -96,11 +96,13 @@ def _plot(rep_boxes: tuple, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
-    from celldata.fileio import atomic_write_json, atomic_write_text
+    from celldata.fileio import atomic_write_json, atomic_write_text, check_output_path
     from custom_modules.det.box_stats import box_report, load_boxes
 
     ann = Path(args.ann_file) if args.ann_file else Path(args.data_root) / "annotations" / "train_all.json"
     try:
+        if args.out:
+            check_output_path(args.out, "dir", "--out")
         if not ann.is_file():
             raise ValueError(f"{ann}: annotation file not found (run tools/prepare_sartorius.py first?)")
         for c in args.config:

@@ -5,7 +5,7 @@ Writes the JSON file the ensemble's ``image_class: classifier`` reads (format in
 
 Example:
     python tools/classify_images.py configs/classifiers/sem-cnn5-fc40_sgd-300it_sartorius-tiles-128.py \\
-        work_dirs/sem-cnn5/iter_300.pth --images data/sartorius/test --out predictions/cell_type.json
+        work_dirs/sem-cnn5/iter_300.pth --images data/sartorius/test --out work_dirs/preds/cell_type_test.json
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Predict and write; returns the exit status."""
     args = parse_args(argv)
+    from celldata.fileio import check_output_path
     from custom_modules.cls.predict import predict_image_probabilities, write_image_probabilities
 
     try:
+        check_output_path(args.out, "file", "--out")
         classes, probs, meta = predict_image_probabilities(
             args.config,
             args.checkpoint,

@@ -67,16 +67,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Compress and report; returns the exit status (1 for a missing file or bad input)."""
+    """Compress and report; returns the exit status (2 for a missing file or bad input: one line on stderr)."""
     args = parse_args(argv)
     from custom_modules.seg.compress import run_compression
 
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not Path(path).is_file():
             print(f'compress: {what} not found: {path}', file=sys.stderr)
-            return 1
+            return 2
     work_dir = args.work_dir or str(Path('work_dirs') / 'compress' / Path(args.config).stem / args.command)
+    from celldata.fileio import check_output_path
+
     try:
+        check_output_path(work_dir, 'dir', '--work-dir')
         report = run_compression(
             args.command,
             args.config,
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, FileNotFoundError) as err:
         print(f'compress: {err}', file=sys.stderr)
-        return 1
+        return 2
     for v in report['variants']:
         m = v['metrics']
         print(

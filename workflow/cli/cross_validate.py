@@ -34,9 +34,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the cross-validation; returns the exit status."""
     args = parse_args(argv)
+    from celldata.fileio import check_output_path
     from custom_modules.cls.cross_validation import cross_validate, format_summary
 
     try:
+        if args.work_dir:
+            check_output_path(args.work_dir, "dir", "--work-dir")
         summary = cross_validate(
             args.config, args.folds, args.seed, args.work_dir, args.cfg_options, args.keep_checkpoints
         )

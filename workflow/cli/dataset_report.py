@@ -1,7 +1,7 @@
 """Dataset report: counts per class, instance size histograms, mask overlays, report.json / report.md.
 
 Example:
-    python tools/dataset_report.py --data-root work_dirs/demo/sartorius --out work_dirs/demo/dataset_report
+    python tools/dataset_report.py --data-root data/sartorius --out work_dirs/dataset_report
 
 Reads ``annotations/train_all.json`` when prepared, else ``train.csv`` (see :mod:`celldata.report`).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from celldata.fileio import check_output_path
 from celldata.report import write_dataset_report
 
 
@@ -25,15 +26,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (0 ok, 2 bad input: one line on stderr)."""
     args = parse_args(argv)
     try:
+        check_output_path(args.out, "dir", "--out")
         report = write_dataset_report(
             args.data_root, args.out, n_overlays=args.n_overlays, show_progress=not args.no_progress
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"dataset_report.py: error: {e}", file=sys.stderr)
+        return 2
     for c, s in report["per_class"].items():
         print(
             f"{c:>8}: {s['images']:4d} images {s['instances']:6d} instances "

@@ -11,7 +11,7 @@ to (the repository root when the tools were run as documented).
 Examples:
     python -m workflow.cli.make_bundle --ensemble work_dirs/demo/ensemble/ensemble_test.yaml --out work_dirs/bundle
     python -m workflow.cli.make_bundle --ensemble tuned.yaml --out bundle \\
-        --model mask_rcnn configs/mask_rcnn/mask-rcnn_r50_fpn_sartorius.py work_dirs/mask_rcnn/iter_20000.pth
+        --model mask_rcnn configs/mask_rcnn/mask-rcnn_r50_fpn_1xb2-20e_sartorius.py work_dirs/mask_rcnn/epoch_20.pth
 """
 
 from __future__ import annotations
@@ -63,7 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     from workflow.bundle import make_bundle
 
     models = {name: (cfg, ckpt) for name, cfg, ckpt in args.model}
+    from celldata.fileio import check_output_path
+
     try:
+        check_output_path(args.out, "dir", "--out")
         bundle = make_bundle(args.ensemble, args.out, models=models, overwrite=args.overwrite)
     except (FileNotFoundError, ValueError) as e:
         print(f"make_bundle.py: error: {e}", file=sys.stderr)

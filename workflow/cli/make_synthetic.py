@@ -1,9 +1,9 @@
 """Write a synthetic Sartorius dataset in the Kaggle layout (train.csv, train/, test/, sample_submission.csv).
 
 Examples:
-    python tools/make_synthetic.py --out work_dirs/demo/sartorius --n-images 24 --seed 0 --density 0.3
+    python tools/make_synthetic.py --out data/sartorius --n-images 24 --n-test 3 --density 0.3 --seed 0
     python tools/make_synthetic.py --out work_dirs/real_geom \
-        --from-coco ../shared/data/sartorius_real/val_fold0_part1_coco.json
+        --from-coco PATH/TO/real_masks_coco.json      # real masks' geometry (any COCO json of the prepared layout)
 
 The logic lives in :mod:`celldata.synthetic`.
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 
+from celldata.fileio import check_output_path
 from celldata.synthetic import generate_synthetic_dataset
 
 
@@ -45,10 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (1 with the message on stderr for bad input)."""
+    """Entry point; returns the exit status (2 with one line on stderr for bad input)."""
     args = parse_args(argv)
     n_images = args.n_images if (args.n_images is not None or args.from_coco) else 24
     try:
+        check_output_path(args.out, "dir", "--out")
         summary = generate_synthetic_dataset(
             args.out,
             n_images=n_images,
@@ -59,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             show_progress=not args.no_progress,
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"make_synthetic.py: error: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary, indent=2))
     return 0
 

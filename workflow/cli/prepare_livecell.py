@@ -8,7 +8,7 @@ Examples:
     python tools/prepare_livecell.py ... --class-map a172=cort,bv2=skip
 
 Default categories are the Sartorius ones (SH-SY5Y -> shsy5y, the other lines by morphology; see
-:mod:`celldata.livecell`). Exits 1 with one message naming the file and image/annotation on bad input.
+:mod:`celldata.livecell`). Exits 2 with one message naming the file and image/annotation on bad input.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import argparse
 import json
 import sys
 
+from celldata.fileio import check_output_path
 from celldata.livecell import DEFAULT_CLASS_MAP, convert_livecell, parse_class_map
 
 
@@ -45,9 +46,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (0 ok, 2 bad input: one line on stderr)."""
     args = parse_args(argv)
     try:
+        check_output_path(args.out, "dir", "--out")
         summary = convert_livecell(
             args.ann,
             args.images_dir,
@@ -57,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             show_progress=not args.no_progress,
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"prepare_livecell.py: error: {e}", file=sys.stderr)
+        return 2
     summary["written"] = len(summary["written"])
     print(json.dumps(summary, indent=2))
     return 0

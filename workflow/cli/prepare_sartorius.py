@@ -4,7 +4,8 @@ Example:
     python tools/prepare_sartorius.py --data-root data/sartorius --folds 5 --seed 0
 
 Writes ``annotations/``, ``semantic/`` and ``splits/`` under the data root (see :mod:`celldata.prepare`).
-Exits 1 with one message naming the file, row and field on bad input; nothing is written then.
+Exits 2 with one message naming the file, row and field on bad input (a missing, unreadable or truncated image
+included); nothing is written then.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import sys
 
+from celldata.fileio import check_output_path
 from celldata.prepare import prepare_sartorius
 
 
@@ -27,15 +29,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status."""
+    """Entry point; returns the exit status (0 ok, 2 bad input: one line on stderr)."""
     args = parse_args(argv)
     try:
+        check_output_path(args.data_root, "dir", "--data-root")
         summary = prepare_sartorius(
             args.data_root, folds=args.folds, seed=args.seed, show_progress=not args.no_progress
         )
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        print(f"prepare_sartorius.py: error: {e}", file=sys.stderr)
+        return 2
     summary = {k: v for k, v in summary.items() if k != "written"} | {"written": len(summary["written"])}
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,9 +1,9 @@
 """Hyperparameter search (optuna TPE) over config keys, one short training run per trial.
 
 Examples:
-    python tools/search.py configs/unet/se-unet-brn-fre_c8-s4_1xb4-200iter_sartorius-cell-128x128.py \\
+    python tools/search.py configs/unet/se-unet-brn-fre_c8-s4_1xb4-160iter_sartorius-cell-64x64.py \\
         --space configs/unet/search/fre_b_x.yaml --trials 12 --study-dir work_dirs/search/fre \\
-        --metric mIoU --direction max --cfg-options data_root=work_dirs/fre_study/data/ fold=1
+        --metric mIoU --direction max --cfg-options data_root=data/sartorius/ fold=1
     # interrupted? run the same command again: finished trials are kept, the study continues.
 
 Search-space YAML: ``config.key: {type: int|float|categorical, low, high, log, step, choices, targets}``
@@ -56,9 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run or resume the search; returns the exit status."""
     args = parse_args(argv)
+    from celldata.fileio import check_output_path
     from workflow.search import SearchSpaceError, run_search
 
     try:
+        check_output_path(args.study_dir, 'dir', '--study-dir')
         study = run_search(
             args.config,
             args.space,
