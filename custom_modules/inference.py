@@ -625,8 +625,10 @@ def load_model(
     Raises:
         FileNotFoundError: If the checkpoint does not exist.
         ValueError: If ``fp16`` is asked without CUDA.
+        custom_modules.checkpoints.CheckpointMismatch: (a ``ValueError``) If the checkpoint's weights do not fit
+            the config (missing, unexpected or shape-mismatched keys; the first few are named).
     """
-    from mmengine.runner import load_checkpoint
+    from custom_modules.checkpoints import load_fitting_checkpoint
 
     cfg = load_config(config, cfg_options)
     library = register_library(cfg)
@@ -642,7 +644,9 @@ def load_model(
         raise ValueError(f"--fp16 needs a CUDA device, got {device!r}")
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
-        load_checkpoint(model, str(checkpoint), map_location="cpu", revise_keys=[(r"^module\.", "")])
+        # refuse, before any work, weights that do not fit the config (another model's checkpoint would
+        # otherwise load partly and predict from random layers)
+        load_fitting_checkpoint(model, checkpoint, where=f"checkpoint {checkpoint} does not fit config {config}")
     else:
         model.init_weights()
     model.cfg = cfg

@@ -154,7 +154,8 @@ def strip_checkpoint(path: str | os.PathLike) -> tuple[dict, dict]:
 
 
 def check_checkpoint_loads(cfg: Any, state_dict: Mapping[str, Any], where: str) -> int:
-    """Build the model of ``cfg`` and load ``state_dict`` strictly (names and shapes).
+    """Build the model of ``cfg`` and load ``state_dict`` strictly (names and shapes), through
+    :func:`custom_modules.checkpoints.load_fitting_checkpoint` (the fit check of inference and evaluation).
 
     Returns:
         The number of parameters.
@@ -162,20 +163,15 @@ def check_checkpoint_loads(cfg: Any, state_dict: Mapping[str, Any], where: str) 
     Raises:
         BundleError: On missing or unexpected keys or a shape mismatch (``where`` names the model and files).
     """
-    from custom_modules.runner_utils import register_library
+    from custom_modules.checkpoints import CheckpointMismatch, build_model, load_fitting_checkpoint
 
-    library = register_library(cfg)
-    if library == "mmdet":
-        from mmdet.registry import MODELS
-    else:
-        from mmseg.registry import MODELS
-    model = MODELS.build(copy.deepcopy(cfg.model))
+    model = build_model(cfg)
     try:
-        model.load_state_dict(dict(state_dict), strict=True)
-    except RuntimeError as e:
-        lines = [s.strip() for s in str(e).splitlines()[1:] if s.strip()]
-        detail = "; ".join(lines[:3]) or str(e).splitlines()[0]
-        raise BundleError(f"{where}: the checkpoint does not load into the config: {detail[:600]}") from None
+        load_fitting_checkpoint(
+            model, state_dict, where=f"{where}: the checkpoint does not load into the config"
+        )
+    except CheckpointMismatch as e:
+        raise BundleError(str(e)) from None
     return sum(p.numel() for p in model.parameters())
 
 

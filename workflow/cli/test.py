@@ -28,9 +28,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; returns the exit status."""
     args = parse_args(argv)
+    from custom_modules.checkpoints import check_checkpoint_fits
     from custom_modules.runner_utils import build_test_runner
 
     try:
+        # refuse, before any work, weights that do not fit the config (the runner would load them partly)
+        check_checkpoint_fits(args.config, args.checkpoint, args.cfg_options)
         runner = build_test_runner(
             args.config,
             args.checkpoint,
