@@ -26,6 +26,12 @@ decoding (``custom_modules.seg.flow_head.FlowHead`` does this in ``predict``).
 
 Overlapping annotations (the Sartorius ground truth has a few) do not fit one label image;
 :func:`instances_to_labels` resolves them deterministically (see there).
+
+**Inference** (``custom_modules.inference`` on a flow model): the network's map ``(3, H, W)`` (unit flows and the
+cell logit) is decoded by :func:`decode_flow_map` (sigmoid, :func:`flows_to_labels` with :data:`DECODE_DEFAULTS`
+or a config's ``flow_decode`` dict, :func:`labels_to_instances`); flip test-time augmentation averages the maps of
+the passes after :func:`flip_flow_map` mapped each one back (mirror + negated flow component), never instances.
+:func:`is_flow_model_config` recognizes a flow model from its config dict (no framework import).
 """
 
 from __future__ import annotations
@@ -39,9 +45,14 @@ from scipy import ndimage
 from .instances import InstanceMasks
 
 __all__ = [
+    "DECODE_DEFAULTS",
+    "FLOW_HEAD_TYPES",
     "FLOW_SCALE",
     "FlowInstances",
     "cell_probability",
+    "decode_flow_map",
+    "flip_flow_map",
+    "is_flow_model_config",
     "flow_errors",
     "flow_targets",
     "flows_to_labels",
@@ -56,6 +67,43 @@ __all__ = [
 
 FLOW_SCALE: float = 5.0
 """Cellpose's flow target scale: the network is trained on ``FLOW_SCALE * flows`` (MSE), decoding uses unit flows."""
+
+FLOW_HEAD_TYPES: frozenset[str] = frozenset({"FlowHead", "FlowUPerHead"})
+"""Registered decode heads that predict flows (``custom_modules.seg.flow_head``)."""
+
+DECODE_DEFAULTS: dict[str, float | int | None] = {
+    "prob_threshold": 0.5,
+    "niter": 200,
+    "flow_threshold": 0.4,
+    "min_size": 15,
+    "min_seed_count": 10,
+    "max_mask_fraction": 0.4,
+}
+"""Default :func:`flows_to_labels` parameters of :func:`decode_flow_map` (Cellpose's); a flow config's top-level
+``flow_decode`` dict overrides any of them at inference."""
+
+
+def _type_name(t: object) -> str:
+    """A registry type without its scope (``'mmseg.FlowHead'`` -> ``'FlowHead'``); '' for non-strings."""
+    return t.rsplit(".", 1)[-1] if isinstance(t, str) else ""
+
+
+def is_flow_model_config(model: object) -> bool:
+    """Whether a model config dict describes a flow model (framework-free: reads the dict only).
+
+    Args:
+        model: The ``model`` entry of an OpenMMLab config (a mapping).
+
+    Returns:
+        True when its ``type`` is ``FlowEncoderDecoder`` or its ``decode_head`` is one of :data:`FLOW_HEAD_TYPES`
+        (a registry scope prefix is ignored).
+    """
+    if not hasattr(model, "get"):
+        return False
+    if _type_name(model.get("type")) == "FlowEncoderDecoder":
+        return True
+    head = model.get("decode_head")
+    return hasattr(head, "get") and _type_name(head.get("type")) in FLOW_HEAD_TYPES
 
 
 # ----------------------------------------------------------------------------------------------- labels
@@ -550,7 +598,18 @@ def labels_to_instances(labels: np.ndarray, prob: np.ndarray, exclusive: bool = 
         raise ValueError(
             f"labels_to_instances: labels {labels.shape} and prob {prob.shape} must be equal (H, W)"
         )
-    masks, values = InstanceMasks.from_label_image(labels)
+    h, w = labels.shape
+    boxes_l, crops, vals = [], [], []
+    if labels.size and labels.max() > 0:
+        lab = labels.astype(np.int64, copy=False)
+        for i, sl in enumerate(ndimage.find_objects(lab)):
+            if sl is None:
+                continue
+            boxes_l.append((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop))
+            crops.append(lab[sl] == i + 1)
+            vals.append(i + 1)
+    masks = InstanceMasks(h, w, np.asarray(boxes_l, dtype=np.int32).reshape(-1, 4), crops)
+    values = np.asarray(vals, dtype=np.int64)
     n = len(values)
     scores = (
         np.asarray(ndimage.mean(prob, labels=labels, index=values), dtype=np.float32).reshape(n)
@@ -572,3 +631,68 @@ def labels_to_instances(labels: np.ndarray, prob: np.ndarray, exclusive: bool = 
         mask_probs=probs,
         label_values=values.astype(np.int32),
     )
+
+
+# ------------------------------------------------------------------------------------------- inference
+def flip_flow_map(maps: np.ndarray, direction: str) -> np.ndarray:
+    """A flow map of a mirrored image mapped to (or from) the mirror: self-inverse.
+
+    Mirrors every channel and negates the flow component along the mirrored axis (``'horizontal'``: left-right,
+    flow x; ``'vertical'``: top-bottom, flow y). Applied to the network's map of a flipped image it gives the map
+    in the original image's frame, so the maps of flip TTA passes can be averaged before decoding.
+
+    Args:
+        maps: float ``(C >= 2, H, W)``: ``(flow_y, flow_x, ...)``; further channels (the cell logit) are only
+            mirrored.
+        direction: ``'horizontal'`` or ``'vertical'``.
+
+    Returns:
+        float32 ``(C, H, W)`` copy.
+
+    Raises:
+        ValueError: on a bad direction or shape.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3 or maps.shape[0] < 2:
+        raise ValueError(f"flip_flow_map: need (C >= 2, H, W), got {maps.shape}")
+    if direction == "horizontal":
+        out = maps[:, :, ::-1].copy()
+        out[1] *= -1
+    elif direction == "vertical":
+        out = maps[:, ::-1, :].copy()
+        out[0] *= -1
+    else:
+        raise ValueError(f"flip_flow_map: direction must be 'horizontal' or 'vertical', got {direction!r}")
+    return out
+
+
+def decode_flow_map(
+    maps: np.ndarray, params: dict | None = None, exclusive: bool = True
+) -> tuple[FlowInstances, np.ndarray]:
+    """Instances of one image from a flow network's output map.
+
+    Args:
+        maps: float ``(3, H, W)``: unit-scale flow y, flow x (the network's output divided by
+            :data:`FLOW_SCALE`, as ``FlowHead.predict`` returns it) and the cell probability *logit*.
+        params: :func:`flows_to_labels` keyword overrides of :data:`DECODE_DEFAULTS` (e.g. a config's
+            ``flow_decode``).
+        exclusive: See :func:`labels_to_instances` (True: soft masks zero on the other instances' pixels).
+
+    Returns:
+        ``(instances, prob)``: :class:`FlowInstances` and the float32 ``(H, W)`` cell probability (sigmoid of
+        channel 2).
+
+    Raises:
+        ValueError: on a bad shape or an unknown parameter.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.ndim != 3 or maps.shape[0] != 3:
+        raise ValueError(f"decode_flow_map: need a (3, H, W) map, got {maps.shape}")
+    kw = dict(DECODE_DEFAULTS)
+    unknown = set(params or {}) - set(kw)
+    if unknown:
+        raise ValueError(f"decode_flow_map: unknown parameter(s) {sorted(unknown)}; known: {sorted(kw)}")
+    kw.update(params or {})
+    prob = (1.0 / (1.0 + np.exp(-np.clip(maps[2], -60.0, 60.0)))).astype(np.float32)
+    labels = flows_to_labels(prob, maps[:2], **kw)
+    return labels_to_instances(labels, prob, exclusive=exclusive), prob

@@ -47,3 +47,6 @@ train_dataloader = dict(dataset=dict(type=dataset_type, pipeline=train_pipeline)
 val_dataloader = dict(dataset=dict(type=dataset_type))
 test_dataloader = val_dataloader
 default_hooks = dict(checkpoint=dict(save_best='fgIoU'))
+# Instance decoding at inference (tools/infer.py -> celldata.flows.decode_flow_map): Cellpose's defaults; any key
+# of celldata.flows.DECODE_DEFAULTS, e.g. --cfg-options flow_decode.min_size=10
+flow_decode = dict(prob_threshold=0.5, niter=200, flow_threshold=0.4, min_size=15)

@@ -45,3 +45,6 @@ param_scheduler = [
 ]
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 default_hooks = dict(checkpoint=dict(interval=100))
+# Instance decoding at inference (tools/infer.py -> celldata.flows.decode_flow_map): Cellpose's defaults; any key
+# of celldata.flows.DECODE_DEFAULTS, e.g. --cfg-options flow_decode.min_size=10
+flow_decode = dict(prob_threshold=0.5, niter=200, flow_threshold=0.4, min_size=15)

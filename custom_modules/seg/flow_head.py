@@ -31,7 +31,14 @@ from torch import Tensor
 
 from celldata.flows import FLOW_SCALE
 
-__all__ = ['FlowEncoderDecoder', 'FlowHead', 'FlowUPerHead', 'flow_loss', 'stack_flow_targets']
+__all__ = [
+    'FlowEncoderDecoder',
+    'FlowHead',
+    'FlowUPerHead',
+    'flow_loss',
+    'is_flow_segmentor',
+    'stack_flow_targets',
+]
 
 NUM_FLOW_CHANNELS = 3
 """Output channels of a flow head: flow y, flow x, cell probability logit."""
@@ -159,6 +166,13 @@ class FlowUPerHead(_FlowHeadMixin, UPerHead):
     def __init__(self, flow_weight: float = 0.5, prob_weight: float = 1.0, **kwargs) -> None:
         super().__init__(**_flow_kwargs(kwargs))
         self._init_flow(flow_weight, prob_weight)
+
+
+def is_flow_segmentor(model: object) -> bool:
+    """Whether a built model predicts flows: a ``FlowEncoderDecoder`` or any segmentor with a flow decode head."""
+    return isinstance(model, FlowEncoderDecoder) or isinstance(
+        getattr(model, 'decode_head', None), _FlowHeadMixin
+    )
 
 
 @MODELS.register_module()
