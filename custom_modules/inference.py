@@ -14,6 +14,19 @@ prepares each input), optionally under fp16 autocast on CUDA. Results become
   cut to their tight boxes on the device when the model has them; box-only detectors (YOLOX) get ``masks=None``.
 * segmentors: ``semantic`` = foreground probability ``1 - softmax(logits)[background]`` (``sigmoid`` for a
   single-channel head) at the original image size; no instances.
+* flow models (Cellpose-style, ``custom_modules.seg.flow_head``: a ``FlowEncoderDecoder`` or a flow decode
+  head): the 3-channel map (unit flows, cell logit) is decoded into instances (:func:`flow_predictions`,
+  ``celldata.flows.decode_flow_map`` with the config's ``flow_decode`` overrides): tight boxes, score = mean cell
+  probability inside the mask, the decoded binary masks and as ``mask_probs`` the cell probability in each mask's
+  window with the *other* instances' pixels zeroed (the probability of belonging to this instance); no
+  ``semantic``. The network predicts no cell type: every instance gets the image's class from another model's
+  prediction file (``image_class_from`` of :func:`run_inference`: the score-weighted majority of that file's
+  detections after dropping label twins, the ensemble's ``image_class: majority`` rule for one model,
+  :func:`image_labels_from_file`), else label 0 (``shsy5y``) with a warning. With flip TTA the *maps* of the
+  three passes are averaged (each mapped back by ``celldata.flows.flip_flow_map``: mirrored, flow component
+  negated) before one decoding. The in-memory test pipeline never flips, so ``FlowEncoderDecoder``'s own flip
+  correction (for mmseg's TTA pipeline) is not triggered and the sign is fixed exactly once; a pipeline that
+  flips is refused.
 
 Flip TTA (``tta=True``): the image is also predicted flipped horizontally and vertically, the three passes in the
 same batch; each result is mapped back and the three are merged by the torch-free rules of :mod:`ensemble.tta`.
@@ -21,7 +34,8 @@ same batch; each result is mapped back and the three are merged by the torch-fre
 ``mask_head_on`` (step 2 of box-first fusion, :mod:`ensemble.box_first`): soft masks for *given* boxes (the WBF
 fused boxes of ``python -m ensemble.fuse_boxes``): a two-stage mask model runs its RoI mask head on them (the
 winners' trick that lets box-only models contribute masks), a segmentor's probability map is cropped to each
-box's pixel window. With TTA the flipped passes' probabilities are averaged.
+box's pixel window (a flow model's cell probability likewise, the plain crop: no instance decoding). With TTA the
+flipped passes' probabilities (a flow model: its maps) are averaged.
 """
 
 from __future__ import annotations
@@ -39,16 +53,20 @@ import numpy as np
 import torch
 
 from celldata import CLASSES
+from celldata.flows import decode_flow_map, flip_flow_map
 from celldata.images import ImageItem
 from celldata.instances import InstanceMasks
 from custom_modules.config import load_config
 from custom_modules.conversion import masks_to_instances, to_numpy
 from custom_modules.runner_utils import register_library
+from ensemble.image_class import majority_without_twins
 from ensemble.predictions import ImagePredictions, load_predictions, save_predictions
 from ensemble.tta import FLIP_DIRECTIONS, flip_image, flip_predictions, limit_predictions, merge_tta
 
 __all__ = [
     "InferenceModel",
+    "flow_predictions",
+    "image_labels_from_file",
     "load_model",
     "run_inference",
 ]
@@ -287,6 +305,79 @@ def paste_soft_masks(
     return InstanceMasks(height, width, win_np.astype(np.int32), crops), prob_crops
 
 
+FLOW_DEFAULT_LABEL = 0
+"""Label of a flow model's instances when no ``image_class_from`` file gives the image's class (``shsy5y``)."""
+
+
+def flow_predictions(
+    maps: np.ndarray, image_id: str, label: int = FLOW_DEFAULT_LABEL, decode: dict | None = None
+) -> ImagePredictions:
+    """A flow network's map of one image decoded into instance predictions (module docstring).
+
+    Args:
+        maps: float ``(3, H, W)``: unit-scale flow y, flow x, cell logit at the original image size.
+        image_id: Image id.
+        label: Class index given to every instance.
+        decode: ``celldata.flows.flows_to_labels`` overrides (a config's ``flow_decode``).
+
+    Returns:
+        Boxes (the masks' tight windows, xyxy pixels), scores (mean cell probability in the mask), labels, binary
+        masks and exclusive soft masks (``mask_probs``); ``semantic=None``.
+
+    Raises:
+        ValueError: On a bad map shape or decode parameter, or a label outside the classes.
+    """
+    if not 0 <= int(label) < len(CLASSES):
+        raise ValueError(f"image {image_id}: label {label} is not a class index (0..{len(CLASSES) - 1})")
+    inst, _ = decode_flow_map(maps, decode, exclusive=True)
+    h, w = maps.shape[1:]
+    return _finite_predictions(
+        image_id, h, w, inst.boxes, inst.scores, np.full(len(inst), int(label), np.int64), inst.masks,
+        inst.mask_probs,
+    )  # fmt: skip
+
+
+def image_labels_from_file(
+    path: str | os.PathLike, image_ids: Sequence[str], default: int = FLOW_DEFAULT_LABEL
+) -> tuple[dict[str, int], list[str]]:
+    """Each image's class from another model's prediction file: the ensemble's ``image_class: majority`` rule.
+
+    The class of an image is the score-weighted majority over the file's detections of it, after that model's
+    label twins are dropped (:func:`ensemble.image_class.majority_without_twins`, as ``ensemble.masks`` does for
+    one model of weight 1).
+
+    Args:
+        path: Prediction file (``ensemble.predictions``) of a model with labels (Mask R-CNN, YOLOX).
+        image_ids: Images that need a class.
+        default: Class of an image on which the file has no detection.
+
+    Returns:
+        ``({image id: class index}, ids that got ``default``)``.
+
+    Raises:
+        ValueError: If the file cannot be read or lacks one of ``image_ids``.
+    """
+    preds, _ = load_predictions(path)
+    missing = [i for i in image_ids if i not in preds]
+    if missing:
+        raise ValueError(f"{path}: no predictions for image(s) {', '.join(missing[:5])} (--image-class-from)")
+    out, defaulted = {}, []
+    for i in image_ids:
+        p = preds[i]
+        label, _ = majority_without_twins([p.boxes], [p.scores], [p.labels], n_classes=len(CLASSES))
+        if label is None:
+            label = int(default)
+            defaulted.append(i)
+        out[i] = int(label)
+    return out, defaulted
+
+
+def _relabelled(pred: ImagePredictions, label: int) -> ImagePredictions:
+    """``pred`` with every instance labelled ``label``."""
+    pred.labels = np.full(len(pred), int(label), np.int64)
+    return pred
+
+
 class InferenceModel:
     """A trained model with its test pipeline, predicting :class:`ImagePredictions` for batches of images.
 
@@ -315,6 +406,13 @@ class InferenceModel:
             raise ValueError(f"--fp16 needs a CUDA device, the model is on {self.device}")
         self.fp16 = bool(fp16)
         self.soft_masks = bool(soft_masks)
+        self.is_flow = False
+        self.flow_decode: dict = {}
+        if library == "mmseg":
+            from custom_modules.seg.flow_head import is_flow_segmentor
+
+            self.is_flow = is_flow_segmentor(model)
+            self.flow_decode = dict(cfg.get("flow_decode") or {})
 
     @property
     def _mask_roi_head(self):
@@ -341,7 +439,7 @@ class InferenceModel:
     @property
     def predicts_soft_masks(self) -> bool:
         """Whether :meth:`predict_batch` returns mask probabilities (``mask_probs``)."""
-        return self.soft_masks and self.pastes_masks
+        return self.soft_masks and (self.pastes_masks or self.is_flow)
 
     def _prepare(self, imgs: Sequence[np.ndarray]) -> dict:
         from mmengine.dataset import pseudo_collate
@@ -361,6 +459,8 @@ class InferenceModel:
 
     def to_predictions(self, sample, image_id: str, height: int, width: int) -> ImagePredictions:
         """Convert a raw data sample into :class:`ImagePredictions` (module docstring)."""
+        if self.is_flow:
+            return self._flow_instances(self._flow_map(sample, height, width), image_id)
         if self.library == "mmseg":
             logits = sample.seg_logits.data.float()
             if logits.shape[0] == 1:
@@ -385,6 +485,61 @@ class InferenceModel:
             to_numpy(inst.labels),
             masks,
         )
+
+    def _flow_instances(self, maps: np.ndarray, image_id: str) -> ImagePredictions:
+        """:func:`flow_predictions` with the config's decode parameters (no ``mask_probs`` without soft masks)."""
+        pred = flow_predictions(maps, image_id, decode=self.flow_decode)
+        if not self.soft_masks:
+            pred.mask_probs = None
+        return pred
+
+    def _flow_map(self, sample, height: int, width: int) -> np.ndarray:
+        """A flow model's ``seg_logits`` as float32 ``(3, H, W)`` at the image size.
+
+        Raises:
+            ValueError: If the test pipeline flipped the input (the model would then have un-flipped the map
+                itself; TTA flips are done here, see the module docstring) or the map is not 3-channel.
+        """
+        if sample.metainfo.get("flip", False):
+            raise ValueError("the flow model's test pipeline flips its input: remove RandomFlip (use --tta)")
+        maps = to_numpy(sample.seg_logits.data.float())
+        if maps.ndim != 3 or maps.shape[0] != 3:
+            raise ValueError(f"a flow model must predict a (3, H, W) map, got {maps.shape}")
+        if maps.shape[1:] != (height, width):
+            maps = np.stack([cv2.resize(c, (width, height), interpolation=cv2.INTER_LINEAR) for c in maps])
+        return np.ascontiguousarray(maps, dtype=np.float32)
+
+    @torch.no_grad()
+    def predict_flow_maps(self, imgs: Sequence[np.ndarray], tta: bool = False) -> list[np.ndarray]:
+        """A flow model's maps of a batch of BGR images: per image float32 ``(3, H, W)`` (unit-scale flow y,
+        flow x, cell logit).
+
+        With ``tta`` the horizontally and vertically flipped images run in the same batch; each flipped pass's
+        map is mapped back (``celldata.flows.flip_flow_map``: mirrored, flow component negated) and the three
+        maps are averaged (flows and logits).
+
+        Raises:
+            ValueError: If the model is not a flow model.
+        """
+        if not self.is_flow:
+            raise ValueError("predict_flow_maps needs a flow model (FlowEncoderDecoder / a flow decode head)")
+        if len(imgs) == 0:
+            return []
+        step = 1 + len(FLIP_DIRECTIONS) if tta else 1
+        batch = []
+        for img in imgs:
+            batch += [img] + ([flip_image(img, d) for d in FLIP_DIRECTIONS] if tta else [])
+        with _autocast(self.device, self.fp16):
+            samples = self.model.test_step(self._prepare(batch))
+        maps = [self._flow_map(s, img.shape[0], img.shape[1]) for s, img in zip(samples, batch)]
+        if not tta:
+            return maps
+        out = []
+        for k in range(len(imgs)):
+            passes = maps[k * step : (k + 1) * step]
+            back = [passes[0]] + [flip_flow_map(m, d) for m, d in zip(passes[1:], FLIP_DIRECTIONS)]
+            out.append((sum(back) / np.float32(len(back))).astype(np.float32))
+        return out
 
     def _soft_mask_forward(
         self, feats, metas: list[dict], boxes_in: list[torch.Tensor], labels: list[torch.Tensor]
@@ -474,6 +629,9 @@ class InferenceModel:
     ) -> list[ImagePredictions]:
         """Predict a batch of BGR images (H, W, 3); with ``tta`` the three flip passes of every image run in the
         same batch and are merged per image (:func:`merge_tta`)."""
+        if self.is_flow:
+            maps = self.predict_flow_maps(imgs, tta=tta)
+            return [self._flow_instances(m, i) for m, i in zip(maps, image_ids)]
         if not tta:
             return self.predict_raw(imgs, image_ids)
         batch, ids = [], []
@@ -560,8 +718,10 @@ class InferenceModel:
 
         A two-stage mask model runs its RoI mask head on the boxes (:meth:`predict_masks_on_boxes_batch`); a
         segmentor predicts its foreground probability map, cropped to each box's pixel window
-        (:func:`semantic_on_boxes`). With ``tta`` the horizontally and vertically flipped images (and boxes) run
-        in the same batch and the probabilities are averaged per pixel (binary masks: mean ``>= mask_thr``).
+        (:func:`semantic_on_boxes`); a flow model its cell probability (sigmoid of the cell logit), cropped the
+        same way (plain crops: nothing is decoded). With ``tta`` the horizontally and vertically flipped images
+        (and boxes) run in the same batch and the probabilities are averaged per pixel (binary masks: mean
+        ``>= mask_thr``; a flow model averages its maps, then takes the sigmoid).
 
         Args:
             imgs: BGR images (H, W, 3).
@@ -574,6 +734,10 @@ class InferenceModel:
         Raises:
             ValueError: If the model cannot predict masks (a box-only detector) or an image size differs.
         """
+        if self.is_flow:
+            maps = self.predict_flow_maps(imgs, tta=tta)
+            probs = [(1.0 / (1.0 + np.exp(-np.clip(m[2], -60.0, 60.0)))).astype(np.float32) for m in maps]
+            return [semantic_on_boxes(g, p) for g, p in zip(givens, probs)]
         if self.library == "mmseg":
             maps = self.predict_batch(imgs, [g.image_id for g in givens], tta=tta)
             return [semantic_on_boxes(g, m.semantic) for g, m in zip(givens, maps)]
@@ -666,6 +830,7 @@ def run_inference(
     progress: bool = True,
     on_image: Callable[[ImagePredictions], Any] | None = None,
     batch_size: int = 1,
+    image_class_from: str | os.PathLike | None = None,
 ) -> list[ImagePredictions]:
     """Predict every image and write one prediction file (``ensemble.predictions`` format, atomic).
 
@@ -683,17 +848,22 @@ def run_inference(
         on_image: Optional callback per finished image.
         batch_size: Images per network pass (with ``tta`` each image adds its three flip passes to the batch).
             The result does not depend on it (up to floating-point reassociation in batched kernels).
+        image_class_from: Flow models only: prediction file of another model (with labels) whose majority class
+            of each image labels this model's instances (:func:`image_labels_from_file`); None: label 0 with a
+            warning. Not with ``mask_head_on`` (the given boxes keep their labels).
 
     Returns:
         The predictions written.
 
     Raises:
-        ValueError: On an invalid combination, or when ``mask_head_on`` lacks an image being predicted.
+        ValueError: On an invalid combination, or when ``mask_head_on`` / ``image_class_from`` lacks an image
+            being predicted.
     """
     from tqdm import tqdm
 
     if int(batch_size) < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    flow_labels, flow_meta = _flow_image_labels(model, images, mask_head_on, image_class_from)
     given: dict[str, ImagePredictions] | None = None
     if mask_head_on is not None:
         given, _ = load_predictions(mask_head_on)
@@ -710,8 +880,10 @@ def run_inference(
             batch = model.predict_on_boxes(imgs, [given[i] for i in ids], tta=tta)
         else:
             batch = model.predict_batch(imgs, ids, tta=tta)
-            if model.library == "mmdet":
+            if model.library == "mmdet" or model.is_flow:
                 batch = [limit_predictions(p, score_thr, max_per_img) for p in batch]
+            if flow_labels is not None:
+                batch = [_relabelled(p, flow_labels[p.image_id]) for p in batch]
         for p in batch:
             preds.append(p)
             if on_image is not None:
@@ -731,7 +903,46 @@ def run_inference(
         "has_mask_probs": bool(preds and preds[0].mask_probs is not None),
         "batch_size": int(batch_size),
         "fp16": bool(model.fp16),
+        **flow_meta,
     }
     info.update(meta or {})
     save_predictions(out_path, preds, meta=info)
     return preds
+
+
+def _flow_image_labels(
+    model: InferenceModel,
+    images: Sequence[ImageItem],
+    mask_head_on: str | os.PathLike | None,
+    image_class_from: str | os.PathLike | None,
+) -> tuple[dict[str, int] | None, dict[str, Any]]:
+    """The class of every image for a flow model's instances (None: keep the labels) and the file's flow meta.
+
+    Raises:
+        ValueError: ``image_class_from`` for a model that is not a flow model, with ``mask_head_on``, or lacking
+            an image.
+    """
+    if image_class_from is not None and not model.is_flow:
+        raise ValueError("--image-class-from is for flow models (their instances have no cell type)")
+    if not model.is_flow:
+        return None, {}
+    meta: dict[str, Any] = {"flow": True, "flow_decode": dict(model.flow_decode)}
+    if mask_head_on is not None:
+        if image_class_from is not None:
+            raise ValueError(
+                "--image-class-from does not apply with --mask-head-on (the given boxes keep labels)"
+            )
+        return None, meta
+    ids = [it.image_id for it in images]
+    if image_class_from is None:
+        warnings.warn(
+            f"flow model without --image-class-from: every instance is labelled {CLASSES[FLOW_DEFAULT_LABEL]!r}; "
+            "in an ensemble pass another model's prediction file of the same images",
+            stacklevel=3,
+        )
+        meta["image_class_from"] = None
+        return dict.fromkeys(ids, FLOW_DEFAULT_LABEL), meta
+    labels, defaulted = image_labels_from_file(image_class_from, ids)
+    meta["image_class_from"] = str(image_class_from)
+    meta["image_class_defaulted"] = defaulted
+    return labels, meta

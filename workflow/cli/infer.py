@@ -42,6 +42,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="predict soft masks for the boxes of this prediction file (Mask R-CNN mask head, or a segmentor's "
         "probability map cropped to the boxes)",
     )
+    p.add_argument(
+        "--image-class-from",
+        metavar="PRED_FILE",
+        help="flow models: label each image's instances with the majority class of this prediction file (another "
+        "model's predictions of the same images; default: label 0, shsy5y)",
+    )
     p.add_argument("--batch-size", type=int, default=1, help="images per network pass (1)")
     p.add_argument("--fp16", action="store_true", help="fp16 autocast (CUDA only)")
     p.add_argument(
@@ -87,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             meta={"name": args.name or Path(args.config).stem, "checkpoint": str(args.checkpoint)},
             progress=not args.no_progress,
             batch_size=args.batch_size,
+            image_class_from=args.image_class_from,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"infer.py: error: {e}", file=sys.stderr)

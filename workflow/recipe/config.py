@@ -261,8 +261,10 @@ def config_capabilities(config_path: str | os.PathLike) -> set[str]:
         config_path: Config file.
 
     Returns:
-        Subset of :data:`ROLES`: an mmseg segmentor serves ``semantic``; an mmdet detector serves ``boxes``
-        and, with a mask head (``roi_head.mask_head`` or a ``mask_head``), ``instance``.
+        Subset of :data:`ROLES`: an mmseg segmentor serves ``semantic``, a flow model (``FlowEncoderDecoder`` or
+        a flow decode head, :func:`celldata.flows.is_flow_model_config`) ``instance`` (its instances are decoded
+        from the flows at inference); an mmdet detector serves ``boxes`` and, with a mask head
+        (``roi_head.mask_head`` or a ``mask_head``), ``instance``.
 
     Raises:
         ValueError: If the config cannot be parsed.
@@ -273,10 +275,12 @@ def config_capabilities(config_path: str | os.PathLike) -> set[str]:
         cfg = load_config(config_path, import_custom_modules=False)
     except Exception as e:  # mmengine raises many types for a bad config file
         raise ValueError(f"{config_path}: cannot parse the config ({type(e).__name__}: {e})") from e
+    from celldata.flows import is_flow_model_config
+
     model = cfg.get("model") or {}
     scope = cfg.get("default_scope", "mmdet")
     if scope == "mmseg":
-        return {"semantic"}
+        return {"instance"} if is_flow_model_config(model) else {"semantic"}
     if scope != "mmdet":
         return set()
     roles = {"boxes"}

@@ -28,6 +28,7 @@ torch.distributed.run ... -m workflow.cli.train ... --launcher pytorch``), never
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -336,7 +337,7 @@ def _prepare(b: _Builder) -> None:
             outputs=[W / "dataset_report" / "report.json"],
         )
     )
-    box_cfgs = [m for m in recipe.models if m.role in ("boxes", "instance")]
+    box_cfgs = [m for m in recipe.models if m.role in ("boxes", "instance") and not _is_flow_config(m.config)]
     if box_cfgs:
         cmd = b.tool("analyze_boxes", "--data-root", str(R), "--out", str(W / "box_report"))
         for m in box_cfgs:
@@ -467,19 +468,47 @@ def _infer_cmd(
     return c + (extra or [])
 
 
+@functools.cache
+def _is_flow_config(config: str) -> bool:
+    """Whether a model config is a Cellpose-style flow model (``celldata.flows.is_flow_model_config``)."""
+    from celldata.flows import is_flow_model_config
+    from custom_modules.config import load_config
+
+    path = Path(config) if Path(config).is_absolute() else REPO / config
+    return is_flow_model_config(load_config(path, import_custom_modules=False).get("model") or {})
+
+
+def _image_class_source(
+    b: _Builder, m: ModelSpec, k: int, folder: Path, stage: str
+) -> tuple[list[str], list[str]]:
+    """A flow model's ``--image-class-from`` (the first other box/instance model of fold ``k``: its file of the
+    same images gives each image's class; flow models predict none) and that step's id; nothing for others."""
+    if not _is_flow_config(m.config):
+        return [], []
+    for o in b.recipe.models:
+        if o.role in ("boxes", "instance") and k in b.recipe.folds_of(o) and not _is_flow_config(o.config):
+            return ["--image-class-from", str(folder / f"{o.name}.npz")], [f"{stage}/{o.name}/fold{k}"]
+    note = f"{m.name}: no box model gives the image class; its instances are labelled 0 (shsy5y)"
+    if note not in b.notes:
+        b.notes.append(note)
+    return [], []
+
+
 def _raw_predictions(b: _Builder, split: str, k: int, src: list[str], folder: Path, stage: str) -> None:
-    """Fold ``k``: every model trained on it predicts ``src`` into ``folder/<model>.npz``."""
-    for m in b.recipe.models:
+    """Fold ``k``: every model trained on it predicts ``src`` into ``folder/<model>.npz`` (flow models last: they
+    take the image class from another model's file)."""
+    for m in sorted(b.recipe.models, key=lambda m: _is_flow_config(m.config)):
         if k not in b.recipe.folds_of(m):
             continue
+        extra, class_deps = _image_class_source(b, m, k, folder, stage)
         b.add(
             Step(
                 f"{stage}/{m.name}/fold{k}",
                 stage,
                 f"predict {m.name} fold {k} on {split}",
-                cmd=_infer_cmd(b, m, k, src, folder / f"{m.name}.npz"),
+                cmd=_infer_cmd(b, m, k, src, folder / f"{m.name}.npz", extra),
                 params={"tta": m.tta, "src": src},
-                deps=[f"train/{m.name}/fold{k}", "prepare/folds"],
+                deps=[f"train/{m.name}/fold{k}", "prepare/folds", *class_deps],
                 outputs=[folder / f"{m.name}.npz"],
             )
         )
