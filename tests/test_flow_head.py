@@ -303,9 +303,15 @@ def test_overlapping_annotations_resolved_in_targets(tmp_path: Path):
 
 # -------------------------------------------------------------------------------------------- configs
 def test_full_size_config_builds():
+    from custom_modules.seg.flow_head import is_flow_segmentor
+
     cfg = load_config(FULL, {"fold": 2})
     model = MODELS.build(cfg.model)
     assert type(model).__name__ == "FlowEncoderDecoder" and type(model.decode_head).__name__ == "FlowHead"
+    assert is_flow_segmentor(model) and cfg.flow_decode["flow_threshold"] == 0.4
+    cfg.model.type = "EncoderDecoder"  # a flow head in a plain segmentor is still a flow model
+    assert is_flow_segmentor(MODELS.build(cfg.model))
+    assert not is_flow_segmentor(model.decode_head)
     assert cfg.train_dataloader.dataset.pipeline[2]["ann_file"] == "annotations/fold2_train.json"
 
 

@@ -10,11 +10,14 @@ import pytest
 from celldata.flows import (
     FLOW_SCALE,
     cell_probability,
+    decode_flow_map,
     fill_holes_and_remove_small,
+    flip_flow_map,
     flow_errors,
     flow_targets,
     flows_to_labels,
     instances_to_labels,
+    is_flow_model_config,
     labels_to_flows,
     labels_to_instances,
     remove_bad_flow_masks,
@@ -238,6 +241,55 @@ def test_labels_to_instances_feeds_image_predictions():
     assert len(pred.boxes) == 5 and CLASSES
     empty = labels_to_instances(np.zeros((4, 5), dtype=np.int32), np.zeros((4, 5)))
     assert len(empty) == 0 and empty.boxes.shape == (0, 4)
+
+
+def test_labels_to_instances_non_consecutive_labels():
+    lab = np.zeros((10, 12), dtype=np.int32)
+    lab[1:4, 1:5] = 7
+    lab[6:9, 8:11] = 3
+    out = labels_to_instances(lab, (lab > 0).astype(np.float32))
+    np.testing.assert_array_equal(out.label_values, [3, 7])
+    np.testing.assert_array_equal(out.masks.boxes, [[8, 6, 11, 9], [1, 1, 5, 4]])
+    assert all(c.all() for c in out.masks.crops)
+
+
+# ------------------------------------------------------------------------------------------- inference
+def test_flip_flow_map_is_the_flow_map_of_the_flipped_labels():
+    lab = _touching_cells()
+    lab = np.where(np.isin(lab, [1, 5]), lab, 0)  # unique median pixels under flips (see the test above)
+    maps = np.concatenate([labels_to_flows(lab), (lab > 0)[None].astype(np.float32)])
+    for direction, flip in (("horizontal", lambda a: a[:, ::-1]), ("vertical", lambda a: a[::-1])):
+        flipped = labels_to_flows(np.ascontiguousarray(flip(lab)))
+        got = flip_flow_map(maps, direction)
+        np.testing.assert_allclose(got[:2], flipped, atol=1e-5)  # mirrored, flow component negated
+        np.testing.assert_array_equal(got[2], flip(maps[2]))
+        np.testing.assert_array_equal(flip_flow_map(got, direction), maps)  # self-inverse
+    with pytest.raises(ValueError):
+        flip_flow_map(maps, "diagonal")
+    with pytest.raises(ValueError):
+        flip_flow_map(maps[0], "vertical")
+
+
+def test_decode_flow_map_recovers_cells_and_checks_parameters():
+    lab = _touching_cells()
+    maps = np.concatenate([labels_to_flows(lab), np.where(lab > 0, 6.0, -6.0)[None]]).astype(np.float32)
+    inst, prob = decode_flow_map(maps)
+    assert len(inst) == 5 and prob.shape == lab.shape
+    assert (_match_ious(lab, inst.masks.to_label_image()) > 0.9).all()
+    assert np.allclose(inst.scores, 1 / (1 + np.exp(-6.0)), atol=1e-5)
+    assert len(decode_flow_map(maps, {"min_size": 200})[0]) < 5  # the small disk and the L are under 200 px
+    with pytest.raises(ValueError, match="unknown"):
+        decode_flow_map(maps, {"minsize": 3})
+    with pytest.raises(ValueError):
+        decode_flow_map(maps[:2])
+
+
+def test_is_flow_model_config():
+    assert is_flow_model_config({"type": "FlowEncoderDecoder", "decode_head": {"type": "FCNHead"}})
+    assert is_flow_model_config({"type": "EncoderDecoder", "decode_head": {"type": "mmseg.FlowUPerHead"}})
+    assert not is_flow_model_config({"type": "EncoderDecoder", "decode_head": {"type": "UPerHead"}})
+    assert not is_flow_model_config({"type": "MaskRCNN", "roi_head": {}})
+    assert not is_flow_model_config(None)
 
 
 # ------------------------------------------------------------------------------------------- real data
