@@ -135,5 +135,7 @@ def test_bundle_check_uses_the_same_comparison(ckpts: dict[str, Path]) -> None:
     n = check_checkpoint_loads(cfg, sd, "model 'm'")
     assert n == sum(v.numel() for v in build_model(cfg).parameters())
     bad = strip_checkpoint(ckpts["yolox"])[0]["state_dict"]
-    with pytest.raises(BundleError, match=r"model 'm': the checkpoint does not load into the config: .*missing"):
+    with pytest.raises(
+        BundleError, match=r"model 'm': the checkpoint does not load into the config: .*missing"
+    ):
         check_checkpoint_loads(cfg, bad, "model 'm'")

@@ -416,6 +416,23 @@ def _train_cmd(
     return cmd + tail
 
 
+PRETRAINED_START_HOOK = "custom_modules.checkpoints.PretrainedStartHook"
+
+
+def _pretrained_start_opts(config: str, pretrained: str | None) -> dict[str, Any]:
+    """Options of a training that starts from a whole checkpoint (``load_from``: COCO, ADE20K, LIVECell):
+    :class:`custom_modules.checkpoints.PretrainedStartHook` (class-dependent layers re-initialized, every key not
+    loaded listed in the log and ``pretrained_start.json``), and no separate backbone file unless the recipe names
+    one (a ``*_pretrained`` leaf's default ``pretrained`` file is not needed: the checkpoint holds the backbone)."""
+    from custom_modules.config import load_config
+
+    opts: dict[str, Any] = {"default_hooks.pretrained_start.type": PRETRAINED_START_HOOK}
+    path = Path(config) if Path(config).is_absolute() else REPO / config
+    if pretrained is None and load_config(path, import_custom_modules=False).get("pretrained") is not None:
+        opts["pretrained"] = None
+    return opts
+
+
 def _train(b: _Builder) -> None:
     """Every model x fold (``--cfg-options data_root=... fold=K``, starting weights from the recipe)."""
     for m in b.recipe.models:
@@ -430,11 +447,15 @@ def _train(b: _Builder) -> None:
                 deps.append(f"pretrain/{m.pretrain}")
             elif m.load_from is not None:
                 load_from = m.load_from
-                params["load_from"] = file_fingerprint(REPO / m.load_from)
+                params["load_from"] = (
+                    m.load_from if "://" in m.load_from else file_fingerprint(REPO / m.load_from)
+                )
             if m.pretrained is not None:
                 opts["pretrained"] = m.pretrained
                 if "://" not in m.pretrained:
                     params["pretrained"] = file_fingerprint(REPO / m.pretrained)
+            if load_from is not None:
+                opts.update(_pretrained_start_opts(m.config, m.pretrained))
             opts.update(m.cfg_options)
             params["opts"] = opts
             b.add(
