@@ -43,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--keep-going", action="store_true", help="after a failure, run the steps that do not need it"
     )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="smoke run: every step with the recipe's configs on a few images, 2 training iterations per model, "
+        "in <work_dir>_smoke; reports each step's time and peak memory (configs/recipes/README.md)",
+    )
     return p.parse_args(argv)
 
 
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         recipe = load_recipe(args.recipe)
+        if getattr(args, "smoke", False):
+            return _smoke(recipe, args)
         plan = build_plan(recipe, work_dir=args.work_dir, data_root=args.data_root)
         if args.data_root is not None and not (plan.data_root / "train.csv").is_file():
             raise ValueError(f"--data-root {args.data_root}: no train.csv there (Kaggle layout expected)")
@@ -97,6 +105,32 @@ def main(argv: list[str] | None = None) -> int:
     if summary.is_file() and "summary" in result["ran"]:
         print(summary.read_text())
     return 0
+
+
+def _smoke(recipe: object, args: argparse.Namespace) -> int:
+    """``--smoke``: build the smoke plan, run every step (failures do not stop it), print the report.
+
+    Returns:
+        0 when every step ran, 1 when any failed (the report lists them).
+
+    Raises:
+        ValueError: For ``--only`` / ``--from`` (a smoke run runs everything) or a data root without
+            ``train.csv``.
+    """
+    from workflow.recipe.runner import run_plan
+    from workflow.recipe.smoke import build_smoke_plan, format_report, run_smoke
+
+    if args.only or args.from_step:
+        raise ValueError("--smoke runs every step; --only / --from do not apply")
+    sp = build_smoke_plan(recipe, work_dir=args.work_dir, data_root=args.data_root)  # type: ignore[arg-type]
+    if args.dry_run:
+        run_plan(sp.plan, dry_run=True)
+        print("GPU-only values adapted:\n" + "\n".join(f"  {a}" for a in sp.adaptations or ["(none)"]))
+        return 0
+    report = run_smoke(sp, verbose=args.verbose)
+    print(format_report(report))
+    print(f"smoke report: {sp.plan.work_dir / 'smoke_report.md'}")
+    return 1 if report["failed"] else 0
 
 
 if __name__ == "__main__":
