@@ -108,10 +108,11 @@ class StepFailed(RuntimeError):
         rc: Its exit status.
         reason: One line: the tool's own error line, else the exception that ended it, else its last line.
         log_path: The log with the whole output.
+        tail: The output's last lines.
     """
 
-    def __init__(self, rc: int, reason: str, log_path: Path) -> None:
-        self.rc, self.reason, self.log_path = rc, reason, Path(log_path)
+    def __init__(self, rc: int, reason: str, log_path: Path, tail: Sequence[str] = ()) -> None:
+        self.rc, self.reason, self.log_path, self.tail = rc, reason, Path(log_path), list(tail)
         super().__init__(f"{reason} (exit {rc}); full output in {log_path}")
 
 
@@ -119,6 +120,7 @@ _CLI_ERROR = re.compile(r"^[\w./-]+(\.py)?: error: ")
 _EXC_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure))(: |$)")
 _WRITE_ERRORS = re.compile(
     r"File too large|No space left on device|Read-only file system|Disk quota exceeded|file write failed"
+    r"|basic_ios::clear: iostream error|PytorchStreamWriter failed"
     r"|\[Errno (27|28|30|122)\]"
 )
 
@@ -136,10 +138,11 @@ def failure_reason(lines: Sequence[str]) -> str:
     return text[-1].strip()[:500] if text else "no output"
 
 
-def write_failure(reason: str) -> str | None:
+def write_failure(reason: str, tail: Sequence[str] = ()) -> str | None:
     """The path named by a write error (full disk, file-size limit, read-only file system), ``""`` when the
-    error names none, ``None`` when ``reason`` is no write error."""
-    if not _WRITE_ERRORS.search(reason):
+    error names none, ``None`` when neither ``reason`` nor the output's ``tail`` shows a write error (torch's
+    checkpoint writer reports one as an ``iostream error`` a few lines above its last line)."""
+    if not _WRITE_ERRORS.search(reason) and not any(_WRITE_ERRORS.search(ln) for ln in tail):
         return None
     m = re.search(r": '([^']+)'\s*$", reason) or re.search(r"'(/[^']+)'", reason)
     return m.group(1) if m else ""
@@ -269,7 +272,7 @@ class LogContext:
             raise
         self.fh.flush()
         if rc != 0:
-            raise StepFailed(rc, failure_reason(captured), self.log_path)
+            raise StepFailed(rc, failure_reason(captured), self.log_path, captured[-40:])
         return "".join(captured)
 
     def close(self) -> None:

@@ -609,7 +609,7 @@ def _failure(step: Step, e: Exception, log_path: Path) -> Exception:
     if not isinstance(e, StepFailed):
         return e
     _remove_temp_files(step)
-    path = write_failure(e.reason)
+    path = write_failure(e.reason, e.tail)
     if path is None:
         return RuntimeError(str(e))
     note, cut = "", []
@@ -617,7 +617,10 @@ def _failure(step: Step, e: Exception, log_path: Path) -> Exception:
         point = resume_point(step.train_dir, discard=True)
         cut = [p.name for p in point.set_aside if p.name != "last_checkpoint"]
         note = f"; {point.note}" if point.set_aside else ""
-    if not path:
-        where = step.train_dir or (Path(step.outputs[0]).parent if step.outputs else log_path.parent)
-        path = str(where / cut[0]) if cut else f"in {where}"
+    if not path and cut:
+        path = str(step.train_dir / cut[0]) if step.train_dir is not None else cut[0]
+    elif not path and step.train_dir is None and len(step.outputs) == 1:
+        path = str(step.outputs[0])
+    elif not path:
+        path = f"in {step.train_dir or (Path(step.outputs[0]).parent if step.outputs else log_path.parent)}"
     return RuntimeError(f"cannot write {path}: {e.reason}; nothing half-written kept; log {log_path}{note}")
