@@ -133,6 +133,29 @@ def collect(recipe: Recipe, work_dir: Path, data_root: Path) -> dict[str, Any]:
             }
         else:
             out["verdict"] = {"basis": "none", "note": "no held-out scores (tune.cv: 0); no claim"}
+    out["pretrained_starts"] = _pretrained_starts(work_dir)
+    return out
+
+
+def _pretrained_starts(work_dir: Path) -> list[dict[str, Any]]:
+    """The ``pretrained_start.json`` of every training that started from another task's checkpoint
+    (:class:`custom_modules.checkpoints.PretrainedStartHook`): counts and every key not loaded."""
+    out = []
+    for p in sorted(Path(work_dir).glob("*/*/*/pretrained_start.json")):
+        rep = _load(p)
+        if rep is None:
+            continue
+        out.append(
+            {
+                "run": str(p.parent.relative_to(work_dir)),
+                "load_from": rep.get("load_from"),
+                "counts": rep.get("counts", {}),
+                "reinitialized": rep.get("reinitialized", []),
+                "unexpected": rep.get("unexpected", []),
+                "missing": rep.get("missing", []),
+                "mismatched": rep.get("mismatched", []),
+            }
+        )
     return out
 
 
@@ -185,6 +208,27 @@ def _markdown(s: dict[str, Any]) -> str:
     lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---:|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in s["stage_seconds"].items()]
     lines += [f"| **total** | {s['total_seconds']:.0f} |", ""]
+    starts = s.get("pretrained_starts") or []
+    if starts:
+        lines += ["## Pretrained starts (keys not loaded from load_from)", ""]
+        lines += ["| run | loaded | re-initialized (class-dependent) | unexpected (skipped) | missing | mismatched |",
+                  "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+        for r in starts:
+            c = r["counts"]
+            lines.append(
+                f"| {r['run']} | {c.get('loaded', 0)} | {c.get('reinitialized', 0)} | {c.get('unexpected', 0)} "
+                f"| {c.get('missing', 0)} | {c.get('mismatched', 0)} |"
+            )
+        first = starts[0]
+        lines += [
+            "",
+            f"Re-initialized in `{first['run']}`: " + ", ".join(f"`{k}`" for k in first["reinitialized"]),
+        ]
+        skipped = sorted({k for r in starts for k in r["unexpected"]})
+        if skipped:
+            lines.append(f"Skipped checkpoint keys: {', '.join(f'`{k}`' for k in skipped[:20])}"
+                         + (f" ... ({len(skipped)} in all; pretrained_start.json lists them)" if len(skipped) > 20 else ""))  # fmt: skip
+        lines.append("")
     if s.get("submission"):
         lines.append(f"Submission: `{s['submission']}`.")
     if not s["all_models_pass"]:
