@@ -364,3 +364,61 @@ def test_failure_reason_is_one_line() -> None:
     assert write_failure("OSError: [Errno 28] No space left on device: '/w/a.npz'") == "/w/a.npz"
     assert write_failure("OSError: [Errno 27] File too large") == ""
     assert write_failure("ValueError: bad fold") is None
+
+
+def test_a_checkpoint_of_the_wrong_model_is_one_clear_error(tmp_path: Path) -> None:
+    """A step reading a checkpoint of another model (infer's fit check, custom_modules.checkpoints): the run
+    stops with one line naming the checkpoint, no traceback, no output."""
+    pytest.importorskip("mmdet")
+    import cv2
+    import numpy as np
+    import torch
+
+    from workflow.execution import Step
+    from workflow.recipe.runner import run_plan
+
+    plan, _, _ = _toy(tmp_path)
+    images = tmp_path / "images"
+    images.mkdir()
+    cv2.imwrite(str(images / "a.png"), np.zeros((64, 64), np.uint8))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"meta": {}, "state_dict": {"backbone.stem.weight": torch.zeros(3)}}, wrong)
+    out = tmp_path / "pred_wrong.npz"
+    config = "configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py"
+    cmd = [PY, "-m", "workflow.cli.infer", config, str(wrong), "--images", str(images), "--out", str(out),
+           "--device", "cpu", "--no-progress"]  # fmt: skip
+    plan.steps = [Step("oof/m/fold0", "oof", "m", cmd=cmd, outputs=[out])]
+    with pytest.raises(RuntimeError) as e:
+        run_plan(plan)
+    msg = str(e.value)
+    assert "\n" not in msg and "Traceback" not in msg and str(wrong) in msg, msg
+    assert not out.exists()
+
+
+def test_a_replaced_or_truncated_final_checkpoint_of_a_finished_training(tmp_path: Path) -> None:
+    """A finished training's checkpoint truncated -> the step resumes (from the previous good checkpoint);
+    replaced by a complete but different file -> it trains again from the start."""
+    from workflow.execution import Step
+    from workflow.recipe.runner import plan_states, run_plan
+
+    plan, _, _ = _toy(tmp_path)
+    tdir = tmp_path / "models" / "m" / "fold0"
+    script = tmp_path / "fake_train.py"
+    script.write_text(
+        "import pathlib, torch\n"
+        f"d = pathlib.Path({str(tdir)!r})\n"
+        "for it in (1, 2):\n"
+        "    torch.save({'w': torch.arange(5000.0) + it}, d / f'iter_{it}.pth')\n"
+        "(d / 'last_checkpoint').write_text(str(d / 'iter_2.pth'))\n"
+    )
+    plan.steps = [Step("train/m/fold0", "train", "m", cmd=[PY, str(script)], outputs=[tdir / "last_checkpoint"],
+                       train_dir=tdir)]  # fmt: skip
+    run_plan(plan)
+    ck = tdir / "iter_2.pth"
+    data = ck.read_bytes()
+    ck.write_bytes(data[:-100])
+    st = plan_states(plan)[0]
+    assert st.state == "resume" and f"output {ck} is truncated" in st.why, st
+    _save_ckpt(ck, 7)  # complete, another content
+    st = plan_states(plan)[0]
+    assert st.state == "run" and "training starts over" in st.why, st
