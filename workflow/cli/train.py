@@ -42,8 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     """Train; returns the exit status."""
     args = parse_args(argv)
     from custom_modules.runner_utils import build_runner
+    from workflow.checkpoint_integrity import resume_arg
 
     try:
+        # --resume: a checkpoint cut short by a kill is set aside; the newest good one (or a fresh start) instead
+        args.resume = resume_arg(args.work_dir, args.resume, report=lambda note: print(f"train.py: {note}"))
         runner = build_runner(
             args.config,
             work_dir=args.work_dir,
