@@ -1,9 +1,10 @@
 """Predict images with a trained model and write an ensemble prediction file (ensemble/predictions.py format).
 
-Works for mmdet detectors (YOLOX: boxes only; Mask R-CNN: boxes + masks + mask probabilities, i.e. soft masks)
-and mmseg segmentors (UPerNet, U-Net: semantic foreground probability). Images are predicted --batch-size at a
-time (flip TTA: the three passes of each image in the same batch), in fp16 on CUDA with --fp16. See
-custom_modules/inference.py for the flip TTA merge and --mask-head-on.
+Works for mmdet detectors (YOLOX: boxes only; Mask R-CNN: boxes + masks + mask probabilities, i.e. soft
+masks), mmseg segmentors (UPerNet, U-Net: semantic foreground probability) and flow models (configs/flow/:
+instances decoded from the flows, soft masks from the cell probability; no cell type: --image-class-from).
+Images are predicted --batch-size at a time (flip TTA: the three passes of each image in the same batch), in
+fp16 on CUDA with --fp16. See custom_modules/inference.py for the flip TTA merge and --mask-head-on.
 
 Examples:
     python tools/infer.py configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py \\
