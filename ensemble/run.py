@@ -4,7 +4,8 @@ Usage::
 
     python -m ensemble.run --config configs/ensemble/sartorius_ensemble.yaml
     python -m ensemble.run --config cfg.yaml --truth data/sartorius/annotations/fold0_val.json --overlays 6
-    python -m ensemble.run --predictions a.npz b.npz --weights 1 2 --name quick      # no config
+    python -m ensemble.run --predictions work_dirs/preds/mask_rcnn_val.npz work_dirs/preds/yolox_val.npz \
+        --weights 2 1 --name quick                                                  # no config
     python -m ensemble.run --config work_dirs/ensemble/tuned.yaml --predictions-dir work_dirs/preds \
         --predictions-pattern '{name}_test.npz' --out submissions/test.csv     # a tuned config on other images
 

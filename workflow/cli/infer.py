@@ -8,12 +8,14 @@ fp16 on CUDA with --fp16. See custom_modules/inference.py for the flip TTA merge
 
 Examples:
     python tools/infer.py configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py \\
-        work_dirs/demo/mask_rcnn/iter_200.pth --ann-file work_dirs/demo/synthetic/annotations/fold0_val.json \\
-        --out work_dirs/demo/preds/mask_rcnn_val.npz --tta
-    python tools/infer.py CONFIG CKPT --images data/sartorius/test --out preds/test.npz
+        work_dirs/mask_rcnn/iter_200.pth --ann-file data/sartorius/annotations/fold0_val.json \\
+        --out work_dirs/preds/mask_rcnn_val.npz --tta
+    python tools/infer.py CONFIG CKPT --images data/sartorius/test --out work_dirs/preds/mask_rcnn_test.npz
     # box-first fusion, step 2: soft masks for the fused boxes of `python -m ensemble.fuse_boxes` from Mask R-CNN's
     # mask head (sigmoid pasted into each box) or from a segmentor's probability map cropped to each box:
-    python tools/infer.py MRCNN_CONFIG MRCNN_CKPT --images DIR --mask-head-on fused_boxes.npz --out masks.npz
+    python tools/infer.py MRCNN_CONFIG MRCNN_CKPT --images data/sartorius/test \\
+        --mask-head-on work_dirs/preds/fused_boxes_test.npz --out work_dirs/preds/mask_rcnn_on_boxes_test.npz
+Prediction files are named <member>_<split>.npz (split val or test), as the ensemble YAMLs and recipes expect.
 """
 
 from __future__ import annotations
@@ -66,12 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from pathlib import Path
 
+    from celldata.fileio import check_output_path
     from celldata.images import list_images
     from custom_modules.inference import load_model, run_inference
 
     try:
         if args.batch_size < 1:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+        check_output_path(args.out, "file", "--out")
         images = list_images(args.images, args.ann_file, args.data_root)
         model = load_model(
             args.config,

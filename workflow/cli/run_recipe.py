@@ -21,10 +21,24 @@ import argparse
 import sys
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line arguments."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", help="recipe YAML (configs/recipes/*.yaml)")
+def parse_args(
+    argv: list[str] | None = None, recipe: str | None = None, description: str | None = None
+) -> argparse.Namespace:
+    """Command-line arguments.
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        recipe: A fixed recipe (``tools/demo.py``): no ``recipe`` positional then.
+        description: The help text's description (default: this module's docstring).
+
+    Returns:
+        The parsed arguments, ``recipe`` included.
+    """
+    p = argparse.ArgumentParser(
+        description=description or __doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if recipe is None:
+        p.add_argument("recipe", help="recipe YAML (configs/recipes/*.yaml)")
     p.add_argument(
         "--data-root", help="Kaggle-layout data root (train.csv, train/, test/) instead of the recipe's"
     )
@@ -49,12 +63,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="smoke run: every step with the recipe's configs on a few images, 2 training iterations per model, "
         "in <work_dir>_smoke; reports each step's time and peak memory (configs/recipes/README.md)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if recipe is not None:
+        args.recipe = recipe
+    return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (0 ok, 1 a step failed, 2 invalid recipe or arguments)."""
-    args = parse_args(argv)
+def main(
+    argv: list[str] | None = None, fixed_recipe: str | None = None, description: str | None = None
+) -> int:
+    """Entry point; returns the exit status (0 ok, 1 a step failed, 2 invalid recipe or arguments).
+
+    Args:
+        argv: The arguments (default: ``sys.argv[1:]``).
+        fixed_recipe: Run this recipe; the command line then has no ``recipe`` positional (``tools/demo.py``).
+        description: The help text's description (with ``fixed_recipe``).
+    """
+    args = parse_args(argv, fixed_recipe, description)
     import signal
 
     def _terminate(signum: int, frame: object) -> None:
@@ -62,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, _terminate)
+    from celldata.fileio import check_output_path
     from workflow.recipe.config import load_recipe
     from workflow.recipe.plan import build_plan
     from workflow.recipe.runner import run_plan
@@ -71,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "smoke", False):
             return _smoke(recipe, args)
         plan = build_plan(recipe, work_dir=args.work_dir, data_root=args.data_root)
-        if args.data_root is not None and not (plan.data_root / "train.csv").is_file():
-            raise ValueError(f"--data-root {args.data_root}: no train.csv there (Kaggle layout expected)")
+        check_output_path(plan.work_dir, "dir", "--work-dir" if args.work_dir else "work_dir (recipe)")
+        synthetic = args.data_root is None and recipe.data.root is None
+        if not synthetic and not (plan.data_root / "train.csv").is_file():
+            where = f"--data-root {args.data_root}" if args.data_root else f"data.root {plan.data_root}"
+            raise ValueError(f"{where}: no train.csv (Kaggle layout expected; --data-root names another)")
         result = run_plan(
             plan,
             only=args.only,

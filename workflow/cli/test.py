@@ -2,7 +2,9 @@
 
 Example:
     python tools/test.py configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py \\
-        work_dirs/demo/mask_rcnn/iter_400.pth --cfg-options data_root=work_dirs/demo/synthetic/
+        work_dirs/mask_rcnn/iter_200.pth --cfg-options data_root=data/sartorius/
+    python tools/test.py configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py \\
+        work_dirs/demo/models/mask_rcnn/fold0/iter_200.pth --cfg-options data_root=work_dirs/demo/data/  # make demo's
 """
 
 from __future__ import annotations
@@ -28,10 +30,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Evaluate; returns the exit status."""
     args = parse_args(argv)
+    from celldata.fileio import check_output_path
     from custom_modules.checkpoints import check_checkpoint_fits
     from custom_modules.runner_utils import build_test_runner
 
     try:
+        if args.out:
+            check_output_path(args.out, "file", "--out")
+        if args.work_dir:
+            check_output_path(args.work_dir, "dir", "--work-dir")
         # refuse, before any work, weights that do not fit the config (the runner would load them partly)
         check_checkpoint_fits(args.config, args.checkpoint, args.cfg_options)
         runner = build_test_runner(

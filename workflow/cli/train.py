@@ -2,9 +2,9 @@
 
 Examples:
     python tools/train.py configs/mask_rcnn/mask-rcnn_r18_fpn_demo-cpu_sartorius.py \\
-        --work-dir work_dirs/demo/mask_rcnn --cfg-options data_root=work_dirs/demo/synthetic/
+        --work-dir work_dirs/mask_rcnn --cfg-options data_root=data/sartorius/
     python tools/train.py CONFIG --resume                 # continue from the latest checkpoint of the work dir
-    python tools/train.py CONFIG --resume path/to/iter_200.pth
+    python tools/train.py CONFIG --resume work_dirs/mask_rcnn/iter_100.pth
     bash tools/dist_train.sh CONFIG 4                     # DDP over torchrun (nccl on GPU, gloo on CPU)
 """
 
@@ -41,10 +41,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Train; returns the exit status."""
     args = parse_args(argv)
+    from celldata.fileio import check_output_path
     from custom_modules.runner_utils import build_runner
     from workflow.checkpoint_integrity import resume_arg
 
     try:
+        if args.work_dir:
+            check_output_path(args.work_dir, "dir", "--work-dir")
         # --resume: a checkpoint cut short by a kill is set aside; the newest good one (or a fresh start) instead
         args.resume = resume_arg(args.work_dir, args.resume, report=lambda note: print(f"train.py: {note}"))
         runner = build_runner(
