@@ -27,7 +27,11 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs/flow/se-unet-flow_c8-s4_1xb2-300iter_sartorius-256x256_demo-cpu.py"
 FULL = REPO / "configs/flow/se-unet-flow_c64-s4_4xb4-40k_sartorius-704x520.py"
 
-init_default_scope("mmseg")
+
+@pytest.fixture(autouse=True)
+def _mmseg_scope() -> None:
+    """Every test builds mmseg modules: the default scope another test module left behind must not leak in."""
+    init_default_scope("mmseg")
 
 
 def _disk(shape: tuple[int, int], cy: int, cx: int, r: float) -> np.ndarray:
