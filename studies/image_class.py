@@ -140,9 +140,9 @@ def classifier_options(inp: Inputs, tile: int, iters: int | None, seed: int) -> 
 
 def config_iters(config: Path) -> int | None:
     """``train_cfg.max_iters`` of a classifier config (None when it trains by epochs)."""
-    from mmengine.config import Config
+    from custom_modules.config import load_config
 
-    return Config.fromfile(str(config)).train_cfg.get("max_iters")
+    return load_config(config).train_cfg.get("max_iters")
 
 
 def _run(cmd: Sequence[str], log: Path) -> None:

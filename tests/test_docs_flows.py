@@ -3,7 +3,7 @@
 The command blocks (```bash fences) of README.md, submissions/README.md, configs/*/README.md and
 tools/*/README.md hold two kinds of commands:
 
-* **runnable** ones, which the slow test :func:`test_documented_commands_run` executes exactly as written, in
+* **runnable** ones, which :func:`test_documented_commands_run` (part of `make test`, about 2-3 min) executes exactly as written, in
   document order (README.md first), on a small synthetic data set, each tool's ``main`` called in-process with
   the documented arguments. The scratch folder stands in for the repository root: ``configs/`` and ``tools/``
   are links to the repository's, and the README's own synthetic stand-in command writes ``data/sartorius/``.
@@ -47,7 +47,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NEEDS = ("GPU", "real data", "Kaggle", "weights", "time", "LIVECell")
-FLOW_BUDGET_S = 180.0
 SHORT_TRAINING = ["train_cfg.max_iters=2", "train_cfg.val_begin=3", "default_hooks.checkpoint.interval=2"]
 MARKER = re.compile(r"#\s*needs:\s*(.*)$")
 PLACEHOLDER = re.compile(r"(?<![\w{-])[A-Z][A-Z0-9_]{2,}(?![\w}])|<[^>]*>|\.\.\.")
@@ -383,7 +382,7 @@ def test_every_output_option_is_checked_before_any_work(
     assert not bad, "\n".join(bad)
 
 
-# ------------------------------------------------------------------------------------------------- the flow (slow)
+# ------------------------------------------------------------------------------------------------- the flow (~2-3 min)
 
 
 @dataclass
@@ -458,7 +457,6 @@ def flow(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Ran], flo
     return scratch, ran, time.perf_counter() - t0
 
 
-@pytest.mark.slow
 def test_documented_commands_run(flow: tuple[Path, list[Ran], float]) -> None:
     scratch, ran, total = flow
     failed = [r for r in ran if r.code != 0]
@@ -467,10 +465,8 @@ def test_documented_commands_run(flow: tuple[Path, list[Ran], float]) -> None:
     assert len(ran) == len({shlex.join(c.argv) for c in expected})
     timings = "\n".join(f"{r.seconds:6.1f} s  {r.command}" for r in ran)
     print(f"\n{len(ran)} documented commands in {total:.0f} s:\n{timings}")
-    assert total < FLOW_BUDGET_S * 1.5, f"the documented flow took {total:.0f} s\n{timings}"
 
 
-@pytest.mark.slow
 def test_documented_outputs_exist_with_the_documented_names(flow: tuple[Path, list[Ran], float]) -> None:
     """Every ``--out`` of a command exists, and the files the ensemble YAMLs read are the ones infer wrote."""
     scratch, ran, _ = flow
@@ -488,7 +484,6 @@ def test_documented_outputs_exist_with_the_documented_names(flow: tuple[Path, li
     assert (scratch / "work_dirs" / "bundle" / "bundle.json").is_file()
 
 
-@pytest.mark.slow
 def test_scoring_the_validation_fold_two_ways_agrees(flow: tuple[Path, list[Ran], float]) -> None:
     """The validation submission scored against its fold's truth and against train.csv with --images-from
     submission gives the same score; a test submission against train.csv is refused with one line."""
