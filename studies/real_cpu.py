@@ -7,7 +7,7 @@ images (in-sample) and on its held-out images, and scored with the competition m
 code behind ``ensemble.score``; truth = the fold's COCO json):
 
 - ``untuned``: the CPU demo recipe's starting thresholds (score 0.1, min_area 10 for every class);
-- a score-threshold sweep (0.1..0.7, min_area 10) on both splits;
+- a score-threshold sweep (0.05, 0.1..0.7, min_area 10) on both splits;
 - ``tuned``: per class, the score threshold that is best on the fold's training images (by true cell type),
   applied to the held-out images (a held-out number: nothing is fitted on them).
 
@@ -41,7 +41,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("shsy5y", "astro", "cort")
-GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # 0.05 = infer's own cut (YOLOX scores run low early)
 UNTUNED = 0.1
 MIN_AREA = 10
 MARK_BEGIN, MARK_END = "<!-- real_cpu tables: begin (studies/real_cpu.py --report) -->", "<!-- real_cpu tables: end -->"
@@ -208,8 +208,8 @@ def evaluate(name: str, it: int, work: Path, data: Path, fold: int, core: int | 
         info = predict(name, it, split, work, data, fold, core)
         res[f"predict_{split}"] = info
         res[split] = {
-            f"{s:.1f}": _score(Path(info["file"]), _ann(data, fold, split), dict.fromkeys(CLASSES, s), scratch,
-                               f"{split}_thr{s:.1f}")  # fmt: skip
+            f"{s:g}": _score(Path(info["file"]), _ann(data, fold, split), dict.fromkeys(CLASSES, s), scratch,
+                               f"{split}_thr{s:g}")  # fmt: skip
             for s in GRID
         }
     best = {}
@@ -238,7 +238,7 @@ def _rows(name: str, work: Path, fold: int) -> list[dict[str, Any]]:
 
 
 def _table(name: str, rows: list[dict[str, Any]], timing: dict[str, Any]) -> str:
-    u = f"{UNTUNED:.1f}"
+    u = f"{UNTUNED:g}"
     r0 = rows[0]
     n_tr, n_va = r0["train"][u]["per_class_n_images"], r0["val"][u]["per_class_n_images"]
     lines = [
@@ -253,19 +253,20 @@ def _table(name: str, rows: list[dict[str, Any]], timing: dict[str, Any]) -> str
         f"at end {timing.get('load_after', '-')}.",
         "",
         "| iterations | in-sample untuned | held-out untuned | in-sample tuned | held-out tuned | tuned score thr "
-        "(shsy5y/astro/cort) | held-out untuned shsy5y / astro / cort | held-out tuned shsy5y / astro / cort "
+        "(shsy5y/astro/cort) | held-out at the one thr best in-sample (thr) | held-out untuned shsy5y / astro / cort | held-out tuned shsy5y / astro / cort "
         "| in-sample tuned shsy5y / astro / cort | held-out IoU 0.5 / 0.75 / 0.85 (tuned) | predicted / true "
         "cells held-out (tuned) |",
-        "|---:|---:|---:|---:|---:|---|---|---|---|---|---|",
+        "|---:|---:|---:|---:|---:|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tr, va, tv, tt = r["train"][u], r["val"][u], r["tuned_val"], r["tuned_train"]
         pc = lambda d: " / ".join(_fmt(d["per_class"].get(c)) for c in CLASSES)  # noqa: E731
         pt = tv["per_threshold"]
-        thr = "/".join(f"{r['tuned_thresholds'][c]:.1f}" for c in CLASSES)
+        thr = "/".join(f"{r['tuned_thresholds'][c]:g}" for c in CLASSES)
+        g = max((rep["score"], -float(k), k) for k, rep in r["train"].items())[2]  # ties: the lower threshold
         lines.append(
             f"| {r['iters']} | {_fmt(tr['score'])} | {_fmt(va['score'])} | {_fmt(tt['score'])} | "
-            f"**{_fmt(tv['score'])}** | {thr} | {pc(va)} | {pc(tv)} | {pc(tt)} | "
+            f"**{_fmt(tv['score'])}** | {thr} | {_fmt(r['val'][g]['score'])} ({g}) | {pc(va)} | {pc(tv)} | {pc(tt)} | "
             f"{_fmt(pt.get('0.50'))} / {_fmt(pt.get('0.75'))} / {_fmt(pt.get('0.85'))} | {tv['n_pred']} / {tv['n_true']} |"
         )
     infer = [
@@ -285,7 +286,7 @@ def _plot(name: str, rows: list[dict[str, Any]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    u = f"{UNTUNED:.1f}"
+    u = f"{UNTUNED:g}"
     its = [r["iters"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
@@ -309,6 +310,28 @@ def _plot(name: str, rows: list[dict[str, Any]], out: Path) -> None:
     plt.close(fig)
 
 
+def _family_plot(family: str, runs: dict[str, list[dict[str, Any]]], out: Path) -> None:
+    """Training images vs held-out (tuned on train) vs iterations, every run of one family on one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for k, (name, rows) in enumerate(runs.items()):
+        its = [r["iters"] for r in rows]
+        ax.plot(its, [r["tuned_train"]["score"] for r in rows], "o--", color=f"C{k}", label=f"{name} training images")
+        ax.plot(its, [r["tuned_val"]["score"] for r in rows], "o-", color=f"C{k}", label=f"{name} held-out")
+    ax.set(xscale="log", xlabel="training iterations (batch 2)", ylabel="competition score (tuned on train)",
+           title=f"{family}: fold 0, 26 real images")  # fmt: skip
+    its = sorted({r["iters"] for rows in runs.values() for r in rows})
+    ax.set_xticks(its, [str(i) for i in its])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 def report(work: Path, fold: int, doc: Path) -> None:
     """Rewrite the generated block of ``doc`` (tables) and the plots from the score files."""
     blocks = []
@@ -321,6 +344,15 @@ def report(work: Path, fold: int, doc: Path) -> None:
         png = doc.parent / f"real_cpu_{name}.png"
         _plot(name, rows, png)
         blocks.append(f"\n![{name}]({png.name})\n")
+    families: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    for name, spec in RUNS.items():
+        rows = _rows(name, work, fold)
+        if rows:
+            families.setdefault(spec["family"], {})[name] = rows
+    for family, runs in families.items():
+        png = doc.parent / f"real_cpu_family_{family}.png"
+        _family_plot(family, runs, png)
+        blocks.append(f"\n![{family}]({png.name})\n")
     block = "\n".join([MARK_BEGIN, "", *blocks, "", MARK_END])
     text = doc.read_text() if doc.exists() else f"# Real images on a CPU\n\n{MARK_BEGIN}\n{MARK_END}\n"
     if MARK_BEGIN in text:
@@ -367,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.time()
                 r = evaluate(name, it, work, data, a.fold, core)
                 print(f"{name} {it:5d} it: held-out tuned {r['tuned_val']['score']:.3f} untuned "
-                      f"{r['val'][f'{UNTUNED:.1f}']['score']:.3f}, in-sample tuned {r['tuned_train']['score']:.3f} "
+                      f"{r['val'][f'{UNTUNED:g}']['score']:.3f}, in-sample tuned {r['tuned_train']['score']:.3f} "
                       f"({time.time() - t0:.0f} s)", flush=True)  # fmt: skip
     if not a.train_only:
         report(work, a.fold, a.doc)
