@@ -57,11 +57,16 @@ RUNS: dict[str, dict[str, Any]] = {
         "budgets": [100, 200, 400, 800],
         "family": "mask_rcnn",
     },
+    "mask_rcnn_1x_noaug": {
+        "config": "configs/mask_rcnn/mask-rcnn_r18_fpn_real-cpu-noaug_sartorius.py",
+        "budgets": [100, 200, 400, 800],
+        "family": "mask_rcnn",
+    },
     "yolox": {
         "config": "configs/yolox/yolox_tiny_real-cpu_sartorius.py",
         "budgets": [200, 400, 800, 1600],
         "family": "yolox",
-        "masks_from": "mask_rcnn_1x",
+        "masks_from": ("mask_rcnn_1x", 800),  # that run's checkpoint at 800 iterations gives the masks
     },
 }
 
@@ -163,8 +168,9 @@ def predict(name: str, it: int, split: str, work: Path, data: Path, fold: int, c
             info["infer_s"] = _run([sys.executable, "-m", "workflow.cli.infer", spec["config"],
                                     str(_ckpt(run_dir, it)), *src, "--out", str(boxes), *common], log, core)  # fmt: skip
         if "masks_from" in spec:
-            m = RUNS[spec["masks_from"]]
-            m_ckpt = _ckpt(work / "models" / spec["masks_from"] / f"fold{fold}", max(m["budgets"]))
+            m_name, m_iter = spec["masks_from"]
+            m = RUNS[m_name]
+            m_ckpt = _ckpt(work / "models" / m_name / f"fold{fold}", m_iter)
             info["mask_head_s"] = _run([sys.executable, "-m", "workflow.cli.infer", m["config"], str(m_ckpt), *src,
                                         "--mask-head-on", str(boxes), "--out", str(out), "--name", f"{name}_masks",
                                         *common], log, core)  # fmt: skip
@@ -384,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     data = data if data.is_absolute() else REPO / data
     core = None if a.core < 0 else a.core
     if a.budgets:
-        for name in RUNS:
+        for name in a.runs:
             RUNS[name]["budgets"] = sorted(a.budgets)
     if not a.report:
         prepare(a.source, data, core)
