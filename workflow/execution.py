@@ -167,9 +167,11 @@ def stop_process_tree(proc: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> 
 
 @contextlib.contextmanager
 def interrupt_signals() -> Iterator[None]:
-    """``SIGTERM`` and ``SIGHUP`` raise ``KeyboardInterrupt`` (like Ctrl-C) inside the block, so a running
-    step's process tree is stopped and its lock released; the previous handlers come back afterwards. Does
-    nothing outside the main thread."""
+    """``SIGTERM``, ``SIGHUP`` and ``SIGINT`` raise ``KeyboardInterrupt`` (like Ctrl-C) inside the block, so a
+    running step's process tree is stopped and its lock released; the previous handlers come back afterwards.
+    ``SIGINT`` is set explicitly because a runner started with it ignored (a background job of a
+    non-interactive shell, or a parent that ignores it) would otherwise not stop on it. Does nothing outside
+    the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -177,7 +179,7 @@ def interrupt_signals() -> Iterator[None]:
     def _interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    old = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
     try:
         yield
     finally:
