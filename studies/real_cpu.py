@@ -64,7 +64,7 @@ RUNS: dict[str, dict[str, Any]] = {
     },
     "yolox": {
         "config": "configs/yolox/yolox_tiny_real-cpu_sartorius.py",
-        "budgets": [200, 400, 800, 1600],
+        "budgets": [200, 400, 800, 1200, 1600],
         "family": "yolox",
         "masks_from": ("mask_rcnn_1x", 800),  # that run's checkpoint at 800 iterations gives the masks
     },
