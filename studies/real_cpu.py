@@ -44,7 +44,10 @@ CLASSES = ("shsy5y", "astro", "cort")
 GRID = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)  # 0.05 = infer's own cut (YOLOX scores run low early)
 UNTUNED = 0.1
 MIN_AREA = 10
-MARK_BEGIN, MARK_END = "<!-- real_cpu tables: begin (studies/real_cpu.py --report) -->", "<!-- real_cpu tables: end -->"
+MARK_BEGIN, MARK_END = (
+    "<!-- real_cpu tables: begin (studies/real_cpu.py --report) -->",
+    "<!-- real_cpu tables: end -->",
+)
 
 RUNS: dict[str, dict[str, Any]] = {
     "mask_rcnn_1x": {
@@ -152,7 +155,9 @@ def _ann(data: Path, fold: int, split: str) -> Path:
     return data / "annotations" / f"fold{fold}_{split}.json"
 
 
-def predict(name: str, it: int, split: str, work: Path, data: Path, fold: int, core: int | None) -> dict[str, Any]:
+def predict(
+    name: str, it: int, split: str, work: Path, data: Path, fold: int, core: int | None
+) -> dict[str, Any]:
     """Prediction file of run ``name`` at budget ``it`` on ``split`` (train / val); returns its path + seconds."""
     spec = RUNS[name]
     run_dir = work / "models" / name / f"fold{fold}"
@@ -178,7 +183,16 @@ def predict(name: str, it: int, split: str, work: Path, data: Path, fold: int, c
 
 
 def _small(report: dict[str, Any]) -> dict[str, Any]:
-    keys = ("score", "n_images", "n_true", "n_pred", "per_class", "per_class_n_images", "per_threshold", "per_image")
+    keys = (
+        "score",
+        "n_images",
+        "n_true",
+        "n_pred",
+        "per_class",
+        "per_class_n_images",
+        "per_threshold",
+        "per_image",
+    )
     return {k: report[k] for k in keys}
 
 
@@ -214,8 +228,13 @@ def evaluate(name: str, it: int, work: Path, data: Path, fold: int, core: int | 
         info = predict(name, it, split, work, data, fold, core)
         res[f"predict_{split}"] = info
         res[split] = {
-            f"{s:g}": _score(Path(info["file"]), _ann(data, fold, split), dict.fromkeys(CLASSES, s), scratch,
-                               f"{split}_thr{s:g}")  # fmt: skip
+            f"{s:g}": _score(
+                Path(info["file"]),
+                _ann(data, fold, split),
+                dict.fromkeys(CLASSES, s),
+                scratch,
+                f"{split}_thr{s:g}",
+            )  # fmt: skip
             for s in GRID
         }
     best = {}
@@ -223,7 +242,9 @@ def evaluate(name: str, it: int, work: Path, data: Path, fold: int, core: int | 
         cand = [(r["per_class"].get(c), float(s)) for s, r in res["train"].items() if c in r["per_class"]]
         best[c] = max(cand)[1] if cand else UNTUNED
     res["tuned_thresholds"] = best
-    res["tuned_val"] = _score(Path(res["predict_val"]["file"]), _ann(data, fold, "val"), best, scratch, "val_tuned")
+    res["tuned_val"] = _score(
+        Path(res["predict_val"]["file"]), _ann(data, fold, "val"), best, scratch, "val_tuned"
+    )
     res["tuned_train"] = _score(Path(res["predict_train"]["file"]), _ann(data, fold, "train"), best, scratch,
                                 "train_tuned")  # fmt: skip
     res["load_after"] = _load()
@@ -296,17 +317,33 @@ def _plot(name: str, rows: list[dict[str, Any]], out: Path) -> None:
     its = [r["iters"] for r in rows]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     ax = axes[0]
-    ax.plot(its, [r["tuned_train"]["score"] for r in rows], "o--", color="C0", label="training images (tuned)")
+    ax.plot(
+        its, [r["tuned_train"]["score"] for r in rows], "o--", color="C0", label="training images (tuned)"
+    )
     ax.plot(its, [r["tuned_val"]["score"] for r in rows], "o-", color="C0", label="held-out (tuned on train)")
     ax.plot(its, [r["train"][u]["score"] for r in rows], "s--", color="C1", label="training images (untuned)")
     ax.plot(its, [r["val"][u]["score"] for r in rows], "s-", color="C1", label="held-out (untuned)")
-    ax.set(xscale="log", xlabel="training iterations (batch 2)", ylabel="competition score", title=f"{name}: all")
+    ax.set(
+        xscale="log", xlabel="training iterations (batch 2)", ylabel="competition score", title=f"{name}: all"
+    )
     ax.set_xticks(its, [str(i) for i in its])
     ax.legend(fontsize=8)
     ax = axes[1]
     for k, c in enumerate(CLASSES):
-        ax.plot(its, [r["tuned_train"]["per_class"].get(c) for r in rows], "o--", color=f"C{k}", label=f"{c} train")
-        ax.plot(its, [r["tuned_val"]["per_class"].get(c) for r in rows], "o-", color=f"C{k}", label=f"{c} held-out")
+        ax.plot(
+            its,
+            [r["tuned_train"]["per_class"].get(c) for r in rows],
+            "o--",
+            color=f"C{k}",
+            label=f"{c} train",
+        )
+        ax.plot(
+            its,
+            [r["tuned_val"]["per_class"].get(c) for r in rows],
+            "o-",
+            color=f"C{k}",
+            label=f"{c} held-out",
+        )
     ax.set(xscale="log", xlabel="training iterations (batch 2)", title=f"{name}: per class (tuned)")
     ax.set_xticks(its, [str(i) for i in its])
     ax.legend(fontsize=8)
@@ -326,7 +363,13 @@ def _family_plot(family: str, runs: dict[str, list[dict[str, Any]]], out: Path) 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for k, (name, rows) in enumerate(runs.items()):
         its = [r["iters"] for r in rows]
-        ax.plot(its, [r["tuned_train"]["score"] for r in rows], "o--", color=f"C{k}", label=f"{name} training images")
+        ax.plot(
+            its,
+            [r["tuned_train"]["score"] for r in rows],
+            "o--",
+            color=f"C{k}",
+            label=f"{name} training images",
+        )
         ax.plot(its, [r["tuned_val"]["score"] for r in rows], "o-", color=f"C{k}", label=f"{name} held-out")
     ax.set(xscale="log", xlabel="training iterations (batch 2)", ylabel="competition score (tuned on train)",
            title=f"{family}: fold 0, 26 real images")  # fmt: skip
@@ -380,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", nargs="+", type=int, help="override every run's budgets (iterations)")
     p.add_argument("--fold", type=int, default=0)
     p.add_argument("--core", type=int, default=1, help="CPU core for training and inference (-1: no pinning)")
-    p.add_argument("--no-train", action="store_true", help="evaluate the checkpoints that exist; train nothing")
+    p.add_argument(
+        "--no-train", action="store_true", help="evaluate the checkpoints that exist; train nothing"
+    )
     p.add_argument("--train-only", action="store_true", help="train the runs; evaluate nothing")
     p.add_argument("--report", action="store_true", help="only rewrite the tables and plots")
     p.add_argument("--doc", type=Path, default=REPO / "docs/results/real_cpu.md")
