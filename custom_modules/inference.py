@@ -810,7 +810,9 @@ def load_model(
     if checkpoint is not None:
         # refuse, before any work, weights that do not fit the config (another model's checkpoint would
         # otherwise load partly and predict from random layers)
-        load_fitting_checkpoint(model, checkpoint, where=f"checkpoint {checkpoint} does not fit config {config}")
+        load_fitting_checkpoint(
+            model, checkpoint, where=f"checkpoint {checkpoint} does not fit config {config}"
+        )
     else:
         model.init_weights()
     model.cfg = cfg
