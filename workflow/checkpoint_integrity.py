@@ -24,7 +24,7 @@ from pathlib import Path
 
 from celldata.fileio import atomic_write_text
 
-__all__ = ["ResumePoint", "checkpoint_problem", "resume_point", "resume_arg", "CORRUPT_DIR"]
+__all__ = ["ResumePoint", "checkpoint_problem", "named_checkpoint", "resume_point", "resume_arg", "CORRUPT_DIR"]
 
 CORRUPT_DIR = "corrupt"
 _CKPT_NAME = re.compile(r"^(iter|epoch)_(\d+)\.pth$")
@@ -82,8 +82,14 @@ def _ckpt_number(p: Path) -> int:
     return int(m.group(2)) if m else -1
 
 
-def _named(work_dir: Path, marker: Path) -> Path | None:
-    """The checkpoint the marker names (absolute, relative to the cwd, or a file of the work dir)."""
+def named_checkpoint(marker: Path, base: Path | None = None) -> Path | None:
+    """The checkpoint an mmengine ``last_checkpoint`` marker names, or None for an empty or unreadable marker.
+
+    Args:
+        marker: The ``last_checkpoint`` file.
+        base: Folder a relative name is resolved against (None: the current directory); a relative name that is
+            not a file there is taken as a file of the marker's own folder.
+    """
     try:
         text = marker.read_text().strip()
     except (OSError, UnicodeDecodeError):
@@ -91,9 +97,10 @@ def _named(work_dir: Path, marker: Path) -> Path | None:
     if not text:
         return None
     p = Path(text)
-    if p.is_file() or p.is_absolute():
-        return p
-    return work_dir / p.name
+    q = p if p.is_absolute() or base is None else Path(base) / p
+    if q.is_file() or q.is_absolute():
+        return q
+    return marker.parent / p.name
 
 
 def _set_aside(work_dir: Path, p: Path, discard: bool = False) -> Path:
@@ -126,7 +133,7 @@ def resume_point(work_dir: str | os.PathLike, discard: bool = False) -> ResumePo
     wd = Path(work_dir)
     gone = "deleted" if discard else f"set aside in {CORRUPT_DIR}/"
     marker = wd / "last_checkpoint"
-    named = _named(wd, marker) if marker.is_file() else None
+    named = named_checkpoint(marker) if marker.is_file() else None
     cands = sorted((p for p in wd.glob("*.pth") if _CKPT_NAME.match(p.name)), key=_ckpt_number, reverse=True)
     if named is not None:
         why = checkpoint_problem(named)

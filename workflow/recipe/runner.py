@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celldata.fileio import atomic_write_json, atomic_write_text
-from workflow.checkpoint_integrity import resume_point
+from workflow.checkpoint_integrity import named_checkpoint, resume_point
 from workflow.execution import (
     STOP_GRACE_S,
     LogContext,
@@ -254,17 +254,6 @@ def _file_state(p: Path) -> dict:
     return {"size": st.st_size, "sha1": h.hexdigest()[:16], "mtime_ns": st.st_mtime_ns}
 
 
-def _named_checkpoint(marker: Path) -> Path | None:
-    try:
-        text = marker.read_text().strip()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not text:
-        return None
-    p = Path(text)
-    return p if p.is_absolute() else REPO / p
-
-
 def output_state(outputs: Sequence[Path]) -> dict[str, dict]:
     """What a stamp records of a step's outputs, to notice later that one changed, was truncated or went
     missing: every file's size and content hash, every folder's file names and sizes (not recursive), and
@@ -273,7 +262,7 @@ def output_state(outputs: Sequence[Path]) -> dict[str, dict]:
     for o in map(Path, outputs):
         if o.is_file():
             state[str(o)] = _file_state(o)
-            ckpt = _named_checkpoint(o) if o.name == "last_checkpoint" else None
+            ckpt = named_checkpoint(o, REPO) if o.name == "last_checkpoint" else None
             if ckpt is not None:
                 state[str(ckpt)] = _file_state(ckpt) if ckpt.is_file() else {"missing": True}
         elif o.is_dir():
@@ -339,7 +328,7 @@ def _replaced_checkpoint(train_dir: Path) -> bool:
     """A finished training's checkpoint changed but is complete: someone else's (not resumable)."""
     from workflow.checkpoint_integrity import checkpoint_problem
 
-    ckpt = _named_checkpoint(train_dir / "last_checkpoint")
+    ckpt = named_checkpoint(train_dir / "last_checkpoint", REPO)
     return ckpt is not None and ckpt.is_file() and checkpoint_problem(ckpt) is None
 
 
