@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from celldata.images import list_image_files
+from workflow.checkpoint_integrity import named_checkpoint
 from workflow.execution import Arg, DeferredArg, Step
 from workflow.recipe import steps as S
 from workflow.recipe.config import REPO, ModelSpec, Recipe
@@ -63,8 +64,9 @@ class Checkpoint(DeferredArg):
         marker = self.work_dir / "last_checkpoint"
         if not marker.is_file():
             raise RuntimeError(f"no checkpoint recorded in {self.work_dir} (missing {marker.name})")
-        ckpt = Path(marker.read_text().strip())
-        ckpt = ckpt if ckpt.is_absolute() else REPO / ckpt
+        ckpt = named_checkpoint(marker, REPO)
+        if ckpt is None:
+            raise RuntimeError(f"{marker}: names no checkpoint (empty or unreadable)")
         if not ckpt.is_file():
             raise RuntimeError(f"{marker}: recorded checkpoint {ckpt} does not exist")
         return str(ckpt)
