@@ -428,23 +428,24 @@ def run_plan(
         ValueError: Unknown step names, or ``only`` with an unfinished dependency outside the selection.
         RuntimeError: A step failed (without ``keep_going``); the message names the step and its log.
     """
-    states = plan_states(plan, from_step)
     selected = select_steps(plan, only) if only else None
-    if dry_run:
-        print(format_plan(plan, states, selected))
-        return {"ran": [], "skipped": [], "failed": [], "seconds": {}}
-    if selected is not None:
+    # The states of all steps up front (stamps read, outputs hashed) only where they are shown or checked; the
+    # loop below computes each step's state when it gets there.
+    if dry_run or selected is not None:
+        states = plan_states(plan, from_step)
+        if dry_run:
+            print(format_plan(plan, states, selected))
+            return {"ran": [], "skipped": [], "failed": [], "seconds": {}}
         _check_selected_deps(states, selected)
     env = tool_env()
     result: dict = {"ran": [], "skipped": [], "failed": [], "seconds": {}}
     failed: set[str] = set()
     t_all = time.perf_counter()
-    n = len(states)
+    n = len(plan.steps)
     redo = _redo_ids(plan, from_step)
     eff: dict[str, str] = {}
     with interrupt_signals():  # SIGTERM / SIGHUP stop the running step's whole process tree, as Ctrl-C does
-        for i, st0 in enumerate(states, 1):
-            s = st0.step
+        for i, s in enumerate(plan.steps, 1):
             chosen = selected is None or s.id in selected
             wanted = chosen and not any(d in failed for d in s.deps)
             st, lock = _claim(plan, s, eff, redo, wanted)
