@@ -551,30 +551,20 @@ def _measured(step: Step, measures: Path, python: str) -> Step:
 
 
 class _Sampler:
-    """Peak resident memory of a process tree, sampled every ``interval`` seconds in a thread."""
+    """Peak resident memory of a process tree (``/proc``; the supervisor's tree walk), sampled every
+    ``interval`` seconds in a thread."""
 
     def __init__(self, pid: int, interval: float = 0.2) -> None:
-        import psutil
-
-        self.proc = psutil.Process(pid)
+        self.pid = pid
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        import psutil
+        from workflow.supervisor import tree_pids
 
-        total = 0
-        try:
-            procs = [self.proc, *self.proc.children(recursive=True)]
-        except psutil.Error:
-            return
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
+        total = sum(_rss_bytes(p) for p in [self.pid, *tree_pids(self.pid)])
         self.peak = max(self.peak, total)
 
     def _run(self) -> None:
@@ -589,6 +579,15 @@ class _Sampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _rss_bytes(pid: int) -> int:
+    """Resident memory of one process (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 @dataclass
