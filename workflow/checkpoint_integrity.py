@@ -24,7 +24,14 @@ from pathlib import Path
 
 from celldata.fileio import atomic_write_text
 
-__all__ = ["ResumePoint", "checkpoint_problem", "named_checkpoint", "resume_point", "resume_arg", "CORRUPT_DIR"]
+__all__ = [
+    "ResumePoint",
+    "checkpoint_problem",
+    "named_checkpoint",
+    "resume_point",
+    "resume_arg",
+    "CORRUPT_DIR",
+]
 
 CORRUPT_DIR = "corrupt"
 _CKPT_NAME = re.compile(r"^(iter|epoch)_(\d+)\.pth$")
